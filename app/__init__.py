@@ -1,0 +1,1 @@
+"""Latent Canvas desktop application (PySide6). Reaches the engine only through engine.api."""

@@ -1,0 +1,273 @@
+"""The engine's job API: one typed request in, a stream of events out, every event carrying its job id.
+
+The app reaches the engine only through this module. Nothing here imports torch at import time; the worker
+thread imports the pipelines on its first job.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+
+Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
+SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
+TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
+
+
+@dataclass
+class Box:
+    """A layout box in normalized image coordinates (origin top-left), with a class label and optional prompt."""
+
+    label: str
+    box: tuple[float, float, float, float]
+    prompt: str | None = None
+
+
+@dataclass
+class TileSettings:
+    """Tiled sampling and tiled autoencoder passes; 'auto' tiles only when the request would not fit."""
+
+    mode: Literal["auto", "off", "on"] = "auto"
+    tile: int = 64
+    overlap: int = 16
+    vae_tile: int = 512
+
+
+@dataclass
+class Request:
+    """Everything needed to generate one batch (krita-ai-diffusion style: flat, self-contained)."""
+
+    model: str = "default"
+    task: Task = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    boxes: list[Box] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    class_id: int | None = None
+    sampler: str = "ddim"
+    steps: int = 30
+    cfg_scale: float = 5.0
+    eta: float = 0.0
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    strength: float = 0.75
+    batch_size: int = 1
+    mask_grow: int = 0
+    mask_feather: int = 0
+    inpaint_crop: bool = False
+    upscaler: str = "model"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tiles: TileSettings = field(default_factory=TileSettings)
+    preview_interval_s: float = 0.25
+    full_preview_every: int = 0
+    memory_budget_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    device: str = ""
+    dtype: str = ""
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    step: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / self.step * (self.total - self.step) if self.step else float("nan")
+
+
+@dataclass(frozen=True)
+class Preview(Event):
+    step: int = 0
+    image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Result(Event):
+    images: tuple[np.ndarray, ...] = ()
+    parameters: str = ""
+    seeds: tuple[int, ...] = ()
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    message: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    step: int = 0
+
+
+class JobCancelled(Exception):
+    """Raised inside a job by the step callback when its cancel flag is set."""
+
+
+class EngineError(Exception):
+    """A failure with a message meant for the user (bad input, bad checkpoint, out of memory)."""
+
+
+class JobContext:
+    """What a running job sees of the engine: progress, previews and the cancel flag."""
+
+    def __init__(self, job_id: int, emit: Callable[[Event], None], cancel_flag: threading.Event, preview_interval_s: float):
+        self.job_id = job_id
+        self._emit = emit
+        self._cancel = cancel_flag
+        self.preview_interval_s = preview_interval_s
+        self.t0 = time.perf_counter()
+        self._last_preview = -1e9
+        self.step = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def progress(self, step: int, total: int) -> None:
+        self.step = step
+        self._emit(Progress(self.job_id, step, total, time.perf_counter() - self.t0))
+        self.check_cancel()
+
+    def wants_preview(self) -> bool:
+        return time.perf_counter() - self._last_preview >= self.preview_interval_s
+
+    def preview(self, step: int, image: np.ndarray) -> None:
+        self._last_preview = time.perf_counter()
+        self._emit(Preview(self.job_id, step, image))
+
+
+Runner = Callable[[Request, JobContext, dict], Result]
+
+
+def _default_runner(request: Request, ctx: JobContext, cache: dict) -> Result:
+    from engine.pipelines import run_request
+
+    return run_request(request, ctx, cache)
+
+
+class Engine:
+    """A worker thread that owns the device and the loaded model; submit() returns a job id at once."""
+
+    def __init__(self, on_event: Callable[[Event], None] | None = None, runner: Runner | None = None):
+        self._on_event = on_event
+        self._runner = runner or _default_runner
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self._jobs: "queue.Queue[tuple[int, Request] | None]" = queue.Queue()
+        self._cancel: dict[int, threading.Event] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.cache: dict = {}
+        self._thread = threading.Thread(target=self._loop, name="latent-canvas-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> int:
+        with self._lock:
+            job_id = next(self._ids)
+            self._cancel[job_id] = threading.Event()
+        self._jobs.put((job_id, request))
+        return job_id
+
+    def cancel(self, job_id: int) -> None:
+        with self._lock:
+            flag = self._cancel.get(job_id)
+        if flag is not None:
+            flag.set()
+
+    def next_event(self, timeout: float | None = None) -> Event:
+        return self.events.get(timeout=timeout)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Event:
+        """Drain events until job_id ends; returns its Result, Failed or Cancelled event."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ev = self.next_event(left)
+            if ev.job_id == job_id and isinstance(ev, (Result, Failed, Cancelled)):
+                return ev
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            for flag in self._cancel.values():
+                flag.set()
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _emit(self, event: Event) -> None:
+        self.events.put(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                traceback.print_exc()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job_id, request = item
+            with self._lock:
+                flag = self._cancel[job_id]
+            ctx = JobContext(job_id, self._emit, flag, request.preview_interval_s)
+            try:
+                if flag.is_set():
+                    raise JobCancelled()
+                result = self._runner(request, ctx, self.cache)
+                self._emit(result)
+            except JobCancelled:
+                self._emit(Cancelled(job_id, ctx.step))
+            except EngineError as e:
+                self._emit(Failed(job_id, str(e), traceback.format_exc()))
+            except MemoryError:
+                self._emit(Failed(job_id, "Out of memory: try a smaller size, tiling, or the CPU device.", traceback.format_exc()))
+            except Exception as e:
+                self._emit(Failed(job_id, describe_exception(e), traceback.format_exc()))
+            finally:
+                with self._lock:
+                    self._cancel.pop(job_id, None)
+                _release_memory()
+
+
+def describe_exception(e: BaseException) -> str:
+    """A one-line message for the user; CUDA out-of-memory gets advice instead of a traceback."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "out of memory" in str(e).lower():
+        return "Out of memory: try a smaller size, enable tiling, or use the CPU device."
+    return f"{type(e).__name__}: {text}"
+
+
+def _release_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
