@@ -271,3 +271,62 @@ def _release_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the app shows about a checkpoint file before loading it."""
+
+    path: str
+    name: str
+    family: str = ""
+    tasks: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
+    parameterization: str = ""
+    image_size: int = 0
+    error: str = ""
+
+
+def default_models_dir() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1] / "resources" / "models")
+
+
+def user_models_dir() -> str:
+    import platformdirs
+
+    return str(platformdirs.user_data_path("latent-canvas") / "models")
+
+
+def inspect_model(path: str) -> ModelInfo:
+    """Detect a checkpoint's family from its header (no weights are loaded); errors become ModelInfo.error."""
+    from pathlib import Path
+
+    from engine.checkpoint import CheckpointError, inspect_file
+
+    try:
+        facts = inspect_file(path)
+    except CheckpointError as e:
+        return ModelInfo(path=str(path), name=Path(path).stem, error=str(e))
+    return ModelInfo(
+        path=str(path),
+        name=Path(path).stem,
+        family=facts["family"],
+        tasks=tuple(facts["tasks"]),
+        label_names=tuple(facts.get("label_names", ())),
+        parameterization=facts["parameterization"],
+        image_size=facts["image_size"],
+    )
+
+
+def list_models(extra_dirs: tuple[str, ...] = ()) -> list[ModelInfo]:
+    """Every .safetensors/.ckpt in the default, user and extra folders, default models first."""
+    from pathlib import Path
+
+    found = []
+    for folder in (default_models_dir(), user_models_dir(), *extra_dirs):
+        p = Path(folder)
+        if p.is_dir():
+            found += [inspect_model(str(f)) for f in sorted(p.iterdir()) if f.suffix in (".safetensors", ".ckpt")]
+    return found
