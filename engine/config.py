@@ -32,6 +32,7 @@ class UNetConfig:
     legacy: bool = True
     image_size: int = 64
     disable_middle_self_attn: bool = False
+    disable_self_attentions: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
