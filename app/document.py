@@ -1,0 +1,364 @@
+"""The Qt-free document model (napari/Krita style): layers, boxes, parameters, history, an undo stack, observers."""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+
+from app import raster
+from app.undo import BoxesCommand, PatchCommand, StateCommand, UndoStack
+from engine import api
+
+LAYERS = ("image", "mask", "labels")
+SEED_MODES = ("random", "fixed", "reuse")
+
+
+@dataclass
+class LayoutBox:
+    """A labelled box in normalized (x0, y0, x1, y1) image coordinates, with an optional region prompt."""
+
+    label: str
+    rect: tuple[float, float, float, float]
+    prompt: str | None = None
+
+    def normalized(self) -> "LayoutBox":
+        x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in self.rect)
+        return LayoutBox(self.label, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), self.prompt)
+
+
+@dataclass
+class Params:
+    """Generation parameters the panels edit (not undoable, like Krita's tool options)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = "default"
+    sampler: str = "ddim"
+    steps: int = 30
+    cfg_scale: float = 5.0
+    seed: int = 0
+    seed_mode: str = "random"
+    last_seed: int | None = None
+    strength: float = 0.75
+    batch_size: int = 1
+    upscale: bool = False
+    class_id: int | None = None
+    mask_grow: int = 0
+    mask_feather: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Params":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class HistoryEntry:
+    """One finished job: its images, the parameters text written into PNGs, seeds and the request's settings."""
+
+    images: list
+    parameters: str = ""
+    seeds: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    task: str = "txt2img"
+    created: float = field(default_factory=time.time)
+
+
+class Document:
+    """Image, mask and semantic label layers plus layout boxes, generation parameters and results history."""
+
+    def __init__(self, width: int = 512, height: int = 512):
+        self.width, self.height = int(width), int(height)
+        self.image = np.full((self.height, self.width, 3), 255, np.uint8)
+        self.mask = np.zeros((self.height, self.width), np.uint8)
+        self.labels = np.full((self.height, self.width), -1, np.int16)
+        self.boxes: list[LayoutBox] = []
+        self.has_image = False
+        self.params = Params()
+        self.task_override: str | None = None
+        self.history: list[HistoryEntry] = []
+        self.undo_stack = UndoStack()
+        self.path: str | None = None
+        self._observers: list[Callable[[str], None]] = []
+        self._stroke: dict | None = None
+        self._params_dirty = False
+
+    # --- observers -------------------------------------------------------------------------------------------
+    def subscribe(self, fn: Callable[[str], None]) -> None:
+        self._observers.append(fn)
+
+    def unsubscribe(self, fn: Callable[[str], None]) -> None:
+        if fn in self._observers:
+            self._observers.remove(fn)
+
+    def notify(self, *what: str) -> None:
+        for part in what or ("all",):
+            for fn in list(self._observers):
+                fn(part)
+
+    # --- undo ------------------------------------------------------------------------------------------------
+    def _push(self, cmd, apply: bool = True) -> None:
+        if apply:
+            cmd.redo(self)
+        self.undo_stack.push(cmd)
+        self.notify(*cmd.changes, "undo")
+
+    def undo(self) -> bool:
+        cmd = self.undo_stack.undo(self)
+        if cmd:
+            self.notify(*cmd.changes, "undo")
+        return cmd is not None
+
+    def redo(self) -> bool:
+        cmd = self.undo_stack.redo(self)
+        if cmd:
+            self.notify(*cmd.changes, "undo")
+        return cmd is not None
+
+    @property
+    def can_undo(self) -> bool:
+        return self.undo_stack.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self.undo_stack.can_redo
+
+    @property
+    def dirty(self) -> bool:
+        return self._params_dirty or not self.undo_stack.is_clean
+
+    def mark_clean(self) -> None:
+        self._params_dirty = False
+        self.undo_stack.set_clean()
+        self.notify("dirty")
+
+    # --- brush strokes ---------------------------------------------------------------------------------------
+    def _layer(self, layer: str) -> np.ndarray:
+        if layer not in ("mask", "labels"):
+            raise ValueError(f"cannot paint on layer {layer!r}")
+        return getattr(self, layer)
+
+    def begin_stroke(self, layer: str, value: int, radius: float, hardness: float = 1.0) -> None:
+        """Start a live stroke: dabs are applied as points arrive; end_stroke() makes it one undo step."""
+        arr = self._layer(layer)
+        self._stroke = dict(layer=layer, value=value, radius=float(radius), hardness=float(hardness),
+                            original=arr.copy(), coverage=np.zeros(arr.shape, np.float32), touched=None, last=None)
+
+    def stroke_to(self, x: float, y: float) -> None:
+        s = self._stroke
+        if s is None:
+            return
+        p = (float(x), float(y))
+        rect = raster.segment(s["coverage"], s["last"] or p, p, s["radius"], s["hardness"])
+        s["last"] = p
+        if rect is None:
+            return
+        s["touched"] = raster.union(s["touched"], rect)
+        y0, y1, x0, x1 = rect
+        arr = getattr(self, s["layer"])
+        arr[y0:y1, x0:x1] = raster.blend(s["original"][y0:y1, x0:x1], s["coverage"][y0:y1, x0:x1], s["value"])
+        self.notify(s["layer"])
+
+    def end_stroke(self, text: str | None = None) -> bool:
+        s, self._stroke = self._stroke, None
+        if s is None or s["touched"] is None:
+            return False
+        y0, y1, x0, x1 = s["touched"]
+        arr = getattr(self, s["layer"])
+        before, after = s["original"][y0:y1, x0:x1].copy(), arr[y0:y1, x0:x1].copy()
+        if np.array_equal(before, after):
+            return False
+        self._push(PatchCommand(text or f"paint {s['layer']}", s["layer"], y0, x0, before, after), apply=False)
+        return True
+
+    def stroke(self, layer: str, points, radius: float, hardness: float = 1.0, value: int = 255) -> bool:
+        """Rasterize a poly-line of dabs onto a layer as one undoable command."""
+        self.begin_stroke(layer, value, radius, hardness)
+        for x, y in points:
+            self.stroke_to(x, y)
+        return self.end_stroke()
+
+    def fill(self, layer: str, point, value: int) -> bool:
+        """Flood-fill the 4-connected region of equal value under point (x, y)."""
+        arr = self._layer(layer)
+        region = raster.flood_region(arr, int(point[0]), int(point[1]))
+        rect = raster.bbox_of(region)
+        if rect is None:
+            return False
+        y0, y1, x0, x1 = rect
+        before = arr[y0:y1, x0:x1].copy()
+        after = np.where(region[y0:y1, x0:x1], np.asarray(value, arr.dtype), before)
+        if np.array_equal(before, after):
+            return False
+        self._push(PatchCommand(f"fill {layer}", layer, y0, x0, before, after))
+        return True
+
+    def clear_layer(self, layer: str) -> bool:
+        arr = self._layer(layer)
+        empty = 0 if layer == "mask" else -1
+        if (arr == empty).all():
+            return False
+        self._push(PatchCommand(f"clear {layer}", layer, 0, 0, arr.copy(), np.full_like(arr, empty)))
+        return True
+
+    # --- boxes -----------------------------------------------------------------------------------------------
+    def _edit_boxes(self, text: str, after: list) -> None:
+        self._push(BoxesCommand(text, copy.deepcopy(self.boxes), copy.deepcopy(after)))
+
+    def add_box(self, label: str, rect, prompt: str | None = None) -> int:
+        self._edit_boxes("add box", self.boxes + [LayoutBox(label, tuple(rect), prompt).normalized()])
+        return len(self.boxes) - 1
+
+    def set_box(self, index: int, rect=None, label: str | None = None, prompt: str | None = ...) -> None:
+        old = self.boxes[index]
+        new = LayoutBox(label if label is not None else old.label, tuple(rect) if rect is not None else old.rect,
+                        old.prompt if prompt is ... else prompt).normalized()
+        if new != old:
+            self._edit_boxes("edit box", self.boxes[:index] + [new] + self.boxes[index + 1:])
+
+    def delete_box(self, index: int) -> None:
+        self._edit_boxes("delete box", self.boxes[:index] + self.boxes[index + 1:])
+
+    def box_at(self, x: float, y: float) -> int | None:
+        """Topmost box containing the normalized point, or None."""
+        for i in reversed(range(len(self.boxes))):
+            x0, y0, x1, y1 = self.boxes[i].rect
+            if x0 <= x <= x1 and y0 <= y <= y1:
+                return i
+        return None
+
+    # --- whole-state edits -----------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return dict(image=self.image.copy(), mask=self.mask.copy(), labels=self.labels.copy(),
+                    boxes=copy.deepcopy(self.boxes), has_image=self.has_image)
+
+    def _restore_state(self, st: dict) -> None:
+        self.image, self.mask, self.labels = st["image"].copy(), st["mask"].copy(), st["labels"].copy()
+        self.boxes, self.has_image = copy.deepcopy(st["boxes"]), st["has_image"]
+        self.height, self.width = self.image.shape[:2]
+
+    def _replace(self, text: str, **new) -> None:
+        before = self._state()
+        after = {**before, **new}
+        self._push(StateCommand(text, before, after))
+
+    def set_image(self, rgb: np.ndarray, text: str = "open image") -> None:
+        """A new source image: layers are resized to it (mask and labels kept, nearest neighbour)."""
+        rgb = _rgb(rgb)
+        h, w = rgb.shape[:2]
+        self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
+                      labels=raster.resize_nearest(self.labels, w, h), has_image=True)
+
+    def apply_result(self, rgb: np.ndarray) -> None:
+        """Commit a generated image to the image layer (clears the mask it was inpainted through)."""
+        rgb = _rgb(rgb)
+        h, w = rgb.shape[:2]
+        self._replace("apply result", image=rgb, mask=np.zeros((h, w), np.uint8),
+                      labels=raster.resize_nearest(self.labels, w, h), has_image=True)
+
+    def resize(self, width: int, height: int) -> None:
+        """Canvas size (the txt2img output size): every layer resampled, nearest neighbour."""
+        width, height = int(width), int(height)
+        if (width, height) == (self.width, self.height):
+            return
+        self._replace("resize", image=raster.resize_nearest(self.image, width, height),
+                      mask=raster.resize_nearest(self.mask, width, height),
+                      labels=raster.resize_nearest(self.labels, width, height))
+
+    # --- parameters, task, request ---------------------------------------------------------------------------
+    def set_param(self, name: str, value) -> None:
+        if not hasattr(self.params, name):
+            raise AttributeError(name)
+        if getattr(self.params, name) != value:
+            setattr(self.params, name, value)
+            self._params_dirty = True
+            self.notify("params")
+
+    def set_task_override(self, task: str | None) -> None:
+        if task is not None and task not in api.TASKS:
+            raise ValueError(task)
+        self.task_override = task
+        self._params_dirty = True
+        self.notify("params")
+
+    def inferred_task(self) -> str:
+        """What was drawn decides: mask -> inpaint, boxes -> layout, labels -> semantic, image + x4 -> upscale."""
+        if self.mask.any():
+            return "inpaint"
+        if self.boxes:
+            return "layout"
+        if (self.labels >= 0).any():
+            return "semantic"
+        if self.has_image and self.params.upscale:
+            return "upscale"
+        return "txt2img"
+
+    def task(self) -> str:
+        return self.task_override or self.inferred_task()
+
+    def resolve_seed(self) -> int:
+        p = self.params
+        if p.seed_mode == "fixed":
+            return int(p.seed)
+        if p.seed_mode == "reuse" and p.last_seed is not None:
+            return int(p.last_seed)
+        return random.randrange(0, 2**32 - 1)
+
+    def to_request(self, settings=None, seed: int | None = None) -> api.Request:
+        """The engine request for the current task; settings (app.settings.AppSettings) adds device and tiling."""
+        p, task = self.params, self.task()
+        uses_image = task in ("img2img", "inpaint", "upscale")
+        req = api.Request(
+            model=p.model, task=task, prompt=p.prompt, negative_prompt=p.negative_prompt,
+            image=self.image.copy() if uses_image else None,
+            mask=self.mask.copy() if task == "inpaint" else None,
+            boxes=[api.Box(b.label, tuple(b.rect), b.prompt) for b in self.boxes] if task == "layout" else [],
+            labels=self.labels.copy() if task == "semantic" else None,
+            class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
+            seed=int(self.resolve_seed() if seed is None else seed), width=self.width, height=self.height,
+            strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
+            mask_feather=int(p.mask_feather))
+        if settings is not None:
+            req.device, req.dtype = settings.device, settings.precision
+            req.tiles = api.TileSettings(mode=settings.tile_mode, tile=settings.tile_size, overlap=settings.tile_overlap)
+            req.preview_interval_s = settings.preview_interval_s
+            req.memory_budget_mb = settings.memory_budget_mb
+        return req
+
+    # --- history ---------------------------------------------------------------------------------------------
+    def add_history(self, images, parameters: str = "", seeds=(), task: str | None = None) -> HistoryEntry:
+        entry = HistoryEntry([_rgb(i) for i in images], parameters, list(seeds), asdict(self.params), task or self.task())
+        if entry.seeds:
+            self.params.last_seed = int(entry.seeds[0])
+        self.history.append(entry)
+        self._params_dirty = True
+        self.notify("history")
+        return entry
+
+    def discard_history(self, index: int) -> None:
+        del self.history[index]
+        self._params_dirty = True
+        self.notify("history")
+
+    def copy_parameters(self, index: int) -> None:
+        """Restore the parameters a history entry was generated with (its seed becomes fixed)."""
+        entry = self.history[index]
+        self.params = Params.from_dict({**entry.params, "seed_mode": "fixed",
+                                        "seed": entry.seeds[0] if entry.seeds else entry.params.get("seed", 0)})
+        self._params_dirty = True
+        self.notify("params")
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.shape[2] == 4:
+        a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)

@@ -1,0 +1,237 @@
+"""Document model without Qt: strokes, undo/redo, task inference, requests, project files, recovery."""
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import project, raster
+from app.document import Document
+from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
+from app.settings import AppSettings, load_settings, save_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_document_modules_import_no_qt():
+    code = "import sys, app.document, app.project, app.settings, app.parameters; print('PySide6' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_stroke_rasterizes_a_polyline_of_dabs():
+    cov, rect = raster.stroke_coverage((64, 64), [(10, 32), (50, 32)], radius=4, hardness=1.0)
+    assert cov[32, 10:51].min() == 1.0
+    assert cov[32 - 8, 30] == 0 and cov[32, 60] == 0
+    y0, y1, x0, x1 = rect
+    assert y0 <= 27 and y1 >= 37 and x0 <= 6 and x1 >= 54
+    soft, _ = raster.stroke_coverage((64, 64), [(32, 32)], radius=10, hardness=0.0)
+    assert soft[32, 32] > 0.9 and 0.2 < soft[32, 37] < 0.8 and soft[32, 44] == 0
+
+
+def test_mask_stroke_is_one_undo_step_and_redo_restores():
+    doc = Document(64, 48)
+    seen = []
+    doc.subscribe(seen.append)
+    assert doc.stroke("mask", [(5, 5), (40, 20), (60, 40)], radius=3, hardness=0.8, value=255)
+    painted = doc.mask.copy()
+    assert painted[5, 5] == 255 and painted[40, 60] == 255 and painted[0, 63] == 0
+    assert "mask" in seen and len(doc.undo_stack.done) == 1 and doc.dirty
+    assert doc.undo() and not doc.mask.any()
+    assert doc.redo() and np.array_equal(doc.mask, painted)
+    doc.stroke("mask", [(5, 5), (60, 40)], radius=3, value=0)
+    assert doc.mask[5, 5] == 0
+    doc.undo()
+    assert np.array_equal(doc.mask, painted)
+
+
+def test_label_stroke_fill_and_undo():
+    doc = Document(32, 32)
+    doc.stroke("labels", [(0, 16), (31, 16)], radius=2, value=7)
+    assert (doc.labels[16] == 7).all() and doc.labels[0, 0] == -1
+    assert doc.fill("labels", (3, 3), 2)
+    assert (doc.labels[:14] == 2).all() and (doc.labels[19:] == -1).all()
+    assert doc.fill("labels", (3, 25), 5) and (doc.labels[19:] == 5).all()
+    doc.undo()
+    assert (doc.labels[19:] == -1).all() and (doc.labels[:14] == 2).all()
+    doc.undo()
+    assert (doc.labels[:14] == -1).all()
+    assert not doc.fill("labels", (3, 25), -1)
+
+
+def test_box_add_edit_delete_each_undoable():
+    doc = Document()
+    i = doc.add_box("cat", (0.6, 0.5, 0.1, 0.2), prompt="a tabby")
+    assert doc.boxes[i].rect == (0.1, 0.2, 0.6, 0.5) and doc.boxes[i].prompt == "a tabby"
+    doc.set_box(i, rect=(0.2, 0.2, 0.9, 1.4), label="dog")
+    assert doc.boxes[0].label == "dog" and doc.boxes[0].rect[3] == 1.0
+    assert doc.box_at(0.5, 0.5) == 0 and doc.box_at(0.05, 0.05) is None
+    doc.delete_box(0)
+    assert doc.boxes == []
+    doc.undo()
+    assert doc.boxes[0].label == "dog"
+    doc.undo()
+    assert doc.boxes[0].label == "cat"
+    doc.undo()
+    assert doc.boxes == [] and not doc.can_undo
+    doc.redo()
+    assert doc.boxes[0].label == "cat"
+
+
+def test_set_image_apply_result_and_resize_are_undoable():
+    doc = Document(16, 16)
+    img = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    doc.set_image(img)
+    assert doc.has_image and (doc.width, doc.height) == (30, 20) and doc.mask.shape == (20, 30)
+    doc.stroke("mask", [(5, 5)], radius=2)
+    doc.apply_result(255 - img)
+    assert not doc.mask.any() and np.array_equal(doc.image, 255 - img)
+    doc.undo()
+    assert doc.mask.any() and np.array_equal(doc.image, img)
+    doc.undo(), doc.undo()
+    assert not doc.has_image and doc.image.shape == (16, 16, 3)
+    doc.resize(8, 24)
+    assert doc.labels.shape == (24, 8)
+
+
+def test_task_inference_and_override():
+    doc = Document(32, 32)
+    assert doc.task() == "txt2img"
+    doc.set_image(np.zeros((32, 32, 3), np.uint8))
+    doc.set_param("upscale", True)
+    assert doc.task() == "upscale"
+    doc.stroke("labels", [(4, 4)], radius=2, value=3)
+    assert doc.task() == "semantic"
+    doc.add_box("person", (0.1, 0.1, 0.5, 0.5))
+    assert doc.task() == "layout"
+    doc.stroke("mask", [(10, 10)], radius=3)
+    assert doc.task() == "inpaint"
+    doc.set_task_override("img2img")
+    assert doc.task() == "img2img" and doc.inferred_task() == "inpaint"
+    with pytest.raises(ValueError):
+        doc.set_task_override("paint")
+
+
+def test_to_request_carries_what_the_task_needs():
+    doc = Document(40, 24)
+    doc.set_param("prompt", "a red fox")
+    doc.set_param("seed_mode", "fixed")
+    doc.set_param("seed", 1234)
+    doc.stroke("mask", [(10, 10)], radius=3)
+    s = AppSettings(device="cpu", precision="bfloat16", tile_size=96, memory_budget_mb=900)
+    req = doc.to_request(s)
+    assert req.task == "inpaint" and req.seed == 1234 and req.prompt == "a red fox"
+    assert req.mask.shape == (24, 40) and req.image.shape == (24, 40, 3) and req.labels is None
+    assert (req.device, req.dtype, req.tiles.tile, req.memory_budget_mb) == ("cpu", "bfloat16", 96, 900)
+    doc.undo()
+    doc.add_box("cat", (0, 0, 0.5, 0.5), "tabby")
+    req = doc.to_request()
+    assert req.task == "layout" and req.boxes[0].label == "cat" and req.image is None and req.boxes[0].prompt == "tabby"
+    doc.set_param("seed_mode", "random")
+    assert len({doc.to_request().seed for _ in range(5)}) > 1
+    doc.add_history([np.zeros((4, 4, 3), np.uint8)], "p", seeds=[77])
+    doc.set_param("seed_mode", "reuse")
+    assert doc.to_request().seed == 77
+
+
+def _rich_doc():
+    doc = Document(48, 32)
+    doc.set_image(np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    doc.stroke("mask", [(3, 3), (30, 20)], radius=4, hardness=0.5)
+    doc.stroke("labels", [(40, 5)], radius=3, value=181)
+    doc.add_box("tree", (0.1, 0.2, 0.3, 0.4), "an oak")
+    doc.set_param("prompt", "forest")
+    doc.set_task_override("semantic")
+    doc.add_history([np.full((8, 8, 3), 9, np.uint8), np.full((8, 8, 3), 10, np.uint8)], "forest\nSteps: 3", [5, 6])
+    return doc
+
+
+def test_save_open_round_trip(tmp_path):
+    doc = _rich_doc()
+    path = tmp_path / "a.lcproj"
+    project.save(doc, path)
+    assert not doc.dirty and doc.path == str(path)
+    back = project.load(path)
+    for name in ("image", "mask", "labels"):
+        assert np.array_equal(getattr(back, name), getattr(doc, name)), name
+    assert back.labels.dtype == np.int16 and back.labels.min() == -1 and back.labels.max() == 181
+    assert back.boxes == doc.boxes and back.params == doc.params and back.task_override == "semantic"
+    assert len(back.history) == 1 and back.history[0].seeds == [5, 6] and back.history[0].images[1][0, 0, 0] == 10
+    assert back.has_image and not back.dirty
+    with zipfile.ZipFile(path) as z:
+        assert {"manifest.json", "image.png", "mask.png", "labels.png"} <= set(z.namelist())
+
+
+def test_open_rejects_garbage(tmp_path):
+    bad = tmp_path / "bad.lcproj"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(project.ProjectError):
+        project.load(bad)
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    doc = _rich_doc()
+    path = tmp_path / "a.lcproj"
+    project.save(doc, path)
+    before = path.read_bytes()
+    doc.stroke("mask", [(40, 30)], radius=5)
+
+    def boom(arr):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(project, "_png", boom)
+    with pytest.raises(OSError):
+        project.save(doc, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.lcproj"]
+    assert doc.dirty
+
+
+def test_recovery_after_simulated_crash(tmp_path):
+    folder = tmp_path / "rec"
+    first = project.Recovery(folder)
+    assert first.start() is False
+    doc = _rich_doc()
+    doc.path = "/somewhere/x.lcproj"
+    first.autosave(doc)
+    # no finish(): the process "crashed"
+    second = project.Recovery(folder)
+    assert second.start() is True
+    back = second.recover()
+    assert np.array_equal(back.mask, doc.mask) and back.boxes == doc.boxes and back.dirty
+    assert back.path == "/somewhere/x.lcproj"
+    second.finish()
+    third = project.Recovery(folder)
+    assert third.start() is False
+
+
+def test_parameters_chunk_round_trip(tmp_path):
+    doc = Document(64, 32)
+    doc.set_param("prompt", "a castle, at night")
+    doc.set_param("negative_prompt", "blurry")
+    doc.set_param("steps", 12)
+    doc.set_param("cfg_scale", 7.5)
+    req = doc.to_request(seed=99)
+    text = format_parameters(req)
+    parsed = parse_parameters(text)
+    assert parsed["prompt"] == "a castle, at night" and parsed["negative_prompt"] == "blurry"
+    assert (parsed["steps"], parsed["cfg_scale"], parsed["seed"], parsed["width"], parsed["height"]) == (12, 7.5, 99, 64, 32)
+    png = tmp_path / "out.png"
+    write_png(png, np.zeros((4, 4, 3), np.uint8), text)
+    assert read_png_parameters(png) == text
+    assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+
+
+def test_settings_persist_and_survive_bad_values(tmp_path):
+    path = tmp_path / "s.json"
+    save_settings(AppSettings(device="cpu", tile_size=128, models_dir="/m"), path)
+    s = load_settings(path)
+    assert (s.device, s.tile_size, s.models_dir) == ("cpu", 128, "/m")
+    path.write_text('{"device": "quantum", "tile_size": "x", "bogus": 1}')
+    s = load_settings(path)
+    assert s.device == "auto" and s.tile_size == 64
+    path.write_text("{")
+    assert load_settings(path) == AppSettings()
