@@ -1,0 +1,143 @@
+"""Attention layers of the LDM UNet (Rombach et al. 2022): cross-attention transformer and the legacy QKV block."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def Normalize(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, as the LDM autoencoder and SpatialTransformer use it."""
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=eps, affine=True)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU (Elfwing et al. 2018), in place when no autograd graph is being recorded."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def residual(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x + h, reusing h's storage when no autograd graph is being recorded."""
+    return h.add_(x) if not torch.is_grad_enabled() and h.shape == x.shape else x + h
+
+
+class CrossAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017); self-attention when context is None."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = query_dim if context_dim is None else context_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Identity())
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (Shazeer 2020)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP with a GEGLU input projection (net.0.proj, net.2)."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention, GEGLU MLP."""
+
+    def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int | None = None,
+                 disable_self_attn: bool = False):
+        super().__init__()
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, n_heads, d_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """LDM SpatialTransformer: GroupNorm, 1x1 conv (or Linear) in, transformer blocks over pixels, projection out."""
+
+    def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, context_dim: int | None = None,
+                 disable_self_attn: bool = False, use_linear: bool = False):
+        super().__init__()
+        inner = n_heads * d_head
+        self.use_linear = use_linear
+        self.norm = Normalize(in_channels)
+        self.proj_in = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(in_channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, n_heads, d_head, context_dim, disable_self_attn) for _ in range(depth))
+        self.proj_out = nn.Linear(inner, in_channels) if use_linear else nn.Conv2d(inner, in_channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.norm(x)
+        if not self.use_linear:
+            y = self.proj_in(y)
+        y = rearrange(y, "b c h w -> b (h w) c")
+        if self.use_linear:
+            y = self.proj_in(y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        if self.use_linear:
+            y = self.proj_out(y)
+        y = rearrange(y, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.use_linear:
+            y = self.proj_out(y)
+        return residual(y, x)
+
+
+class AttentionBlock(nn.Module):
+    """ADM self-attention block (Dhariwal & Nichol 2021) over flattened pixels; legacy order splits heads before q/k/v."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
+                 use_new_attention_order: bool = False):
+        super().__init__()
+        self.num_heads = num_heads if num_head_channels == -1 else channels // num_head_channels
+        if self.num_heads < 1 or channels % self.num_heads:
+            raise ValueError(f"{channels} channels cannot be split into {self.num_heads} heads")
+        self.new_order = use_new_attention_order
+        self.norm = nn.GroupNorm(32, channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        flat = rearrange(x, "b c ... -> b c (...)")
+        qkv = self.qkv(self.norm(flat))
+        pattern = "b (three h d) t -> three b h t d" if self.new_order else "b (h three d) t -> three b h t d"
+        q, k, v = rearrange(qkv, pattern, three=3, h=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj_out(rearrange(out, "b h t d -> b (h d) t"))
+        return residual(out, flat).reshape(b, c, *spatial)
