@@ -1,0 +1,83 @@
+"""`python -m app` and the `latent-canvas` entry point."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="latent-canvas", description="A desktop canvas for Latent Diffusion Models")
+    p.add_argument("files", nargs="*", help="an image or .lcproj project to open")
+    p.add_argument("--fake-engine", action="store_true", default=bool(os.environ.get("LATENT_CANVAS_FAKE_ENGINE")),
+                   help="use a synthetic runner instead of the diffusion engine (demos, tests)")
+    p.add_argument("--screenshot", metavar="PNG", help="generate once with the fake engine, save the window, quit")
+    p.add_argument("--prompt", default="a lighthouse on a cliff at sunset")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app import project
+    from app.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setApplicationName("Latent Canvas")
+    app.setOrganizationName("latent-canvas")
+    app.setDesktopFileName("io.github.latent_canvas.LatentCanvas")
+    runner = None
+    if args.fake_engine or args.screenshot:
+        from app.demo import fake_runner
+
+        runner = fake_runner
+    win = MainWindow(runner=runner, recovery=None if args.screenshot else project.Recovery())
+
+    def hook(kind, value, tb):
+        traceback.print_exception(kind, value, tb)
+        win.report_error("Unexpected error", f"{kind.__name__}: {value}", "".join(traceback.format_exception(kind, value, tb)))
+
+    sys.excepthook = hook
+    win.show()
+    for path in args.files:
+        win.open_path(path)
+    if args.screenshot:
+        _screenshot_run(win, args, QTimer)
+    else:
+        QTimer.singleShot(0, win.offer_recovery)
+    return app.exec()
+
+
+def _screenshot_run(win, args, QTimer) -> None:
+    """Fill the prompt, generate with the fake engine, grab the window once the result shows, save, quit."""
+    win.doc.set_param("prompt", args.prompt)
+    win.doc.set_param("steps", 12)
+    win.doc.set_param("seed_mode", "fixed")
+    win.doc.set_param("seed", 7)
+    win._sync_all()
+
+    def done(_ev=None):
+        QTimer.singleShot(400, save)
+
+    def save():
+        win.grab().save(args.screenshot)
+        r = win.canvas.image_rect()
+        top_left = win.canvas.mapTo(win, r.topLeft().toPoint())
+        meta = dict(canvas_image_rect=[top_left.x(), top_left.y(), round(r.width()), round(r.height())],
+                    image_size=[win.doc.width, win.doc.height], seed=7, error=win.last_error)
+        with open(args.screenshot + ".json", "w") as f:
+            json.dump(meta, f)
+        win.doc.mark_clean()
+        win.close()
+
+    win.bridge.result.connect(done)
+    win.bridge.failed.connect(done)
+    QTimer.singleShot(300, win.generate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

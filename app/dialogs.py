@@ -1,0 +1,102 @@
+"""Settings dialog, box label prompt, and error-reporting helpers for slots."""
+from __future__ import annotations
+
+import functools
+import traceback
+from dataclasses import replace
+
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QWidget)
+
+from app.settings import DEVICES, PRECISIONS, TILE_MODES, AppSettings
+
+
+def guarded(fn):
+    """Slot decorator: an exception becomes a readable message on the window (self.report_error), never a crash."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:
+            self.report_error(f"{fn.__name__.replace('_', ' ').strip().capitalize()} failed",
+                              f"{type(e).__name__}: {e}", traceback.format_exc())
+            return None
+
+    return wrapper
+
+
+def _folder_row(edit: QLineEdit, parent: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    browse = QPushButton("Browse...")
+    browse.clicked.connect(lambda: edit.setText(QFileDialog.getExistingDirectory(parent, "Choose folder", edit.text()) or edit.text()))
+    row.addWidget(edit, 1)
+    row.addWidget(browse)
+    return row
+
+
+class SettingsDialog(QDialog):
+    """Edits AppSettings: folders, device, precision, tiling, preview rate, CPU memory budget, autosave."""
+
+    def __init__(self, settings: AppSettings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self._base = settings
+        self.models_dir = QLineEdit(settings.models_dir, placeholderText="extra models folder (optional)")
+        self.outputs_dir = QLineEdit(settings.outputs_dir, placeholderText=str(settings.outputs_path()))
+        self.device, self.precision, self.tile_mode = QComboBox(), QComboBox(), QComboBox()
+        for combo, items, value in ((self.device, DEVICES, settings.device), (self.precision, PRECISIONS, settings.precision),
+                                    (self.tile_mode, TILE_MODES, settings.tile_mode)):
+            combo.addItems(items)
+            combo.setCurrentText(value)
+        self.tile_size = QSpinBox(minimum=16, maximum=512, singleStep=16, value=settings.tile_size)
+        self.tile_overlap = QSpinBox(minimum=0, maximum=256, singleStep=8, value=settings.tile_overlap)
+        self.preview = QDoubleSpinBox(minimum=0.0, maximum=10.0, singleStep=0.05, value=settings.preview_interval_s, suffix=" s")
+        self.memory = QSpinBox(minimum=0, maximum=1_000_000, singleStep=512, value=settings.memory_budget_mb, suffix=" MB")
+        self.memory.setSpecialValueText("no limit")
+        self.autosave = QSpinBox(minimum=10, maximum=3600, value=settings.autosave_interval_s, suffix=" s")
+        form = QFormLayout(self)
+        form.addRow("Models folder", _folder_row(self.models_dir, self))
+        form.addRow("Outputs folder", _folder_row(self.outputs_dir, self))
+        form.addRow("Device", self.device)
+        form.addRow("Precision", self.precision)
+        form.addRow("Tiling", self.tile_mode)
+        form.addRow("Tile size (latent)", self.tile_size)
+        form.addRow("Tile overlap", self.tile_overlap)
+        form.addRow("Preview every", self.preview)
+        form.addRow("CPU memory budget", self.memory)
+        form.addRow("Autosave every", self.autosave)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def value(self) -> AppSettings:
+        return replace(self._base, models_dir=self.models_dir.text().strip(), outputs_dir=self.outputs_dir.text().strip(),
+                       device=self.device.currentText(), precision=self.precision.currentText(),
+                       tile_mode=self.tile_mode.currentText(), tile_size=self.tile_size.value(),
+                       tile_overlap=self.tile_overlap.value(), preview_interval_s=self.preview.value(),
+                       memory_budget_mb=self.memory.value(), autosave_interval_s=self.autosave.value())
+
+
+class BoxLabelDialog(QDialog):
+    """Type or pick a class for a new layout box, and optionally a region prompt."""
+
+    def __init__(self, names, last: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Box label")
+        self.label = QComboBox(editable=True)
+        self.label.addItems(list(names))
+        self.label.setCurrentText(last)
+        self.prompt = QLineEdit(placeholderText="region prompt (optional)")
+        form = QFormLayout(self)
+        form.addRow("Class", self.label)
+        form.addRow("Prompt", self.prompt)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def answer(self) -> tuple[str, str | None] | None:
+        label = self.label.currentText().strip()
+        return (label, self.prompt.text().strip() or None) if label else None

@@ -1,0 +1,464 @@
+"""The main window: menus, docks and the controller wiring Document, Canvas, panels and the engine bridge."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar,
+                               QVBoxLayout, QWidget)
+
+from app import project
+from app.bridge import EngineBridge
+from app.canvas import Canvas
+from app.dialogs import BoxLabelDialog, SettingsDialog, guarded
+from app.document import Document, Params
+from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
+from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
+from app.settings import AppSettings, load_settings, save_settings
+from engine import api
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G"}
+
+
+class MainWindow(QMainWindow):
+    """Views over one Document; engine events arrive through EngineBridge signals on the GUI thread."""
+
+    def __init__(self, runner: api.Runner | None = None, settings: AppSettings | None = None,
+                 recovery: project.Recovery | None = None, persist_settings: bool = True):
+        super().__init__()
+        self.settings = settings or load_settings()
+        self.persist_settings = persist_settings
+        self.recovery = recovery
+        self.doc = Document(512, 512)
+        self.bridge = EngineBridge(runner, self)
+        self.last_error: str | None = None
+        self.last_request: api.Request | None = None
+        self.written: list[Path] = []
+        self._started_at = 0.0
+        self.setWindowTitle("Latent Canvas")
+        self.setAcceptDrops(True)
+        self.resize(1280, 820)
+
+        self.canvas = Canvas(self.doc)
+        self.canvas.ask_box_label = self._ask_box_label
+        self.setCentralWidget(self.canvas)
+        self.prompt_panel = PromptPanel(self.doc)
+        self.model_panel = ModelPanel(self.doc, self.settings.extra_model_dirs())
+        self.params_panel = ParamsPanel(self.doc)
+        self.generate_bar = GenerateBar()
+        self.palette = PalettePanel()
+        self.history_strip = HistoryStrip()
+        self.device_label = QLabel("device: not started")
+        self.brush_label = QLabel()
+        self._build_docks()
+        self._build_actions()
+        self.statusBar().addPermanentWidget(self.brush_label)
+        self.statusBar().addPermanentWidget(self.device_label)
+
+        self.bridge.started.connect(self.on_started)
+        self.bridge.progress.connect(self.on_progress)
+        self.bridge.preview.connect(self.on_preview)
+        self.bridge.result.connect(self.on_result)
+        self.bridge.failed.connect(self.on_failed)
+        self.bridge.cancelled.connect(self.on_cancelled)
+        self.generate_bar.generate_button.clicked.connect(self.generate)
+        self.generate_bar.cancel_button.clicked.connect(self.cancel)
+        self.model_panel.modelChanged.connect(self._model_changed)
+        self.palette.labelChosen.connect(self._label_chosen)
+        self.history_strip.applyRequested.connect(self.apply_history)
+        self.history_strip.discardRequested.connect(self.discard_history)
+        self.history_strip.copyRequested.connect(self.copy_history)
+        self.history_strip.shown.connect(lambda i, j: self.canvas.set_preview(self.doc.history[i].images[j]))
+        self.canvas.brushChanged.connect(self._brush_changed)
+
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start(int(self.settings.autosave_interval_s * 1000))
+        self.model_panel.refresh()
+        self.set_document(self.doc)
+        self._brush_changed(self.canvas.brush_radius, self.canvas.brush_hardness)
+
+    # --- layout ----------------------------------------------------------------------------------------------
+    def _build_docks(self) -> None:
+        side = QWidget()
+        lay = QVBoxLayout(side)
+        for title, w in (("Prompt", self.prompt_panel), ("Model", self.model_panel), ("Sampling", self.params_panel)):
+            lay.addWidget(QLabel(f"<b>{title}</b>"))
+            lay.addWidget(w)
+        lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(side)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(330)
+        for title, w, area in (("Generate", scroll, Qt.DockWidgetArea.RightDockWidgetArea),
+                               ("Palette", self.palette, Qt.DockWidgetArea.LeftDockWidgetArea),
+                               ("History", self.history_strip, Qt.DockWidgetArea.BottomDockWidgetArea)):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(title)
+            dock.setWidget(w)
+            self.addDockWidget(area, dock)
+        self.palette.setMinimumWidth(190)
+        bar = QToolBar("Generate", self)
+        bar.setObjectName("GenerateBar")
+        bar.setMovable(False)
+        bar.addWidget(self.generate_bar)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+
+    def _action(self, menu, text, slot, shortcut=None, checkable=False) -> QAction:
+        act = QAction(text, self, checkable=checkable)
+        if shortcut:
+            act.setShortcuts([QKeySequence(s) for s in (shortcut if isinstance(shortcut, list) else [shortcut])])
+        act.triggered.connect(slot)
+        menu.addAction(act)
+        self.addAction(act)
+        return act
+
+    def _build_actions(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "&New", self.new_document, QKeySequence.StandardKey.New)
+        self._action(f, "&Open...", self.open_dialog, QKeySequence.StandardKey.Open)
+        self._action(f, "&Save", self.save, QKeySequence.StandardKey.Save)
+        self._action(f, "Save &As...", self.save_as, "Ctrl+Shift+S")
+        self._action(f, "&Export PNG...", self.export_png, "Ctrl+E")
+        f.addSeparator()
+        self._action(f, "Se&ttings...", self.settings_dialog, "Ctrl+,")
+        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        e = mb.addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo", lambda: self.doc.undo(), QKeySequence.StandardKey.Undo)
+        self.redo_action = self._action(e, "&Redo", lambda: self.doc.redo(), ["Ctrl+Shift+Z", "Ctrl+Y"])
+        self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
+        self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))
+        self._action(e, "&Delete box", self.delete_box)
+        v = mb.addMenu("&View")
+        self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
+        self._action(v, "&100%", self.canvas.actual_size, "Ctrl+1")
+        self._action(v, "Zoom &in", lambda: self.canvas.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
+        self._action(v, "Zoom &out", lambda: self.canvas.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
+        t = mb.addMenu("&Tools")
+        bar = QToolBar("Tools", self)
+        bar.setObjectName("Tools")
+        self.addToolBar(Qt.ToolBarArea.LeftToolBarArea, bar)
+        group = QActionGroup(self)
+        self.tool_actions = {}
+        labels = {"move": "Select/move", "mask": "Mask brush", "eraser": "Mask eraser", "box": "Layout box",
+                  "semantic": "Semantic brush", "fill": "Semantic fill"}
+        for tool, text in labels.items():
+            act = self._action(t, text, lambda _=False, tool=tool: self.canvas.set_tool(tool), TOOL_KEYS[tool], True)
+            act.setActionGroup(group)
+            bar.addAction(act)
+            self.tool_actions[tool] = act
+        self.tool_actions[self.canvas.tool].setChecked(True)
+        g = mb.addMenu("&Generate")
+        self.generate_action = self._action(g, "&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"])
+        self.cancel_action = self._action(g, "&Cancel", self.cancel, "Esc")
+
+    # --- document --------------------------------------------------------------------------------------------
+    def set_document(self, doc: Document) -> None:
+        self.doc.unsubscribe(self._doc_changed)
+        self.doc = doc
+        doc.subscribe(self._doc_changed)
+        self.canvas.set_document(doc)
+        self._sync_all()
+
+    def _sync_all(self) -> None:
+        for panel in (self.prompt_panel, self.params_panel, self.model_panel, self.history_strip):
+            panel.sync(self.doc)
+        self._update_title()
+
+    def _doc_changed(self, what: str) -> None:
+        if what in ("params", "all", "size", "mask", "labels", "boxes", "image"):
+            self.params_panel.sync(self.doc)
+            self.canvas.region_text = f"{self.doc.width}×{self.doc.height} · {self.doc.task()}"
+        if what in ("history", "all"):
+            self.history_strip.sync(self.doc)
+        if what in ("params", "all") and self.prompt_panel.prompt.toPlainText() != self.doc.params.prompt:
+            self.prompt_panel.sync(self.doc)
+        self._update_title()
+
+    def _update_title(self) -> None:
+        name = Path(self.doc.path).name if self.doc.path else "untitled"
+        self.setWindowTitle(f"{'*' if self.doc.dirty else ''}{name} — Latent Canvas")
+        self.undo_action.setEnabled(self.doc.can_undo)
+        self.redo_action.setEnabled(self.doc.can_redo)
+
+    def ask(self, title: str, question: str) -> bool:
+        return QMessageBox.question(self, title, question) == QMessageBox.StandardButton.Yes
+
+    def confirm_discard(self) -> bool:
+        """Unsaved-changes prompt: True when it is fine to drop the current document."""
+        if not self.doc.dirty:
+            return True
+        answer = QMessageBox.question(self, "Unsaved changes", "Save changes to the current canvas?",
+                                      QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                      | QMessageBox.StandardButton.Cancel)
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def report_error(self, title: str, message: str, detail: str = "") -> None:
+        """A readable, non-modal message; the canvas and the document stay as they were."""
+        self.last_error = message
+        self.statusBar().showMessage(f"{title}: {message}", 15000)
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
+        if detail:
+            box.setDetailedText(detail)
+        box.setModal(False)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.show()
+
+    @guarded
+    def new_document(self, *_):
+        if self.confirm_discard():
+            self.set_document(Document(self.doc.width, self.doc.height))
+
+    @guarded
+    def open_dialog(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self, "Open", "", f"Projects and images (*{project.SUFFIX} "
+                                              + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")")
+        if path:
+            self.open_path(path)
+
+    @guarded
+    def open_path(self, path: str):
+        if path.lower().endswith(project.SUFFIX):
+            if self.confirm_discard():
+                self.set_document(project.load(path))
+        else:
+            self.load_image(path)
+
+    @guarded
+    def save(self, *_) -> bool:
+        if not self.doc.path or not self.doc.path.endswith(project.SUFFIX):
+            return bool(self.save_as())
+        project.save(self.doc, self.doc.path)
+        self.statusBar().showMessage(f"Saved {self.doc.path}", 5000)
+        self._update_title()
+        return True
+
+    @guarded
+    def save_as(self, *_) -> bool:
+        path, _ = QFileDialog.getSaveFileName(self, "Save as", self.doc.path or f"untitled{project.SUFFIX}",
+                                              f"Latent Canvas project (*{project.SUFFIX})")
+        if not path:
+            return False
+        if not path.endswith(project.SUFFIX):
+            path += project.SUFFIX
+        project.save(self.doc, path)
+        self._update_title()
+        return True
+
+    @guarded
+    def export_png(self, *_):
+        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "canvas.png", "PNG image (*.png)")
+        if path:
+            image = self.canvas.preview if self.canvas.preview is not None else self.doc.image
+            text = self.doc.history[-1].parameters if self.doc.history else format_parameters(self.doc.to_request(seed=0))
+            write_png(path, image, text)
+
+    @guarded
+    def load_image(self, path: str):
+        """Open an image as the source layer; a huge one asks before downscaling; a 'parameters' chunk is restored."""
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            side = self.settings.max_image_side
+            if max(w, h) > side and self.ask("Large image", f"The image is {w}×{h}. Downscale it to fit {side} px?"):
+                s = side / max(w, h)
+                im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
+            rgb = np.array(im)
+        self.doc.set_image(rgb)
+        text = read_png_parameters(path)
+        if text:
+            self.restore_parameters(text)
+        self.canvas.set_preview(None)
+        self.canvas.fit()
+        self.statusBar().showMessage(f"Opened {Path(path).name} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
+
+    def restore_parameters(self, text: str) -> None:
+        parsed = parse_parameters(text)
+        if "seed" in parsed:
+            parsed["seed_mode"] = "fixed"
+        if parsed.get("task") in api.TASKS:
+            self.doc.task_override = parsed["task"]
+        for k, v in parsed.items():
+            if hasattr(Params, k) and k != "model":
+                self.doc.set_param(k, v)
+        self._sync_all()
+
+    def dragEnterEvent(self, e) -> None:
+        if any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)) for u in e.mimeData().urls()):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e) -> None:
+        if self.handle_drop(e.mimeData()):
+            e.acceptProposedAction()
+
+    @guarded
+    def handle_drop(self, mime) -> bool:
+        for url in mime.urls():
+            path = url.toLocalFile()
+            if path.lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)):
+                self.open_path(path)
+                return True
+        return False
+
+    @guarded
+    def settings_dialog(self, *_):
+        dlg = SettingsDialog(self.settings, self)
+        if dlg.exec():
+            self.apply_settings(dlg.value())
+
+    def apply_settings(self, s: AppSettings) -> None:
+        self.settings = s
+        if self.persist_settings:
+            save_settings(s)
+        self.autosave_timer.start(int(s.autosave_interval_s * 1000))
+        self.model_panel.extra_dirs = s.extra_model_dirs()
+        self.model_panel.refresh()
+
+    def _ask_box_label(self):
+        dlg = BoxLabelDialog(self.palette.names, getattr(self, "_last_box_label", ""), self)
+        if dlg.exec():
+            answer = dlg.answer()
+            if answer:
+                self._last_box_label = answer[0]
+            return answer
+        return None
+
+    def delete_box(self, *_):
+        if self.canvas.selected_box is not None:
+            self.doc.delete_box(self.canvas.selected_box)
+
+    def _model_changed(self, info) -> None:
+        self.palette.set_names(info.label_names if info is not None and not info.error else ())
+        self.canvas.set_colors(self.palette.colors)
+
+    def _label_chosen(self, index: int) -> None:
+        self.canvas.current_label = index
+        if self.canvas.tool not in ("semantic", "fill"):
+            self.tool_actions["semantic"].trigger()
+
+    def _brush_changed(self, radius: float, hardness: float) -> None:
+        self.brush_label.setText(f"brush {radius:.0f} px · hardness {hardness:.1f}")
+
+    # --- generation ------------------------------------------------------------------------------------------
+    @guarded
+    def generate(self, *_) -> int | None:
+        if self.bridge.busy:
+            return None
+        req = self.doc.to_request(self.settings)
+        self.last_request = req
+        self._started_at = time.perf_counter()
+        job = self.bridge.submit(req)
+        self.generate_bar.set_busy(True)
+        self.statusBar().showMessage(f"Generating ({req.task}, seed {req.seed})...")
+        return job
+
+    def cancel(self, *_) -> None:
+        if self.bridge.busy:
+            self.bridge.cancel()
+            self.generate_bar.progress.setFormat("cancelling...")
+
+    def _current(self, ev) -> bool:
+        return ev.job_id == self.bridge.current_job
+
+    @guarded
+    def on_started(self, ev: api.Started):
+        self.device_label.setText(f"{ev.device or '?'} · {ev.dtype or '?'}" + (f" · {ev.family}" if ev.family else ""))
+
+    @guarded
+    def on_progress(self, ev: api.Progress):
+        if self._current(ev):
+            self.generate_bar.show_progress(ev.step, ev.total, ev.eta_s)
+
+    @guarded
+    def on_preview(self, ev: api.Preview):
+        if self._current(ev) and ev.image is not None:
+            self.canvas.set_preview(ev.image)
+
+    @guarded
+    def on_result(self, ev: api.Result):
+        req = self.last_request
+        seeds = list(ev.seeds) or [req.seed + i for i in range(len(ev.images))]
+        texts = [ev.parameters or format_parameters(req, seed=s) for s in seeds]
+        if ev.images:
+            self.doc.add_history(ev.images, texts[0], seeds, task=req.task)
+            self.canvas.set_preview(ev.images[0])
+            self.history_strip.select_last()
+        self.generate_bar.finish("done")
+        self.statusBar().showMessage(f"Done in {ev.elapsed_s or time.perf_counter() - self._started_at:.1f} s", 8000)
+        self.write_outputs(ev.images, texts)
+        self.autosave()
+
+    def write_outputs(self, images, texts) -> None:
+        """Every result goes to the outputs folder as a PNG with a 'parameters' text chunk."""
+        folder = self.settings.outputs_path()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i, (img, text) in enumerate(zip(images, texts)):
+            path = folder / f"{stamp}-{len(self.written):04d}-{i}.png"
+            try:
+                write_png(path, np.asarray(img, np.uint8), text)
+                self.written.append(path)
+            except OSError as e:
+                self.report_error("Cannot write output", f"{path}: {e}")
+
+    @guarded
+    def on_failed(self, ev: api.Failed):
+        self.canvas.set_preview(None)
+        self.generate_bar.finish("failed")
+        self.report_error("Generation failed", ev.message or "unknown error", ev.detail)
+
+    @guarded
+    def on_cancelled(self, ev: api.Cancelled):
+        self.canvas.set_preview(None)
+        self.generate_bar.finish(f"cancelled at step {ev.step}")
+        self.statusBar().showMessage("Cancelled", 5000)
+
+    @guarded
+    def apply_history(self, entry: int, image: int = 0):
+        self.doc.apply_result(self.doc.history[entry].images[image])
+        self.canvas.set_preview(None)
+
+    @guarded
+    def discard_history(self, entry: int):
+        self.doc.discard_history(entry)
+        self.canvas.set_preview(None)
+
+    @guarded
+    def copy_history(self, entry: int):
+        self.doc.copy_parameters(entry)
+        self._sync_all()
+
+    # --- autosave, recovery, exit ----------------------------------------------------------------------------
+    @guarded
+    def autosave(self, *_):
+        if self.recovery is not None and self.doc.dirty:
+            self.recovery.autosave(self.doc)
+
+    def offer_recovery(self) -> bool:
+        if self.recovery is None or not self.recovery.start():
+            return False
+        if self.ask("Recover", "Latent Canvas did not shut down cleanly. Restore the autosaved canvas?"):
+            try:
+                self.set_document(self.recovery.recover())
+                return True
+            except project.ProjectError as e:
+                self.report_error("Recovery failed", str(e))
+        self.recovery.discard()
+        return False
+
+    def closeEvent(self, e) -> None:
+        if not self.confirm_discard():
+            e.ignore()
+            return
+        self.autosave_timer.stop()
+        self.bridge.shutdown()
+        if self.recovery is not None:
+            self.recovery.finish()
+        e.accept()

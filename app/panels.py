@@ -1,0 +1,366 @@
+"""Side panels (views over Document.params and history): prompts, model, sampling, palette, history, progress."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
+                               QSpinBox, QVBoxLayout, QWidget)
+
+from app import raster
+from app.canvas import to_qimage
+from app.document import SEED_MODES, Document
+from engine import api
+
+
+def _set(widget, value) -> None:
+    widget.blockSignals(True)
+    try:
+        if isinstance(widget, QPlainTextEdit):
+            if widget.toPlainText() != value:
+                widget.setPlainText(value)
+        elif isinstance(widget, QComboBox):
+            i = widget.findData(value)
+            widget.setCurrentIndex(i if i >= 0 else widget.findText(str(value)))
+        elif isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        else:
+            widget.setValue(value)
+    finally:
+        widget.blockSignals(False)
+
+
+class PromptPanel(QWidget):
+    def __init__(self, doc: Document, parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.prompt = QPlainTextEdit(placeholderText="Prompt: what to generate")
+        self.negative = QPlainTextEdit(placeholderText="Negative prompt")
+        self.prompt.setMaximumHeight(90)
+        self.negative.setMaximumHeight(60)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.prompt)
+        lay.addWidget(self.negative)
+        self.prompt.textChanged.connect(lambda: self.doc.set_param("prompt", self.prompt.toPlainText()))
+        self.negative.textChanged.connect(lambda: self.doc.set_param("negative_prompt", self.negative.toPlainText()))
+
+    def sync(self, doc: Document) -> None:
+        self.doc = doc
+        _set(self.prompt, doc.params.prompt)
+        _set(self.negative, doc.params.negative_prompt)
+
+
+def install_model(src: str, dest_dir: str, link: bool = True) -> Path:
+    """Symlink (or copy, if linking fails or is not wanted) a checkpoint into the user models folder."""
+    dest = Path(dest_dir) / Path(src).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() or dest.is_symlink():
+        raise FileExistsError(f"{dest.name} is already in {dest.parent}")
+    if link:
+        try:
+            os.symlink(os.path.abspath(src), dest)
+            return dest
+        except OSError:
+            pass
+    shutil.copy2(src, dest)
+    return dest
+
+
+class ModelPanel(QWidget):
+    """Model chooser over engine.api.list_models(); shows the detected family, tasks and errors."""
+
+    modelChanged = Signal(object)  # api.ModelInfo | None
+
+    def __init__(self, doc: Document, extra_dirs: tuple[str, ...] = (), parent=None):
+        super().__init__(parent)
+        self.doc, self.extra_dirs = doc, extra_dirs
+        self.models: list[api.ModelInfo] = []
+        self.combo = QComboBox()
+        self.add_button = QPushButton("Add model...")
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.add_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.info)
+        self.combo.currentIndexChanged.connect(self._chosen)
+        self.add_button.clicked.connect(self.add_model_dialog)
+
+    def refresh(self) -> None:
+        try:
+            self.models = list(api.list_models(tuple(self.extra_dirs)))
+            error = ""
+        except Exception as e:  # the engine side may be missing or broken; the app still runs
+            self.models, error = [], f"Cannot list models: {api.describe_exception(e)}"
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        for m in self.models:
+            self.combo.addItem(f"{m.name} ({m.family or 'unknown'})" if not m.error else f"{m.name} (unreadable)", m.path)
+        if not self.models:
+            self.combo.addItem("default", "default")
+        self.combo.blockSignals(False)
+        self.sync(self.doc)
+        if error:
+            self.info.setText(error)
+
+    def current(self) -> api.ModelInfo | None:
+        path = self.combo.currentData()
+        return next((m for m in self.models if m.path == path), None)
+
+    def _chosen(self, _i: int) -> None:
+        self.doc.set_param("model", self.combo.currentData() or "default")
+        self._show(self.current())
+
+    def _show(self, m: api.ModelInfo | None) -> None:
+        if m is None:
+            self.info.setText("No model found: add a checkpoint (.safetensors/.ckpt).")
+        elif m.error:
+            self.info.setText(f"<span style='color:#e66'>{m.error}</span>")
+        else:
+            self.info.setText(f"{m.family} · {', '.join(m.tasks) or 'no tasks'} · {m.image_size or '?'} px")
+        self.modelChanged.emit(m)
+
+    def sync(self, doc: Document) -> None:
+        self.doc = doc
+        i = self.combo.findData(doc.params.model)
+        if i < 0 and self.combo.count():
+            i = 0
+            doc.params.model = self.combo.itemData(0)
+        _set(self.combo, self.combo.itemData(i) if i >= 0 else None)
+        self._show(self.current())
+
+    def add_model_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Add model", "", "Checkpoints (*.safetensors *.ckpt)")
+        if path:
+            self.add_model(path)
+
+    def add_model(self, path: str) -> api.ModelInfo | None:
+        info = api.inspect_model(path)
+        if info.error:
+            self.info.setText(f"<span style='color:#e66'>{Path(path).name}: {info.error}</span>")
+            return info
+        dest = install_model(path, api.user_models_dir())
+        self.refresh()
+        i = self.combo.findData(str(dest))
+        if i >= 0:
+            self.combo.setCurrentIndex(i)
+        return info
+
+
+class ParamsPanel(QWidget):
+    """Task (inferred, overridable), sampler, steps, guidance, seed, size, strength, batch, x4 upscale."""
+
+    def __init__(self, doc: Document, parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.task = QComboBox()
+        self.task.addItem("auto", None)
+        for t in api.TASKS:
+            self.task.addItem(t, t)
+        self.sampler = QComboBox()
+        for s in api.SAMPLERS:
+            self.sampler.addItem(s, s)
+        self.steps = QSpinBox(minimum=1, maximum=1000)
+        self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.seed_mode = QComboBox()
+        for m in SEED_MODES:
+            self.seed_mode.addItem(m, m)
+        self.width_ = QSpinBox(minimum=32, maximum=8192, singleStep=32)
+        self.height_ = QSpinBox(minimum=32, maximum=8192, singleStep=32)
+        self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.batch = QSpinBox(minimum=1, maximum=16)
+        self.upscale = QCheckBox("x4 upscale the image")
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Task", self.task)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Steps", self.steps)
+        form.addRow("Guidance", self.cfg)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.seed_mode)
+        form.addRow("Seed", seed_row)
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.width_)
+        size_row.addWidget(QLabel("×"))
+        size_row.addWidget(self.height_)
+        form.addRow("Size", size_row)
+        form.addRow("Strength", self.strength)
+        form.addRow("Batch", self.batch)
+        form.addRow("", self.upscale)
+        self.task.currentIndexChanged.connect(lambda: self.doc.set_task_override(self.task.currentData()))
+        self.sampler.currentIndexChanged.connect(lambda: self.doc.set_param("sampler", self.sampler.currentData()))
+        self.steps.valueChanged.connect(lambda v: self.doc.set_param("steps", v))
+        self.cfg.valueChanged.connect(lambda v: self.doc.set_param("cfg_scale", v))
+        self.seed.valueChanged.connect(lambda v: self.doc.set_param("seed", v))
+        self.seed_mode.currentIndexChanged.connect(lambda: self.doc.set_param("seed_mode", self.seed_mode.currentData()))
+        self.strength.valueChanged.connect(lambda v: self.doc.set_param("strength", v))
+        self.batch.valueChanged.connect(lambda v: self.doc.set_param("batch_size", v))
+        self.upscale.toggled.connect(lambda v: self.doc.set_param("upscale", v))
+        self.width_.editingFinished.connect(self._resize)
+        self.height_.editingFinished.connect(self._resize)
+
+    def _resize(self) -> None:
+        self.doc.resize(self.width_.value(), self.height_.value())
+
+    def sync(self, doc: Document) -> None:
+        self.doc, p = doc, doc.params
+        self.task.setItemText(0, f"auto ({doc.inferred_task()})")
+        for w, v in ((self.task, doc.task_override), (self.sampler, p.sampler), (self.steps, p.steps),
+                     (self.cfg, p.cfg_scale), (self.seed, int(p.seed) % 2**31), (self.seed_mode, p.seed_mode),
+                     (self.width_, doc.width), (self.height_, doc.height), (self.strength, p.strength),
+                     (self.batch, p.batch_size), (self.upscale, p.upscale)):
+            _set(w, v)
+        self.strength.setEnabled(doc.task() in ("img2img", "inpaint"))
+
+
+class PalettePanel(QWidget):
+    """Searchable class list (ModelInfo.label_names) with palette colours; picking one sets the brush label."""
+
+    labelChosen = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.search = QLineEdit(placeholderText="Search classes")
+        self.list = QListWidget()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.search)
+        lay.addWidget(self.list)
+        self.search.textChanged.connect(self._filter)
+        self.list.currentItemChanged.connect(lambda item, _: item is not None and self.labelChosen.emit(item.data(Qt.ItemDataRole.UserRole)))
+        self.names: tuple[str, ...] = ()
+        self.colors = raster.palette(0)
+        self.set_names(())
+
+    def set_names(self, names) -> None:
+        self.names = tuple(names) or tuple(f"class {i}" for i in range(182))
+        self.colors = raster.palette(len(self.names))
+        self.list.clear()
+        for i, name in enumerate(self.names):
+            pix = QPixmap(14, 14)
+            pix.fill(QColor(*[int(c) for c in self.colors[i]]))
+            item = QListWidgetItem(QIcon(pix), f"{i:3d}  {name}")
+            item.setData(Qt.ItemDataRole.UserRole, i)
+            self.list.addItem(item)
+        self._filter(self.search.text())
+
+    def _filter(self, text: str) -> None:
+        t = text.strip().lower()
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            item.setHidden(bool(t) and t not in item.text().lower())
+
+    def select(self, index: int) -> None:
+        if 0 <= index < self.list.count():
+            self.list.setCurrentRow(index)
+
+
+def thumbnail(rgb: np.ndarray, size: int = 96) -> QIcon:
+    h, w = rgb.shape[:2]
+    s = max(h, w) / size
+    small = raster.resize_nearest(rgb, max(int(w / s), 1), max(int(h / s), 1)) if s > 1 else rgb
+    return QIcon(QPixmap.fromImage(to_qimage(small)))
+
+
+class HistoryStrip(QWidget):
+    """Thumbnails of finished results with Apply, Discard and Copy parameters."""
+
+    applyRequested = Signal(int, int)  # entry, image
+    discardRequested = Signal(int)
+    copyRequested = Signal(int)
+    shown = Signal(int, int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setViewMode(QListWidget.ViewMode.IconMode)
+        self.list.setFlow(QListWidget.Flow.LeftToRight)
+        self.list.setWrapping(False)
+        self.list.setIconSize(QSize(80, 80))
+        self.list.setFixedHeight(112)
+        self.apply_button, self.discard_button, self.copy_button = (QPushButton(t) for t in ("Apply", "Discard", "Copy parameters"))
+        buttons = QVBoxLayout()
+        for b in (self.apply_button, self.discard_button, self.copy_button):
+            buttons.addWidget(b)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.list, 1)
+        lay.addLayout(buttons)
+        self.apply_button.clicked.connect(lambda: self._emit(self.applyRequested, True))
+        self.discard_button.clicked.connect(lambda: self._emit(self.discardRequested))
+        self.copy_button.clicked.connect(lambda: self._emit(self.copyRequested))
+        self.list.currentItemChanged.connect(lambda item, _: item is not None and self.shown.emit(*item.data(Qt.ItemDataRole.UserRole)))
+
+    def _emit(self, signal, with_image: bool = False) -> None:
+        item = self.list.currentItem()
+        if item is not None:
+            entry, image = item.data(Qt.ItemDataRole.UserRole)
+            signal.emit(entry, image) if with_image else signal.emit(entry)
+
+    def sync(self, doc: Document) -> None:
+        self.list.blockSignals(True)
+        self.list.clear()
+        for i, entry in enumerate(doc.history):
+            for j, img in enumerate(entry.images):
+                item = QListWidgetItem(thumbnail(img), "")
+                item.setToolTip(entry.parameters)
+                item.setData(Qt.ItemDataRole.UserRole, (i, j))
+                self.list.addItem(item)
+        self.list.blockSignals(False)
+        for b in (self.apply_button, self.discard_button, self.copy_button):
+            b.setEnabled(bool(doc.history))
+
+    def select_last(self) -> None:
+        if self.list.count():
+            self.list.setCurrentRow(self.list.count() - 1)
+
+
+class GenerateBar(QWidget):
+    """Generate (Ctrl+Enter) and Cancel (Esc) buttons and a progress bar with step count and time left."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.generate_button = QPushButton("Generate")
+        self.cancel_button = QPushButton("Cancel")
+        self.generate_button.setToolTip("Ctrl+Enter")
+        self.cancel_button.setToolTip("Esc")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.set_busy(False)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.generate_button)
+        lay.addWidget(self.cancel_button)
+        lay.addWidget(self.progress, 1)
+
+    def set_busy(self, busy: bool) -> None:
+        self.generate_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("starting...")
+        else:
+            self.progress.setRange(0, 100)
+
+    def show_progress(self, step: int, total: int, eta_s: float) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(step)
+        left = "" if not math.isfinite(eta_s) else f" · {eta_s:.0f} s left" if eta_s < 120 else f" · {eta_s / 60:.1f} min left"
+        self.progress.setFormat(f"step {step}/{total}{left}")
+
+    def finish(self, text: str) -> None:
+        self.set_busy(False)
+        self.progress.setValue(self.progress.maximum() if text == "done" else 0)
+        self.progress.setFormat(text)
