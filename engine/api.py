@@ -51,6 +51,7 @@ class Request:
     mask: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
     labels: np.ndarray | None = None
+    label_prompts: dict[int, str] = field(default_factory=dict)
     class_id: int | None = None
     sampler: str = "ddim"
     steps: int = 30
@@ -65,6 +66,7 @@ class Request:
     mask_feather: int = 0
     inpaint_crop: bool = False
     upscaler: str = "model"
+    noise_level: int = 20
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiles: TileSettings = field(default_factory=TileSettings)

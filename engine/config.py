@@ -85,6 +85,7 @@ class CondConfig:
     out_channels: int = 3
     bias: bool = False
     label_names: tuple[str, ...] = ()
+    vocab: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,30 @@ class ModelConfig:
 
     def with_(self, **kw) -> "ModelConfig":
         return replace(self, **kw)
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """A JSON-ready dict (stored in safetensors metadata under 'latent_canvas.config')."""
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """Inverse of config_to_dict; unknown keys are ignored so newer files still load."""
+    from dataclasses import fields
+
+    def build(cls, data):
+        names = {f.name: f for f in fields(cls)}
+        kw = {}
+        for k, v in data.items():
+            if k in names:
+                kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+
+    d = dict(d)
+    d["unet"] = build(UNetConfig, d["unet"])
+    d["first_stage"] = build(AutoencoderConfig, d["first_stage"])
+    d["cond"] = build(CondConfig, d.get("cond", {}))
+    d["schedule"] = build(ScheduleConfig, d.get("schedule", {}))
+    return build(ModelConfig, d)

@@ -355,7 +355,7 @@ class FirstStageEncoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         ref = next(self.first_stage.parameters())
         out = self.first_stage.encode(x.to(device=ref.device, dtype=ref.dtype))
-        return out.mode() if hasattr(out, "mode") else out
+        return out if isinstance(out, torch.Tensor) else out.mode()
 
     forward = encode
 

@@ -1,0 +1,71 @@
+"""LatentDiffusion (Rombach et al. 2022): UNet in model.diffusion_model, autoencoder, conditioner, one module."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.cond_stage_model import make_cond_stage
+from engine.models.diffusion_model import UNetModel
+from engine.models.first_stage_model import make_first_stage
+from engine.schedules import alphas_cumprod
+
+
+class DiffusionWrapper(nn.Module):
+    """LDM's DiffusionWrapper: concat inputs joined on channels, context and class labels passed through."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.diffusion_model = unet
+
+    def forward(self, x, t, context=None, concat=None, y=None):
+        if concat is not None:
+            x = torch.cat([x, concat.to(x.dtype)], dim=1)
+        return self.diffusion_model(x, t, context=context, y=y)
+
+
+class LatentDiffusion(nn.Module):
+    """One checkpoint family; state_dict() keys are the original checkpoint's keys."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = DiffusionWrapper(UNetModel(config.unet))
+        self.first_stage_model = make_first_stage(config.first_stage)
+        cond = make_cond_stage(config.cond, first_stage=self.first_stage_model)
+        if config.cond.kind == "first_stage":
+            object.__setattr__(self, "cond_stage_model", cond)
+        else:
+            self.cond_stage_model = cond
+        self.alphas_cumprod = alphas_cumprod(config.schedule)
+        self.source = ""
+        self.metadata: dict = {}
+
+    @property
+    def scale_factor(self) -> float:
+        return self.config.scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image in [-1, 1] -> scaled latent (KL: posterior mode, or a sample with a generator; VQ: pre-quant features)."""
+        out = self.first_stage_model.encode(x.to(self.dtype))
+        if not isinstance(out, torch.Tensor):
+            out = out.sample(generator) if generator is not None else out.mode()
+        return out * self.scale_factor
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image in [-1, 1] (VQ decoders quantize first)."""
+        return self.first_stage_model.decode(z.to(self.dtype) / self.scale_factor)
+
+    def get_learned_conditioning(self, c):
+        """cond_stage_model.encode(c): strings or token ids, label maps, class ids, images."""
+        if self.cond_stage_model is None:
+            return None
+        return self.cond_stage_model.encode(c)

@@ -1,0 +1,288 @@
+"""Flat pipeline functions: one Request in, one Result out (text, img2img, inpaint, layout, semantic, upscale)."""
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.api import EngineError, JobContext, Request, Result, Started, TASKS
+from engine.sampling import SAMPLERS, sample
+from engine.schedules import DiscreteDenoiser
+from engine.guidance import CFGDenoiser
+
+
+@dataclass
+class Plan:
+    """What a task hands the shared sampling core: conditioning, start latent, wrappers and the paste-back."""
+
+    cond: dict
+    uncond: dict | None
+    height: int
+    width: int
+    init: torch.Tensor | None = None
+    strength: float = 1.0
+    wrap: list = field(default_factory=list)
+    finish: object = None
+
+
+def pick_device(request: Request) -> tuple[torch.device, torch.dtype]:
+    """CUDA fp16 when present (auto), else CPU fp32; bf16 on CPU on request."""
+    cuda = torch.cuda.is_available()
+    if request.device == "cuda" and not cuda:
+        raise EngineError("CUDA was requested but no CUDA device is available")
+    device = torch.device("cuda" if request.device == "cuda" or (request.device == "auto" and cuda) else "cpu")
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if request.dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = names[request.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise EngineError("float16 is not supported on the CPU; use float32 or bfloat16")
+    return device, dtype
+
+
+def resolve_model(name: str, task: str) -> Path:
+    """A file path, or 'default': the bundled model whose family serves the task best."""
+    from engine.api import default_models_dir, inspect_model
+
+    if name and name != "default":
+        p = Path(name).expanduser()
+        if not p.exists():
+            raise EngineError(f"model not found: {name}")
+        return p
+    candidates = [inspect_model(str(f)) for f in sorted(Path(default_models_dir()).glob("*.safetensors"))]
+    candidates = [c for c in candidates if not c.error and task in c.tasks]
+    if not candidates:
+        raise EngineError(f"no bundled default model serves {task!r}; add a checkpoint or run `make models`")
+    return Path(min(candidates, key=lambda c: c.tasks.index(task)).path)
+
+
+def get_model(request: Request, cache: dict, device, dtype):
+    """The loaded model, cached on the worker and swapped when the request names another file or device."""
+    from engine.checkpoint import CheckpointError, load
+
+    path = resolve_model(request.model, request.task)
+    key = (str(path.resolve()), path.stat().st_mtime, str(device), str(dtype))
+    if cache.get("key") != key:
+        cache.pop("model", None)
+        cache.pop("previewer", None)
+        cache["key"] = None
+        gc.collect()
+        try:
+            cache["model"] = load(path, device=device, dtype=dtype)
+        except CheckpointError as e:
+            raise EngineError(str(e)) from None
+        cache["key"] = key
+    return cache["model"]
+
+
+def validate(request: Request, model) -> None:
+    cfg = model.config
+    if request.task not in TASKS:
+        raise EngineError(f"unknown task {request.task!r}; valid: {', '.join(TASKS)}")
+    if request.sampler not in SAMPLERS:
+        raise EngineError(f"unknown sampler {request.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if request.steps < 1 or request.steps > 1000:
+        raise EngineError(f"steps must be between 1 and 1000, got {request.steps}")
+    if request.batch_size < 1:
+        raise EngineError("batch size must be at least 1")
+    from engine.families import tasks_for
+
+    if request.task not in tasks_for(cfg) and not (request.task == "img2img" and "txt2img" in tasks_for(cfg)):
+        raise EngineError(f"{cfg.family} models cannot do {request.task!r} (they do: {', '.join(tasks_for(cfg))})")
+    needs_image = request.task in ("img2img", "inpaint", "upscale")
+    if needs_image and request.image is None:
+        raise EngineError(f"{request.task} needs an input image")
+    if request.image is not None and (request.image.ndim != 3 or request.image.shape[2] != 3):
+        raise EngineError(f"input image must be H x W x 3 RGB, got shape {request.image.shape}")
+    if request.task == "inpaint":
+        if request.mask is None:
+            raise EngineError("inpaint needs a mask (white = repaint)")
+        if request.mask.shape[:2] != request.image.shape[:2]:
+            raise EngineError(
+                f"mask size {request.mask.shape[1]}x{request.mask.shape[0]} does not match the image size "
+                f"{request.image.shape[1]}x{request.image.shape[0]}"
+            )
+    if request.task == "txt2img" and cfg.cond.kind in ("clip", "openclip", "bert") and not request.prompt.strip():
+        raise EngineError("text-to-image needs a prompt")
+    if request.task == "semantic" and request.labels is None and cfg.cond.kind == "spatial":
+        raise EngineError("semantic synthesis needs a label map")
+    if request.task == "layout" and not request.boxes:
+        raise EngineError("layout-to-image needs at least one box")
+
+
+def output_size(request: Request, model) -> tuple[int, int]:
+    """Explicit size, else the input's size (x4 for upscale), else the model's training size; multiple of the factor."""
+    f = model.config.factor
+    src = next((a for a in (request.image, request.mask, request.labels) if a is not None), None)
+    if request.width and request.height:
+        w, h = request.width, request.height
+    elif src is not None:
+        h, w = src.shape[:2]
+        if request.task == "upscale":
+            h, w = 4 * h, 4 * w
+    else:
+        w = h = model.config.image_size
+    if w % f or h % f:
+        raise EngineError(f"size {w}x{h} must be a multiple of {f} for {model.config.family}")
+    if w < f * 4 or h < f * 4:
+        raise EngineError(f"size {w}x{h} is too small (at least {f * 4} px per side)")
+    return h, w
+
+
+def to_tensor(img: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 HxWx3 -> (1,3,H,W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return t.to(device, dtype)
+
+
+def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [a.permute(1, 2, 0).cpu().numpy() for a in x]
+
+
+class PadToMultiple:
+    """Reflect-pads the latent to the UNet's stride and crops the prediction back: any size a multiple of the factor."""
+
+    def __init__(self, inner, multiple: int):
+        self.inner, self.multiple = inner, multiple
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, sigma, **kw):
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if not ph and not pw:
+            return self.inner(x, sigma, **kw)
+        pad = lambda t: F.pad(t, (0, pw, 0, ph), mode="replicate") if t.ndim == 4 and t.shape[-2:] == (h, w) else t
+        kw = {k: ({kk: pad(vv) if torch.is_tensor(vv) else vv for kk, vv in v.items()} if isinstance(v, dict) else pad(v)
+                  if torch.is_tensor(v) else v) for k, v in kw.items()}
+        return self.inner(pad(x), sigma, **kw)[..., :h, :w]
+
+
+def base_denoiser(model):
+    """The UNet as a VE denoiser; the sampler state stays float32 whatever the model's dtype."""
+    unet, dtype = model.model, model.dtype
+
+    def unet_fn(x, t, context=None, concat=None, y=None):
+        cast = lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+        return unet(cast(x), t.to(x.device), context=cast(context), concat=cast(concat), y=y).float()
+
+    den = DiscreteDenoiser(unet_fn, model.alphas_cumprod, model.config.parameterization)
+    return PadToMultiple(den, 2 ** (len(model.config.unet.channel_mult) - 1))
+
+
+def seeds_for(request: Request) -> list[int]:
+    return [int(request.seed) + i for i in range(request.batch_size)]
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """One CPU generator per image, so a seed gives the same picture in any batch and on any device."""
+    return torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+
+
+def make_plan(request: Request, model, h: int, w: int) -> Plan:
+    from engine import tasks
+
+    return tasks.plan(request, model, h, w)
+
+
+def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
+    """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
+    t0 = time.perf_counter()
+    device, dtype = pick_device(request)
+    model = get_model(request, cache, device, dtype)
+    ctx.emit(Started(ctx.job_id, device=str(device), dtype=str(dtype).replace("torch.", ""), family=model.config.family))
+    validate(request, model)
+    h, w = output_size(request, model)
+    with torch.inference_mode():
+        try:
+            plan = make_plan(request, model, h, w)
+            images = sample_plan(request, model, plan, ctx, cache)
+        except torch.cuda.OutOfMemoryError:
+            raise EngineError("Out of memory on the GPU: try a smaller size, tiling, or the CPU device.") from None
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+    seeds = seeds_for(request)
+    return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
+
+
+def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dict) -> list[np.ndarray]:
+    seeds = seeds_for(request)
+    f, c = model.config.factor, model.config.unet.out_channels
+    lh, lw = plan.height // f, plan.width // f
+    noise = initial_noise(seeds, (c, lh, lw)).to(model.device)
+    den = base_denoiser(model)
+    if plan.uncond is not None and request.cfg_scale != 1.0:
+        den = CFGDenoiser(den, request.cfg_scale)
+        extra = {"cond": plan.cond, "uncond": plan.uncond}
+    else:
+        den = CFGDenoiser(den, 1.0)
+        extra = {"cond": plan.cond}
+    for wrap in plan.wrap:
+        den = wrap(den, noise)
+    previewer = preview_fn(model, cache)
+    total = len(__import__("engine.sampling", fromlist=["schedule"]).schedule(
+        request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)) - 1
+
+    def callback(info):
+        i = info["i"] + 1
+        if previewer is not None and (ctx.wants_preview() or i == total):
+            ctx.preview(i, previewer(info["denoised"][:1]))
+        ctx.progress(i, total)
+
+    gen = torch.Generator("cpu").manual_seed(int(request.seed) + 7919)
+    ctx.progress(0, total)
+    z = sample(request.sampler, den, noise, request.steps, extra_args=extra, callback=callback, generator=gen,
+               eta=request.eta, strength=plan.strength, init=plan.init)
+    ctx.check_cancel()
+    images = to_uint8(decode(model, z, request))
+    if plan.finish is not None:
+        images = [plan.finish(img) for img in images]
+    return images
+
+
+def decode(model, z: torch.Tensor, request: Request) -> torch.Tensor:
+    return torch.cat([model.decode_first_stage(z[i:i + 1]) for i in range(z.shape[0])])
+
+
+def preview_fn(model, cache: dict):
+    """A cheap latent -> RGB preview: the linear map fitted from this model's own decoder (cached per model)."""
+    if "previewer" not in cache:
+        try:
+            from engine.preview import previewer_for
+
+            cache["previewer"] = previewer_for(model)
+        except ImportError:
+            cache["previewer"] = None
+    return cache["previewer"]
+
+
+def request_record(request: Request) -> dict:
+    """The request as JSON-ready data (arrays left out), embedded in output PNGs."""
+    d = {k: v for k, v in asdict(request).items() if not isinstance(v, np.ndarray) and v is not None}
+    return json.loads(json.dumps(d, default=str))
+
+
+def parameters_text(request: Request, model, h: int, w: int) -> str:
+    """The 'parameters' text users know from other tools: prompt, negative prompt, then 'Key: value' pairs."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    pairs = {
+        "Steps": request.steps, "Sampler": request.sampler, "CFG scale": request.cfg_scale, "Seed": request.seed,
+        "Size": f"{w}x{h}", "Model": Path(model.source).stem, "Family": model.config.family, "Task": request.task,
+    }
+    if request.task == "img2img":
+        pairs["Denoising strength"] = request.strength
+    if request.eta:
+        pairs["Eta"] = request.eta
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Per-task planning: conditioning, start latent, denoiser wrappers and paste-back for each of the five tasks."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.api import EngineError, Request
+from engine.guidance import MaskBlendDenoiser, Region, RegionalDenoiser
+from engine.images import composite, grow_and_feather, mask_bbox, resize_nearest, resize_rgb
+from engine.pipelines import Plan, to_tensor
+
+TEXT_KINDS = ("clip", "openclip", "bert")
+
+
+def is_layout_model(model) -> bool:
+    return model.config.cond.kind == "bert" and model.config.cond.tokenizer == "layout"
+
+
+def text_cond(model, prompts: list[str]) -> torch.Tensor:
+    return model.get_learned_conditioning(prompts)
+
+
+def layout_tokenizer(model):
+    from engine.tokenizers import LayoutTokenizer
+
+    names = model.config.cond.label_names
+    return LayoutTokenizer(class_names=names or None, n_tokens=model.config.cond.vocab_size)
+
+
+def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, dict | None]:
+    """cond and uncond dicts for the family's own conditioner (text, class, layout tokens, label map, none)."""
+    cfg, b = model.config, request.batch_size
+    kind = cfg.cond.kind
+    if kind in TEXT_KINDS and not is_layout_model(model):
+        return {"context": text_cond(model, [request.prompt] * b)}, {"context": text_cond(model, [request.negative_prompt] * b)}
+    if kind == "bert":
+        tokens = layout_tokenizer(model).encode([(bx.label, bx.box) for bx in request.boxes])
+        return {"context": model.get_learned_conditioning(tokens[None].expand(b, -1).to(model.device))}, None
+    if kind == "class":
+        cid = 0 if request.class_id is None else int(request.class_id)
+        n = cfg.cond.n_classes
+        if not 0 <= cid < n:
+            raise EngineError(f"class id {cid} out of range 0..{n - 1}")
+        ids = torch.full((b,), cid, dtype=torch.long, device=model.device)
+        cond = {"context": model.get_learned_conditioning(ids)}
+        uncond = {"context": model.get_learned_conditioning(torch.full_like(ids, n - 1))} if n == 1001 else None
+        return cond, uncond
+    if kind == "spatial":
+        labels = resize_nearest(np.asarray(request.labels), w, h).astype(np.int64)
+        n = cfg.cond.in_channels
+        if labels.min() < 0 or labels.max() >= n:
+            raise EngineError(f"label map has class id {int(labels.max())} outside the model's {n} classes")
+        t = torch.from_numpy(labels)[None].expand(b, -1, -1).to(model.device)
+        return {"concat": model.get_learned_conditioning(t)}, None
+    return {}, None
+
+
+def soft_box(box, lh: int, lw: int, device) -> torch.Tensor:
+    """A box in normalized coordinates as a latent-size weight map with a one-pixel soft edge."""
+    x0, y0, x1, y1 = box
+    ys = (torch.arange(lh, device=device) + 0.5) / lh
+    xs = (torch.arange(lw, device=device) + 0.5) / lw
+    wy = ((ys - y0) * lh + 0.5).clamp(0, 1) * ((y1 - ys) * lh + 0.5).clamp(0, 1)
+    wx = ((xs - x0) * lw + 0.5).clamp(0, 1) * ((x1 - xs) * lw + 0.5).clamp(0, 1)
+    return (wy[:, None] * wx[None, :])[None, None]
+
+
+def regions_for(request: Request, model, h: int, w: int) -> list[Region]:
+    """Regional prompts for text models: one per layout box, or one per painted class of a label map."""
+    f, b = model.config.factor, request.batch_size
+    lh, lw = h // f, w // f
+    regions = []
+    if request.task == "layout":
+        for bx in request.boxes:
+            ctx = text_cond(model, [bx.prompt or bx.label] * b)
+            regions.append(Region({"cond": {"context": ctx}}, soft_box(bx.box, lh, lw, model.device)))
+    elif request.task == "semantic" and request.labels is not None:
+        labels = resize_nearest(np.asarray(request.labels), w, h)
+        names = dict(enumerate(model.config.cond.label_names)) | dict(request.label_prompts)
+        for cid in np.unique(labels):
+            if cid < 0:
+                continue
+            if int(cid) not in names:
+                raise EngineError(f"label map class {int(cid)} has no name to prompt with")
+            m = torch.from_numpy((labels == cid).astype(np.float32))[None, None].to(model.device)
+            m = F.interpolate(m, size=(lh, lw), mode="area")
+            ctx = text_cond(model, [names[int(cid)]] * b)
+            regions.append(Region({"cond": {"context": ctx}}, m))
+    return regions
+
+
+def plan(request: Request, model, h: int, w: int) -> Plan:
+    cfg = model.config
+    if request.task == "upscale":
+        return plan_upscale(request, model, h, w)
+    if request.task == "inpaint" and request.inpaint_crop:
+        return plan_cropped_inpaint(request, model)
+    if request.task == "inpaint" and (cfg.cond.kind == "first_stage" or cfg.unet.in_channels == 9):
+        return plan_dedicated_inpaint(request, model, h, w)
+    text_model = cfg.cond.kind in TEXT_KINDS and not is_layout_model(model)
+    cond, uncond = base_conditioning(request, model, h, w)
+    p = Plan(cond, uncond, h, w)
+    if text_model and request.task in ("layout", "semantic"):
+        regions = regions_for(request, model, h, w)
+        p.wrap.append(lambda den, noise: RegionalDenoiser(den, regions))
+    if request.task == "img2img":
+        image = resize_rgb(request.image, w, h)
+        p.init = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
+        p.init = p.init.expand(request.batch_size, -1, -1, -1)
+        p.strength = request.strength
+    if request.task == "inpaint":
+        add_mask_blend(request, model, p)
+    return p
+
+
+def latent_mask(soft: np.ndarray, model) -> torch.Tensor:
+    """Pixel mask -> latent mask: a latent cell regenerates if any pixel it covers is (partly) masked."""
+    f = model.config.factor
+    m = torch.from_numpy((soft > 0).astype(np.float32))[None, None].to(model.device)
+    return F.max_pool2d(m, kernel_size=f, stride=f)
+
+
+def add_mask_blend(request: Request, model, p: Plan) -> None:
+    """Mask-blended latent inpainting for any checkpoint; pixels outside the grown, feathered mask stay exact."""
+    image = request.image
+    soft = grow_and_feather(request.mask, request.mask_grow, request.mask_feather)
+    z0 = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
+    z0 = z0.expand(request.batch_size, -1, -1, -1)
+    mlat = latent_mask(soft, model)
+    p.init, p.strength = z0, 1.0
+    p.wrap.append(lambda den, noise: MaskBlendDenoiser(den, z0, mlat, noise))
+    p.finish = lambda img: composite(image, img, soft)
+
+
+def plan_dedicated_inpaint(request: Request, model, h: int, w: int) -> Plan:
+    """LDM inpainting_big (VQ masked image + mask, 7 ch) and SD inpainting (mask + masked-image latent, 9 ch)."""
+    cfg, b = model.config, request.batch_size
+    image = request.image
+    soft = grow_and_feather(request.mask, request.mask_grow, request.mask_feather)
+    x = to_tensor(image, model.device, model.dtype)
+    m = torch.from_numpy((soft > 0.5).astype(np.float32))[None, None].to(model.device, model.dtype)
+    lh, lw = h // cfg.factor, w // cfg.factor
+    if cfg.cond.kind == "first_stage":
+        c = model.cond_stage_model.encode((1 - m) * x - m)
+        concat = torch.cat([c, F.interpolate(m * 2 - 1, size=(lh, lw))], dim=1)
+        cond, uncond = {"concat": concat.expand(b, -1, -1, -1)}, None
+    else:
+        masked = model.encode_first_stage(x * (1 - m))
+        concat = torch.cat([F.interpolate(m, size=(lh, lw)), masked], dim=1).expand(b, -1, -1, -1)
+        cond = {"context": text_cond(model, [request.prompt] * b), "concat": concat}
+        uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
+    return Plan(cond, uncond, h, w, finish=lambda img: composite(image, img, soft))
+
+
+def plan_cropped_inpaint(request: Request, model) -> Plan:
+    """Inpaint only the mask's bounding box (with padding) at full resolution, then paste it back."""
+    f = model.config.factor * 2 ** (len(model.config.unet.channel_mult) - 1)
+    soft = grow_and_feather(request.mask, request.mask_grow, request.mask_feather)
+    box = mask_bbox(soft > 0, pad=max(32, f), multiple=model.config.factor)
+    if box is None:
+        raise EngineError("the mask is empty: paint the area to repaint")
+    x0, y0, x1, y1 = box
+    sub = replace(request, image=request.image[y0:y1, x0:x1], mask=request.mask[y0:y1, x0:x1], inpaint_crop=False,
+                  width=x1 - x0, height=y1 - y0)
+    p = plan(sub, model, y1 - y0, x1 - x0)
+    inner, full = p.finish, request.image
+
+    def paste(img):
+        out = full.copy()
+        out[y0:y1, x0:x1] = inner(img) if inner else img
+        return out
+
+    p.finish = paste
+    return p
+
+
+def plan_upscale(request: Request, model, h: int, w: int) -> Plan:
+    """x4 super-resolution: LDM-BSR (low-res concat) or the SD x4 upscaler (noise-augmented concat + noise level)."""
+    cfg, b = model.config, request.batch_size
+    lh, lw = h // cfg.factor, w // cfg.factor
+    low = resize_rgb(request.image, lw, lh) if request.image.shape[:2] != (lh, lw) else request.image
+    x = to_tensor(low, model.device, model.dtype).expand(b, -1, -1, -1)
+    if cfg.conditioning_key != "hybrid-adm":
+        return Plan({"concat": model.get_learned_conditioning(x)}, None, h, w)
+    from engine.config import ScheduleConfig
+    from engine.schedules import alphas_cumprod
+
+    level = int(request.noise_level)
+    if not 0 <= level <= max(cfg.noise_level_max, 1):
+        raise EngineError(f"noise level must be between 0 and {cfg.noise_level_max}")
+    ac = alphas_cumprod(ScheduleConfig(linear_start=0.0001, linear_end=0.02))[level].item()
+    g = torch.Generator("cpu").manual_seed(int(request.seed) + 104729)
+    noise = torch.randn(x.shape, generator=g).to(x)
+    aug = ac**0.5 * x + (1 - ac) ** 0.5 * noise
+    y = torch.full((b,), level, dtype=torch.long, device=model.device)
+    cond = {"context": text_cond(model, [request.prompt] * b), "concat": aug, "y": y}
+    uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
+    return Plan(cond, uncond, h, w)
