@@ -272,7 +272,7 @@ def _draw_ids(objects: list[dict], h: int, w: int) -> np.ndarray:
 
 
 def _ground_word(regions: np.ndarray) -> tuple[str | None, bool]:
-    counts = np.bincount(regions.ravel(), minlength=len(REGIONS))
+    counts = np.bincount(regions.ravel(), minlength=len(REGIONS))[:len(REGIONS)]
     ground = int(np.argmax(counts[1:])) + 1 if counts[1:].any() else None
     return (REGIONS[ground] if ground else None), bool(counts[0])
 
@@ -319,8 +319,8 @@ def parse_caption(caption: str) -> Caption:
     return Caption(objects, relation_, ground, "sky" in words)
 
 
-def _finish(objects: list[dict], regions1x: np.ndarray, rng: np.random.Generator, img, labels, seed) -> Scene:
-    ground, sky = _ground_word(regions1x)
+def _finish(objects: list[dict], rng: np.random.Generator, img, labels, seed) -> Scene:
+    ground, sky = _ground_word(labels)
     caption = make_caption(objects, ground, sky, use_and=len(objects) >= 2 and rng.random() < 0.2)
     boxes = [(o["label"], tuple(float(v) for v in o["box"])) for o in objects]
     return Scene(img, caption, boxes, labels, objects, seed)
@@ -335,7 +335,7 @@ def render(seed: int, size: int = 64) -> Scene:
     regions2x, regions1x = region_map(layout, 2 * size, 2 * size), region_map(layout, size, size)
     ids2x = _draw_ids(objects, 2 * size, 2 * size)
     img, labels = _compose(regions2x, regions1x, textures, ids2x, objects, [seed, 2, size])
-    return _finish(objects, regions1x, rng_obj, img, labels, seed)
+    return _finish(objects, rng_obj, img, labels, seed)
 
 
 def batch(seeds, size: int = 64) -> SceneBatch:
@@ -374,7 +374,7 @@ def render_from_layout(boxes, background: str | np.ndarray = "grass", size: int 
     regions2x, regions1x = region_map(layout, 2 * size, 2 * size), region_map(layout, size, size)
     ids2x = _draw_ids(objects, 2 * size, 2 * size)
     img, labels = _compose(regions2x, regions1x, textures, ids2x, objects, [seed, 2, size])
-    return _finish(objects, regions1x, rng_obj, img, labels, seed)
+    return _finish(objects, rng_obj, img, labels, seed)
 
 
 def render_from_labels(label_map: np.ndarray, seed: int = 0, size: int | None = None) -> Scene:
@@ -406,4 +406,4 @@ def render_from_labels(label_map: np.ndarray, seed: int = 0, size: int | None = 
     up = lambda a: cv2.resize(a, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
     ids2x = up(ids.astype(np.uint8) if len(objects) < 255 else np.minimum(ids, 255).astype(np.uint8))
     img, labels = _compose(up(regions1x), regions1x, textures, ids2x, objects, [seed, 2, h], labels=label_map)
-    return _finish(objects, regions1x, rng_obj, img, labels, seed)
+    return _finish(objects, rng_obj, img, labels, seed)
