@@ -29,6 +29,7 @@ class Plan:
     strength: float = 1.0
     wrap: list = field(default_factory=list)
     finish: object = None
+    crop_extra: object = None
 
 
 def pick_device(request: Request) -> tuple[torch.device, torch.dtype]:
@@ -226,6 +227,11 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     else:
         den = CFGDenoiser(den, 1.0)
         extra = {"cond": plan.cond}
+    tiled = use_tiles(request, model, plan)
+    if tiled:
+        from engine.tiling import TiledDenoiser
+
+        den = TiledDenoiser(den, request.tiles.tile, request.tiles.overlap, crop_extra=plan.crop_extra)
     for wrap in plan.wrap:
         den = wrap(den, noise)
     previewer = preview_fn(model, cache)
@@ -243,25 +249,49 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     z = sample(request.sampler, den, noise, request.steps, extra_args=extra, callback=callback, generator=gen,
                eta=request.eta, strength=plan.strength, init=plan.init)
     ctx.check_cancel()
-    images = to_uint8(decode(model, z, request))
+    images = to_uint8(decode(model, z, tiled, request.tiles.vae_tile))
     if plan.finish is not None:
         images = [plan.finish(img) for img in images]
     return images
 
 
-def decode(model, z: torch.Tensor, request: Request) -> torch.Tensor:
+def use_tiles(request: Request, model, plan: Plan) -> bool:
+    """Tiling on request, or automatically when the estimated memory of a step or the decode exceeds the budget."""
+    mode = request.tiles.mode
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    from engine.tiling import should_tile
+
+    budget = request.memory_budget_mb * 2**20 or None
+    return should_tile(plan.height, plan.width, model.config, budget, request.batch_size, model.device,
+                       torch.finfo(model.dtype).bits // 8)
+
+
+def decode(model, z: torch.Tensor, tiled: bool = False, vae_tile: int = 512) -> torch.Tensor:
+    """Latents -> images in [-1, 1]; the seamless tiled decoder keeps memory flat on large canvases."""
+    if tiled:
+        from engine.tiling import decode_tiled
+
+        tile = max(8, vae_tile // model.config.factor)
+        return decode_tiled(model.first_stage_model, z.to(model.dtype) / model.scale_factor, tile=tile)
     return torch.cat([model.decode_first_stage(z[i:i + 1]) for i in range(z.shape[0])])
 
 
 def preview_fn(model, cache: dict):
     """A cheap latent -> RGB preview: the linear map fitted from this model's own decoder (cached per model)."""
     if "previewer" not in cache:
-        try:
-            from engine.preview import previewer_for
+        from engine.preview import LatentPreviewer, fit_latent_to_rgb
 
-            cache["previewer"] = previewer_for(model)
-        except ImportError:
-            cache["previewer"] = None
+        cache_dir = None
+        if model.source:
+            import platformdirs
+
+            cache_dir = platformdirs.user_cache_path("latent-canvas") / "previews"
+        w, b = fit_latent_to_rgb(model.first_stage_model, model.config.unet.out_channels,
+                                 scale_factor=model.scale_factor, cache_dir=cache_dir, model_path=model.source or None)
+        cache["previewer"] = LatentPreviewer(w, b)
     return cache["previewer"]
 
 

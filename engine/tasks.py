@@ -92,6 +92,27 @@ def regions_for(request: Request, model, h: int, w: int) -> list[Region]:
     return regions
 
 
+def layout_tile_conditioning(request: Request, model, lh: int, lw: int):
+    """Per-tile layout conditioning: the same boxes with the tile's crop tokens, as LDM's own tiled sampling does."""
+    from engine.tiling import crop_spatial
+
+    tok = layout_tokenizer(model)
+    tokens = tok.encode([(bx.label, bx.box) for bx in request.boxes])
+    cache: dict = {}
+
+    def crop_extra(extra: dict, slices) -> dict:
+        sy, sx = slices
+        window = (sx.start / lw, sy.start / lh, sx.stop / lw, sy.stop / lh)
+        if window not in cache:
+            t = tok.with_crop(tokens, window)[None].expand(request.batch_size, -1).to(model.device)
+            cache[window] = model.get_learned_conditioning(t)
+        out = crop_spatial(extra, slices, (lh, lw))
+        out["cond"] = {**out["cond"], "context": cache[window]}
+        return out
+
+    return crop_extra
+
+
 def plan(request: Request, model, h: int, w: int) -> Plan:
     cfg = model.config
     if request.task == "upscale":
@@ -103,6 +124,8 @@ def plan(request: Request, model, h: int, w: int) -> Plan:
     text_model = cfg.cond.kind in TEXT_KINDS and not is_layout_model(model)
     cond, uncond = base_conditioning(request, model, h, w)
     p = Plan(cond, uncond, h, w)
+    if is_layout_model(model):
+        p.crop_extra = layout_tile_conditioning(request, model, h // cfg.factor, w // cfg.factor)
     if text_model and request.task in ("layout", "semantic"):
         regions = regions_for(request, model, h, w)
         p.wrap.append(lambda den, noise: RegionalDenoiser(den, regions))

@@ -110,6 +110,11 @@ class TiledDenoiser:
         self.inner, self.tile, self.overlap = inner, tile, overlap
         self.crop_extra, self.skip, self.fallback, self.max_batch = crop_extra, skip, fallback, max(1, max_batch)
 
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:
         b, _, h, w = x.shape
         slices = tile_grid(h, w, self.tile, self.overlap)
@@ -178,10 +183,10 @@ class _Map:
         t = t.detach().float().cpu()
         c, h, w = t.shape
         if self.shift is None:
-            self.shift = t.double().mean((1, 2))
-        d = t.double() - self.shift[:, None, None]
-        self.s1 += d.sum((1, 2))
-        self.s2 += (d * d).sum((1, 2))
+            self.shift = t[:, ::4, ::4].mean((1, 2)).double()
+        d = t - self.shift.float()[:, None, None]
+        self.s1 += d.sum((1, 2)).double()
+        self.s2 += d.square().sum((1, 2)).double()
         self.count += h * w
         if self.data is not None:
             self.data[:, y0:y0 + h, x0:x0 + w] = t
@@ -217,6 +222,7 @@ class _Ctx:
         self.ram_used = 0
         self.spilled = 0
         self.spill_dir = spill_dir
+        self.weights: dict[int, torch.Tensor] = {}
 
     def tiles(self, h: int, w: int, t: int):
         for y in range(0, h, t):
@@ -225,6 +231,14 @@ class _Ctx:
 
     def dev(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, self.dtype)
+
+    def conv(self, x: torch.Tensor, conv, stride: int = 1) -> torch.Tensor:
+        """conv2d without padding on a (C,h,w) tile, channels-last (4x faster for bf16 on CPU)."""
+        w = self.weights.get(id(conv))
+        if w is None:
+            w = self.weights[id(conv)] = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+        x = x[None].contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, conv.bias, stride=stride)[0]
 
 
 def _default_ram_budget() -> int:
@@ -274,7 +288,7 @@ def _conv_pass(src: _Map, conv, ctx: _Ctx, mode: str = "same", pre=None, post=No
                 inp = inp.repeat_interleave(2, 1).repeat_interleave(2, 2)
                 oy, ox = y0 - 1 - 2 * ry, x0 - 1 - 2 * rx
                 inp = inp[:, oy:oy + y1 - y0 + 2, ox:ox + x1 - x0 + 2]
-            out = F.conv2d(inp[None], conv.weight, conv.bias, stride=2 if mode == "down" else 1)[0]
+            out = ctx.conv(inp, conv, stride=2 if mode == "down" else 1)
             if post is not None:
                 out = post(out, y0, y1, x0, x1)
             (sink or dst.write)(y0, x0, out)
@@ -289,9 +303,8 @@ def _resnet(block, x: _Map, ctx: _Ctx, scale: float) -> _Map:
         if skip is None:
             return out + ctx.dev(x.read(y0, y1, x0, x1))
         if skip.kernel_size[0] == 1:
-            return out + F.conv2d(ctx.dev(x.read(y0, y1, x0, x1))[None], skip.weight, skip.bias)[0]
-        return out + F.conv2d(_read_padded(x, y0 - 1, y1 + 1, x0 - 1, x1 + 1, None, ctx)[None],
-                              skip.weight, skip.bias)[0]
+            return out + ctx.conv(ctx.dev(x.read(y0, y1, x0, x1)), skip)
+        return out + ctx.conv(_read_padded(x, y0 - 1, y1 + 1, x0 - 1, x1 + 1, None, ctx), skip)
 
     out = _conv_pass(h, block.conv2, ctx, pre=_norm_silu(block.norm2, h), post=add_skip, tile_scale=scale)
     h.close()

@@ -150,7 +150,7 @@ def test_bert_embedder_text_ids_and_world():
         assert not torch.allclose(m.encode(changed)[0, 0], z[0, 0])
         torch.testing.assert_close(z.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
     world = CondConfig(kind="bert", embed_dim=16, n_layer=1, n_heads=2, vocab_size=7, max_seq_len=8,
-                       tokenizer="world", label_names=("red", "circle", "blue"))
+                       tokenizer="world", vocab=("red", "circle", "blue"))
     assert make_cond_stage(world).encode(["red circle"]).shape == (1, 8, 16)
 
 

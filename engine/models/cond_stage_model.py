@@ -267,9 +267,9 @@ class BERTEmbedder(nn.Module):
             from engine import tokenizers
 
             if self.cfg.tokenizer == "world":
-                if not self.cfg.label_names:
-                    raise ValueError("a 'world' tokenizer needs its vocabulary: cfg.label_names or set_tokenizer()")
-                self.tokenizer = tokenizers.WorldTokenizer(list(self.cfg.label_names), self.cfg.max_seq_len)
+                if not self.cfg.vocab:
+                    raise ValueError("a 'world' tokenizer needs its vocabulary: cfg.vocab or set_tokenizer()")
+                self.tokenizer = tokenizers.WorldTokenizer(list(self.cfg.vocab), self.cfg.max_seq_len)
             else:
                 self.tokenizer = tokenizers.bert_tokenizer(self.cfg.max_seq_len)
         return self.tokenizer(text)

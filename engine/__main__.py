@@ -1,0 +1,190 @@
+"""Command line: `python -m engine inspect|generate|train|eval ...`; errors are one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_inspect(args) -> int:
+    from engine.checkpoint import inspect_file
+
+    facts = inspect_file(args.model)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for k, v in facts.items():
+            print(f"{k:18} {v}")
+    return 0
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate an image (text, img2img, inpaint, layout, semantic, upscale)")
+    p.add_argument("--model", default=None, help="checkpoint file (default: the bundled model for the task)")
+    p.add_argument("--task", default=None, choices=["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"])
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--negative", default=None)
+    p.add_argument("--image", default=None)
+    p.add_argument("--mask", default=None, help="PNG, white (>= 128) = repaint")
+    p.add_argument("--boxes", default=None, help='JSON list of {"label": ..., "box": [x0, y0, x1, y1], "prompt"?: ...}')
+    p.add_argument("--labels", default=None, help="PNG (mode L or P) of class ids")
+    p.add_argument("--class-id", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--mask-grow", type=int, default=None)
+    p.add_argument("--mask-feather", type=int, default=None)
+    p.add_argument("--tiles", default=None, choices=["auto", "on", "off"])
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--from", dest="from_png", default=None, help="reproduce a PNG made by Latent Canvas")
+    p.add_argument("--out", default="out.png")
+    p.set_defaults(func=cmd_generate)
+
+
+FIELDS = {  # CLI flag -> Request field
+    "model": "model", "task": "task", "prompt": "prompt", "negative": "negative_prompt", "class_id": "class_id",
+    "steps": "steps", "sampler": "sampler", "cfg": "cfg_scale", "eta": "eta", "seed": "seed", "width": "width",
+    "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
+    "mask_feather": "mask_feather", "device": "device", "dtype": "dtype",
+}
+INPUTS = ("image", "mask", "boxes", "labels")
+
+
+def build_request(args):
+    """Request from flags, on top of the request recorded in a --from PNG (flags win)."""
+    from engine.api import Box, Request, TileSettings
+    from engine.images import REQUEST_CHUNK, read_image, read_labels, read_mask, read_png_text
+
+    base: dict = {}
+    inputs: dict = {}
+    if args.from_png:
+        text = read_png_text(args.from_png)
+        if REQUEST_CHUNK not in text:
+            raise ValueError(f"{args.from_png} carries no Latent Canvas request (no '{REQUEST_CHUNK}' text chunk)")
+        rec = json.loads(text[REQUEST_CHUNK])
+        inputs = rec.pop("inputs", {})
+        base = {k: v for k, v in rec.items() if k in FIELDS.values() or k in ("tiles", "boxes")}
+    for flag, name in FIELDS.items():
+        v = getattr(args, flag)
+        if v is not None:
+            base[name] = v
+    for name in INPUTS:
+        if getattr(args, name):
+            inputs[name] = str(Path(getattr(args, name)).resolve())
+    tiles = TileSettings(**base.pop("tiles", {}))
+    if args.tiles:
+        tiles.mode = args.tiles
+    boxes = [Box(b["label"], tuple(b["box"]), b.get("prompt")) for b in base.pop("boxes", [])]
+    if "boxes" in inputs:
+        raw = json.loads(Path(inputs["boxes"]).read_text())
+        if not isinstance(raw, list) or not all(isinstance(b, dict) and "label" in b and "box" in b for b in raw):
+            raise ValueError('--boxes must be a JSON list of {"label": ..., "box": [x0, y0, x1, y1]}')
+        boxes = [Box(b["label"], tuple(float(c) for c in b["box"]), b.get("prompt")) for b in raw]
+    req = Request(**base, boxes=boxes, tiles=tiles)
+    req.image = read_image(inputs["image"]) if "image" in inputs else None
+    req.mask = read_mask(inputs["mask"]) if "mask" in inputs else None
+    req.labels = read_labels(inputs["labels"]) if "labels" in inputs else None
+    if args.task is None and not args.from_png:
+        req.task = infer_task(req)
+    if args.model is None and not args.from_png:
+        req.model = "default"
+    return req, inputs
+
+
+def infer_task(req) -> str:
+    if req.mask is not None:
+        return "inpaint"
+    if req.boxes:
+        return "layout"
+    if req.labels is not None:
+        return "semantic"
+    if req.image is not None:
+        return "img2img"
+    return "txt2img"
+
+
+def cmd_generate(args) -> int:
+    from engine.api import Engine, Failed, Preview, Progress, Result
+    from engine.images import save_png
+    from engine.pipelines import request_record
+
+    req, inputs = build_request(args)
+    engine = Engine()
+    job = engine.submit(req)
+    bar = None
+    try:
+        while True:
+            ev = engine.next_event()
+            if isinstance(ev, Progress) and ev.total:
+                if bar is None:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=ev.total, desc=req.task, unit="step", file=sys.stderr, leave=False)
+                bar.n = ev.step
+                bar.refresh()
+            elif isinstance(ev, (Result, Failed)) and ev.job_id == job:
+                break
+            elif isinstance(ev, Preview):
+                continue
+    except KeyboardInterrupt:
+        engine.cancel(job)
+        print("cancelled", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.shutdown()
+    if isinstance(ev, Failed):
+        if args.debug:
+            print(ev.detail, file=sys.stderr)
+        print(f"error: {ev.message}", file=sys.stderr)
+        return 2
+    record = request_record(req)
+    record["inputs"] = inputs
+    out = Path(args.out)
+    for i, img in enumerate(ev.images):
+        path = out if len(ev.images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        rec = dict(record, seed=ev.seeds[i], batch_size=1)
+        save_png(path, img, ev.parameters.replace(f"Seed: {req.seed}", f"Seed: {ev.seeds[i]}"), rec)
+        print(path)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Latent Canvas engine")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="detect a checkpoint's family and print its facts")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    add_generate(sub)
+    try:
+        from engine.train import add_commands
+    except ImportError:
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as e:
+        if args.debug:
+            raise
+        from engine.checkpoint import CheckpointError
+
+        msg = str(e) if isinstance(e, (CheckpointError, ValueError, OSError)) else f"{type(e).__name__}: {e}"
+        print(f"error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
