@@ -8,6 +8,7 @@ rectangle (square 1, circle pi/4, triangle 1/2), both invariant to rotation and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -38,23 +39,37 @@ class Detection:
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 from uint8 or float ([0, 1] or [0, 255]) RGB(A)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] < 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
     img = image[..., :3]
     if img.dtype != np.uint8:
-        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255)
-    return img.astype(np.float32)
+        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest prototype (objects then regions), its distance, and nearest region, per 6-bit-per-channel colour."""
+    levels = np.arange(64, dtype=np.float32) * 4 + 1.5
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    d = np.linalg.norm(grid[:, None, :] - _PROTOS[None], axis=-1)
+    idx = d.argmin(1)
+    region = d[:, len(COLOURS):].argmin(1)
+    return idx.astype(np.uint8), d[np.arange(idx.size), idx].astype(np.float32), region.astype(np.uint8)
+
+
+def _key(img: np.ndarray) -> np.ndarray:
+    q = (img >> 2).astype(np.int32)
+    return (q[..., 0] << 12) | (q[..., 1] << 6) | q[..., 2]
 
 
 def _nearest(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest prototype (objects first, then regions) and its distance, per pixel."""
-    h, w, _ = img.shape
-    flat = img.reshape(-1, 3)
-    d2 = (flat * flat).sum(1, keepdims=True) - 2 * flat @ _PROTOS.T + (_PROTOS * _PROTOS).sum(1)[None]
-    idx = d2.argmin(1)
-    dist = np.sqrt(np.maximum(d2[np.arange(idx.size), idx], 0))
-    return idx.reshape(h, w), dist.reshape(h, w)
+    idx, dist, _ = _tables()
+    key = _key(img)
+    return idx[key], dist[key]
 
 
 def soft_mask(img: np.ndarray, colour: int, box: tuple[int, int, int, int], pad: int = 2) -> tuple[np.ndarray, tuple]:
@@ -62,7 +77,7 @@ def soft_mask(img: np.ndarray, colour: int, box: tuple[int, int, int, int], pad:
     h, w, _ = img.shape
     x, y, bw, bh = box
     x0, y0, x1, y1 = max(x - pad, 0), max(y - pad, 0), min(x + bw + pad, w), min(y + bh + pad, h)
-    crop = img[y0:y1, x0:x1]
+    crop = img[y0:y1, x0:x1].astype(np.float32)
     d_obj = np.linalg.norm(crop - COLOUR_RGB[colour], axis=-1)
     d_reg = np.linalg.norm(crop[..., None, :] - REGION_RGB, axis=-1).min(-1)
     return np.clip(d_reg / (d_obj + d_reg + 1e-6), 0, 1), (x0, y0)
@@ -91,20 +106,12 @@ def classify_shape(solidity: float, fill: float) -> str:
     return "circle"
 
 
-def _object_components(image: np.ndarray):
+def detect(image: np.ndarray) -> list[Detection]:
+    """Objects in an HxWx3 image (uint8, or float in [0, 1] or [0, 255]), largest first."""
     img = _rgb(image)
     h, w, _ = img.shape
     idx, dist = _nearest(img)
-    n_obj = len(COLOURS)
-    is_obj = idx < n_obj
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(is_obj.astype(np.uint8), connectivity=4)
-    return img, idx, dist, is_obj, n, comp, stats
-
-
-def detect(image: np.ndarray) -> list[Detection]:
-    """Objects in an HxWx3 image (uint8, or float in [0, 1] or [0, 255]), largest first."""
-    img, idx, dist, is_obj, n, comp, stats = _object_components(image)
-    h, w, _ = img.shape
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((idx < len(COLOURS)).astype(np.uint8), connectivity=4)
     out = []
     for j in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[j])
@@ -142,9 +149,7 @@ def segment(image: np.ndarray, detections: list[Detection] | None = None) -> np.
     dets = detect(image) if detections is None else detections
     k = max(3, (min(h, w) // 32) | 1)
     smooth = cv2.blur(img, (3, 3)) if min(h, w) >= 16 else img
-    flat = smooth.reshape(-1, 3)
-    d2 = (flat * flat).sum(1, keepdims=True) - 2 * flat @ REGION_RGB.T + (REGION_RGB * REGION_RGB).sum(1)[None]
-    region = d2.argmin(1).reshape(h, w)
+    region = _tables()[2][_key(smooth)]
     obj = np.zeros((h, w), bool)
     for d in dets:
         obj |= d.mask

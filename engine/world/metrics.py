@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from engine.world.detect import Detection, detect, segment
-from engine.world.scene import COLOURS, REGIONS, SHAPES, parse_caption, relation
+from engine.world.scene import COLOURS, REGIONS, SHAPES, parse_caption, relation_holds
 
 Box = tuple[float, float, float, float]
 GROUND_SHARE = 0.75
@@ -35,7 +35,7 @@ def _centre(d: Detection) -> dict:
 def caption_match(image: np.ndarray, caption: str, strict: bool = False) -> bool:
     """The detected objects are exactly the caption's (colour, shape) multiset: right colours, shapes and count.
 
-    strict also requires the caption's relation between its first two objects (by detected box centres) and its
+    strict also requires the relation between its first two objects to hold (relation_holds on detected centres), its
     ground word (a non-sky region of segment() with at least GROUND_SHARE of the largest one's pixels) and
     sky mention (sky covers over 2% of the image) to hold.
     """
@@ -49,7 +49,7 @@ def caption_match(image: np.ndarray, caption: str, strict: bool = False) -> bool
     if want.relation and want.relation != "and":
         a = [d for d in dets if d.label == wanted[0]]
         b = [d for d in dets if d.label == wanted[1]]
-        if not any(x is not y and relation(_centre(x), _centre(y)) == want.relation for x in a for y in b):
+        if not any(x is not y and relation_holds(_centre(x), _centre(y), want.relation) for x in a for y in b):
             return False
     labels = segment(image, dets)
     counts = np.bincount(labels.ravel(), minlength=len(REGIONS))[:len(REGIONS)]

@@ -266,7 +266,9 @@ def _compose(regions2x: np.ndarray, regions1x: np.ndarray, textures: list[dict],
 def _draw_ids(objects: list[dict], h: int, w: int) -> np.ndarray:
     ids = np.zeros((h, w), np.uint8)
     for k, o in enumerate(objects):
-        pts = polygon_in_box(o["shape"], o["box"], o["rotation"]) * np.array([w, h]) - 0.5
+        pts = polygon_in_box(o["shape"], o["box"], o["rotation"]) * np.array([w, h])
+        lo, hi = pts.min(0), pts.max(0)
+        pts = lo + (pts - lo) * np.maximum(hi - lo - 1, 0) / np.maximum(hi - lo, 1e-6)
         cv2.fillPoly(ids, [np.round(pts * 16).astype(np.int32)], k + 1, lineType=cv2.LINE_8, shift=4)
     return ids
 
@@ -285,9 +287,19 @@ def relation(a: dict, b: dict) -> str:
     return "left of" if dx < 0 else "right of"
 
 
+def relation_holds(a: dict, b: dict, rel: str, slack: float = 0.75) -> bool:
+    """a is `rel` of b: displaced the right way along that axis by at least `slack` times the other axis."""
+    dx, dy = a["center"][0] - b["center"][0], a["center"][1] - b["center"][1]
+    along, across = {"above": (-dy, dx), "below": (dy, dx), "left of": (-dx, dy), "right of": (dx, dy)}.get(rel, (1, 0))
+    return along > 0 and along >= slack * abs(across)
+
+
 def make_caption(objects: list[dict], ground: str | None, sky: bool, use_and: bool = False) -> str:
-    """'a red circle above a blue square and a white star on grass under the sky'."""
+    """'a red circle above a blue square and a white star on grass under the sky' ('and' for near-diagonal pairs)."""
     names = [f"a {o['colour']} {o['shape']}" for o in objects]
+    if len(names) >= 2 and not use_and:
+        rel = relation(objects[0], objects[1])
+        use_and = not relation_holds(objects[0], objects[1], rel, 0.8)
     if len(names) >= 2:
         text = f"{names[0]} {'and' if use_and else relation(objects[0], objects[1])} {names[1]}"
         text = " and ".join([text, *names[2:]])
