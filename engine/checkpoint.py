@@ -70,7 +70,9 @@ def _torch_load(path: Path) -> dict:
 
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
-            magic = f.read(2)
+            magic = f.read(4)
+        if magic == b"PK\x03\x04":
+            raise CheckpointError(f"{path.name}: corrupt or truncated checkpoint (damaged zip archive)")
         if magic[:1] != b"\x80":
             raise CheckpointError(f"{path.name}: not a checkpoint (neither safetensors nor a torch .ckpt)")
     try:
