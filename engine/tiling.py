@@ -150,28 +150,27 @@ class TiledDenoiser:
 
 
 class _Map:
-    """A (C, H, W) float32 feature map in RAM or in a temporary file (rows of W*C), with per-channel running sums."""
+    """A (C, H, W) float32 map stored (H, W, C) in RAM or a temporary file, with per-channel running mean/M2 (Chan)."""
 
     def __init__(self, c: int, h: int, w: int, ctx: "_Ctx"):
         self.c, self.h, self.w, self.ctx = c, h, w, ctx
         self.nbytes = 4 * c * h * w
         self.file = None
         if ctx.ram_used + self.nbytes <= ctx.ram_budget:
-            self.data = torch.empty(c, h, w)
+            self.data = torch.empty(h, w, c)
             ctx.ram_used += self.nbytes
         else:
             self.data = None
             self.file = tempfile.TemporaryFile(dir=ctx.spill_dir)
             self.file.truncate(self.nbytes)
             ctx.spilled = max(ctx.spilled, self.nbytes)
-        self.s1 = torch.zeros(c, dtype=torch.float64)
-        self.s2 = torch.zeros(c, dtype=torch.float64)
-        self.shift = None
+        self.mean = torch.zeros(c, dtype=torch.float64)
+        self.m2 = torch.zeros(c, dtype=torch.float64)
         self.count = 0
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         if self.data is not None:
-            return self.data[:, y0:y1, x0:x1]
+            return rearrange(self.data[y0:y1, x0:x1], "h w c -> c h w")
         buf = np.empty((y1 - y0, x1 - x0, self.c), dtype=np.float32)
         row = self.w * self.c * 4
         fd = self.file.fileno()
@@ -182,14 +181,14 @@ class _Map:
     def write(self, y0: int, x0: int, t: torch.Tensor) -> None:
         t = t.detach().float().cpu()
         c, h, w = t.shape
-        if self.shift is None:
-            self.shift = t[:, ::4, ::4].mean((1, 2)).double()
-        d = t - self.shift.float()[:, None, None]
-        self.s1 += d.sum((1, 2)).double()
-        self.s2 += d.square().sum((1, 2)).double()
-        self.count += h * w
+        var, mean = torch.var_mean(rearrange(t, "c h w -> (h w) c"), dim=0, correction=0)
+        n, m = self.count, h * w
+        delta = mean.double() - self.mean
+        self.mean += delta * (m / (n + m))
+        self.m2 += var.double() * m + delta.square() * (n * m / (n + m))
+        self.count = n + m
         if self.data is not None:
-            self.data[:, y0:y0 + h, x0:x0 + w] = t
+            self.data[y0:y0 + h, x0:x0 + w] = rearrange(t, "c h w -> h w c")
             return
         rows = rearrange(t, "c h w -> h w c").contiguous().numpy()
         row = self.w * self.c * 4
@@ -198,8 +197,7 @@ class _Map:
             os.pwritev(fd, [memoryview(rows[i]).cast("B")], (y0 + i) * row + x0 * self.c * 4)
 
     def group_stats(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean_c = self.shift + self.s1 / self.count
-        var_c = (self.s2 / self.count - (self.s1 / self.count) ** 2).clamp_min(0)
+        mean_c, var_c = self.mean, self.m2 / self.count
         mean_c, var_c = (rearrange(v, "(g k) -> g k", g=groups) for v in (mean_c, var_c))
         mean = mean_c.mean(1)
         return mean, (var_c + (mean_c - mean[:, None]) ** 2).mean(1)
@@ -237,7 +235,7 @@ class _Ctx:
         w = self.weights.get(id(conv))
         if w is None:
             w = self.weights[id(conv)] = conv.weight.detach().contiguous(memory_format=torch.channels_last)
-        x = x[None].contiguous(memory_format=torch.channels_last)
+        x = (x if x.ndim == 4 else x[None]).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, conv.bias, stride=stride)[0]
 
 
@@ -268,7 +266,10 @@ def _read_padded(src: _Map, y0: int, y1: int, x0: int, x1: int, pre, ctx: _Ctx) 
     t = ctx.dev(src.read(cy0, cy1, cx0, cx1))
     if pre is not None:
         t = pre(t)
-    return F.pad(t, (cx0 - x0, x1 - cx1, cy0 - y0, y1 - cy1))
+    out = torch.zeros(1, t.shape[0], y1 - y0, x1 - x0, device=ctx.device, dtype=ctx.dtype)
+    out = out.contiguous(memory_format=torch.channels_last)
+    out[0, :, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = t
+    return out
 
 
 def _conv_pass(src: _Map, conv, ctx: _Ctx, mode: str = "same", pre=None, post=None, sink=None, tile_scale=1.0):
@@ -285,9 +286,9 @@ def _conv_pass(src: _Map, conv, ctx: _Ctx, mode: str = "same", pre=None, post=No
             else:
                 ry, rx = (y0 - 1) // 2, (x0 - 1) // 2
                 inp = _read_padded(src, ry, y1 // 2 + 1, rx, x1 // 2 + 1, pre, ctx)
-                inp = inp.repeat_interleave(2, 1).repeat_interleave(2, 2)
+                inp = inp.repeat_interleave(2, 2).repeat_interleave(2, 3)
                 oy, ox = y0 - 1 - 2 * ry, x0 - 1 - 2 * rx
-                inp = inp[:, oy:oy + y1 - y0 + 2, ox:ox + x1 - x0 + 2]
+                inp = inp[:, :, oy:oy + y1 - y0 + 2, ox:ox + x1 - x0 + 2]
             out = ctx.conv(inp, conv, stride=2 if mode == "down" else 1)
             if post is not None:
                 out = post(out, y0, y1, x0, x1)

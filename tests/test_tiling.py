@@ -121,7 +121,7 @@ def test_tiled_decode_matches_untiled(kind):
     assert out.shape == ref.shape
     assert ((out - ref).abs().max() / 2).item() <= 2 / 255
     spilled = decode_tiled(fs, z, tile=8, ram_budget=0)  # every feature map through a temporary file
-    torch.testing.assert_close(spilled, out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(spilled, out, rtol=0, atol=2e-5)
     u8 = np.zeros((80, 144, 3), np.uint8)
     decode_tiled(fs, z, tile=8, out=u8)
     ref8 = ((ref[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
