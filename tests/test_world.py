@@ -161,3 +161,14 @@ def test_psnr_and_float_inputs():
     assert abs(M.psnr(a, b) - expected) < 1e-9 and 45 < M.psnr(a, b) < 50
     assert [d.label for d in detect(a / 255.0)] == [d.label for d in detect(a)]
     assert np.array_equal(segment(a.astype(np.float32)), segment(a))
+
+
+def test_drop_leaves_one_object_out_of_the_same_scene():
+    seed = next(s for s in S.EVAL_SEEDS if len(S.render(s).objects) == 3)
+    full, without = S.render(seed), S.render(seed, drop=(1,))
+    assert [o["label"] for o in without.objects] == [full.objects[i]["label"] for i in (0, 2)]
+    box = full.boxes[1][1]
+    outside = np.ones((64, 64), bool)
+    outside[int(box[1] * 64) - 1:int(np.ceil(box[3] * 64)) + 1, int(box[0] * 64) - 1:int(np.ceil(box[2] * 64)) + 1] = False
+    assert np.array_equal(full.image[outside], without.image[outside])
+    assert sorted(d.label for d in detect(without.image)) == sorted(o["label"] for o in without.objects)

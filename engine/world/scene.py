@@ -233,7 +233,7 @@ def _compose(regions2x: np.ndarray, regions1x: np.ndarray, textures: list[dict],
     """Textures and object colours evaluated at the output size, blended by coverages measured at 2x."""
     h, w = regions1x.shape
     x, y = _axes(h, w)
-    present = np.unique(regions2x)
+    present = np.flatnonzero(np.bincount(regions2x.ravel(), minlength=len(REGIONS)))
     if present.size == 1:
         img = _texture(int(present[0]), textures[present[0]], x, y)
     else:
@@ -258,7 +258,8 @@ def _compose(regions2x: np.ndarray, regions1x: np.ndarray, textures: list[dict],
         for k, o in enumerate(objects):
             lut[k + 1] = SHAPE_CLASS[o["shape"]]
         cov = _coverage(ids2x > 0, w, h)
-        shape1x = lut[ids2x].reshape(h, 2, w, 2).max((1, 3))
+        sid = lut[ids2x]
+        shape1x = np.maximum(np.maximum(sid[0::2, 0::2], sid[1::2, 0::2]), np.maximum(sid[0::2, 1::2], sid[1::2, 1::2]))
         labels = np.where(cov >= 0.5, shape1x, regions1x).astype(np.uint8)
     return img, labels
 
@@ -338,12 +339,16 @@ def _finish(objects: list[dict], rng: np.random.Generator, img, labels, seed) ->
     return Scene(img, caption, boxes, labels, objects, seed)
 
 
-def render(seed: int, size: int = 64) -> Scene:
-    """A random scene: band layout of textured regions and 1-3 non-overlapping shapes."""
+def render(seed: int, size: int = 64, drop: tuple[int, ...] = ()) -> Scene:
+    """A random scene: band layout of textured regions and 1-3 non-overlapping shapes.
+
+    drop: indices of objects to leave out, keeping everything else (object-removal pairs for inpainting).
+    """
     rng_bg, rng_obj = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
     layout = _sample_layout(rng_bg)
     textures = _sample_textures(rng_bg)
     objects = _sample_objects(rng_obj, int(rng_obj.integers(1, 4)))
+    objects = [o for i, o in enumerate(objects) if i not in drop]
     regions2x, regions1x = region_map(layout, 2 * size, 2 * size), region_map(layout, size, size)
     ids2x = _draw_ids(objects, 2 * size, 2 * size)
     img, labels = _compose(regions2x, regions1x, textures, ids2x, objects, [seed, 2, size])
