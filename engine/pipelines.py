@@ -112,8 +112,8 @@ def validate(request: Request, model) -> None:
             )
     if request.task == "txt2img" and cfg.cond.kind in ("clip", "openclip", "bert") and not request.prompt.strip():
         raise EngineError("text-to-image needs a prompt")
-    if request.task == "semantic" and request.labels is None and cfg.cond.kind == "spatial":
-        raise EngineError("semantic synthesis needs a label map")
+    if cfg.cond.kind == "spatial" and request.labels is None:
+        raise EngineError(f"{cfg.family} models need a label map (paint one) for {request.task}")
     if request.task == "layout" and not request.boxes:
         raise EngineError("layout-to-image needs at least one box")
 

@@ -1,0 +1,244 @@
+"""Every task of every family through the job API and the CLI, on tiny random-weight checkpoints."""
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest_models import tiny_models  # noqa: F401
+from PIL import Image
+
+from engine.api import Box, Cancelled, Engine, Failed, Preview, Progress, Request, Result, Started
+from engine.families import PRESETS, tasks_for, tiny
+
+RNG = np.random.RandomState(0)
+IMG = (RNG.rand(32, 32, 3) * 255).astype(np.uint8)
+MASK = np.zeros((32, 32), np.uint8)
+MASK[8:20, 10:22] = 255
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine()
+    yield e
+    e.shutdown()
+
+
+def run(engine, **kw) -> tuple[object, list]:
+    kw.setdefault("steps", 3)
+    kw.setdefault("seed", 1)
+    job = engine.submit(Request(**kw))
+    events = []
+    while True:
+        ev = engine.next_event(120)
+        if ev.job_id == job:
+            events.append(ev)
+            if isinstance(ev, (Result, Failed, Cancelled)):
+                return ev, events
+
+
+def request_for(path, task, **kw):
+    base = dict(model=str(path), task=task, prompt="a red circle", width=32, height=32)
+    if task in ("img2img", "inpaint"):
+        base["image"] = IMG
+    if task == "inpaint":
+        base.update(mask=MASK, labels=np.zeros((32, 32), np.int64))
+    if task == "upscale":
+        base.update(image=IMG[:8, :16], width=None, height=None)
+    if task == "layout":
+        base["boxes"] = [Box("Cat", (0.1, 0.1, 0.5, 0.6), "a cat"), Box("Dog", (0.5, 0.4, 0.9, 0.9))]
+    if task == "semantic":
+        labels = np.zeros((32, 32), np.int64)
+        labels[16:] = 3
+        base.update(labels=labels, label_prompts={0: "sky", 3: "grass"})
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("family", sorted(PRESETS))
+def test_every_family_serves_its_tasks(family, tiny_models, engine):
+    path = tiny_models(family)
+    for task in tasks_for(tiny(family)):
+        ev, events = run(engine, **request_for(path, task))
+        assert isinstance(ev, Result), (family, task, getattr(ev, "message", ""), getattr(ev, "detail", "")[-800:])
+        expect = (32, 64, 3) if task == "upscale" else (32, 32, 3)
+        assert ev.images[0].shape == expect and ev.images[0].dtype == np.uint8
+        assert isinstance(events[0], Started) and events[0].family == family
+        steps = [e.step for e in events if isinstance(e, Progress)]
+        assert steps[-1] == steps[0] + len(steps) - 1 and steps[-1] > 0
+        assert any(isinstance(e, Preview) and e.image.ndim == 3 for e in events)
+
+
+def test_seeds_reproduce_and_batches_are_per_image(tiny_models, engine):
+    path = tiny_models("sd1")
+    a, _ = run(engine, **request_for(path, "txt2img", seed=5))
+    b, _ = run(engine, **request_for(path, "txt2img", seed=5))
+    c, _ = run(engine, **request_for(path, "txt2img", seed=6))
+    batch, _ = run(engine, **request_for(path, "txt2img", seed=5, batch_size=2))
+    assert np.array_equal(a.images[0], b.images[0])
+    assert not np.array_equal(a.images[0], c.images[0])
+    assert np.array_equal(batch.images[0], a.images[0]) and np.array_equal(batch.images[1], c.images[0])
+    assert batch.seeds == (5, 6)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd1-inpainting", "ldm-inpainting-big", "ldm-semantic"])
+def test_pixels_outside_the_grown_feathered_mask_are_exact(family, tiny_models, engine):
+    from engine.images import grow_and_feather
+
+    for grow, feather in [(0, 0), (2, 3)]:
+        ev, _ = run(engine, **request_for(tiny_models(family), "inpaint", mask_grow=grow, mask_feather=feather,
+                                          labels=np.zeros((32, 32), np.int64)))
+        assert isinstance(ev, Result), getattr(ev, "detail", "")
+        soft = grow_and_feather(MASK, grow, feather)
+        outside = soft == 0
+        assert np.array_equal(ev.images[0][outside], IMG[outside])
+        assert not np.array_equal(ev.images[0][MASK > 0], IMG[MASK > 0])
+
+
+def test_inpaint_crop_pastes_back(tiny_models, engine):
+    img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[70:80, 70:84] = 255
+    ev, _ = run(engine, **request_for(tiny_models("sd1"), "inpaint", image=img, mask=mask, inpaint_crop=True,
+                                      width=None, height=None))
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert ev.images[0].shape == (96, 96, 3)
+    assert np.array_equal(ev.images[0][:60], img[:60]) and not np.array_equal(ev.images[0][mask > 0], img[mask > 0])
+
+
+def test_img2img_strength_zero_returns_the_autoencoded_image(tiny_models, engine):
+    import torch
+
+    from engine.checkpoint import load
+    from engine.pipelines import to_tensor, to_uint8
+
+    path = tiny_models("sd1")
+    low, _ = run(engine, **request_for(path, "img2img", strength=0.0))
+    half, events = run(engine, **request_for(path, "img2img", strength=0.5, steps=10))
+    m = load(path)
+    with torch.inference_mode():
+        recon = to_uint8(m.decode_first_stage(m.encode_first_stage(to_tensor(IMG, "cpu", torch.float32))))[0]
+    assert np.abs(low.images[0].astype(int) - recon.astype(int)).max() <= 1
+    assert not np.array_equal(half.images[0], low.images[0])
+    assert max(e.total for e in events if isinstance(e, Progress)) == 5
+
+
+def test_tiles_covering_the_canvas_equal_untiled(tiny_models, engine):
+    from engine.api import TileSettings
+
+    path = tiny_models("ldm-layout2img")
+    off, _ = run(engine, **request_for(path, "layout", tiles=TileSettings(mode="off")))
+    on, _ = run(engine, **request_for(path, "layout", tiles=TileSettings(mode="on", tile=64, overlap=8)))
+    assert isinstance(on, Result), getattr(on, "detail", "")
+    assert np.abs(off.images[0].astype(int) - on.images[0].astype(int)).max() <= 2
+
+
+def test_tiled_sampling_on_a_canvas_wider_than_a_tile(tiny_models, engine):
+    from engine.api import TileSettings
+
+    ev, _ = run(engine, **request_for(tiny_models("sd1"), "txt2img", width=128, height=64,
+                                      tiles=TileSettings(mode="on", tile=8, overlap=2, vae_tile=32)))
+    assert isinstance(ev, Result) and ev.images[0].shape == (64, 128, 3)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(task="inpaint", image=IMG, mask=np.zeros((16, 16), np.uint8)), "mask size"),
+    (dict(task="txt2img", prompt="  "), "needs a prompt"),
+    (dict(task="txt2img", sampler="heun9"), "unknown sampler"),
+    (dict(task="txt2img", width=30, height=32), "multiple of 8"),
+    (dict(task="upscale", image=IMG), "cannot do 'upscale'"),
+])
+def test_bad_requests_fail_clearly(kw, pattern, tiny_models, engine):
+    ev, _ = run(engine, **{**request_for(tiny_models("sd1"), kw["task"]), **kw})
+    assert isinstance(ev, Failed) and pattern in ev.message, getattr(ev, "message", ev)
+
+
+def test_unknown_layout_class_and_then_a_good_job(tiny_models, engine):
+    path = tiny_models("ldm-layout2img")
+    bad, _ = run(engine, **request_for(path, "layout", boxes=[Box("Flying saucer", (0, 0, 1, 1))]))
+    assert isinstance(bad, Failed) and "unknown layout class" in bad.message
+    good, _ = run(engine, **request_for(path, "layout"))
+    assert isinstance(good, Result)
+
+
+def test_corrupt_model_fails_and_worker_goes_on(tmp_path, tiny_models, engine):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    bad, _ = run(engine, **request_for(broken, "txt2img"))
+    assert isinstance(bad, Failed) and "broken.safetensors" in bad.message
+    good, _ = run(engine, **request_for(tiny_models("sd1"), "txt2img"))
+    assert isinstance(good, Result)
+
+
+def test_cancel_within_one_step(tiny_models):
+    seen = threading.Event()
+    engine = Engine(on_event=lambda ev: isinstance(ev, Progress) and ev.step >= 2 and seen.set())
+    try:
+        job = engine.submit(Request(**request_for(tiny_models("sd1"), "txt2img", steps=200)))
+        assert seen.wait(60)
+        engine.cancel(job)
+        ev = engine.wait(job, 60)
+        assert isinstance(ev, Cancelled) and ev.step < 10
+    finally:
+        engine.shutdown()
+
+
+def test_crash_in_a_job_becomes_failed_and_worker_survives():
+    calls = []
+
+    def runner(request, ctx, cache):
+        calls.append(request.prompt)
+        if request.prompt == "boom":
+            raise RuntimeError("engine exploded")
+        return Result(ctx.job_id, (np.zeros((8, 8, 3), np.uint8),))
+
+    engine = Engine(runner=runner)
+    try:
+        bad = engine.wait(engine.submit(Request(prompt="boom")), 10)
+        good = engine.wait(engine.submit(Request(prompt="fine")), 10)
+        assert isinstance(bad, Failed) and "engine exploded" in bad.message and "Traceback" in bad.detail
+        assert isinstance(good, Result) and calls == ["boom", "fine"]
+    finally:
+        engine.shutdown()
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_generate_and_reproduce_from_png(tiny_models, tmp_path):
+    path = tiny_models("sd1")
+    Image.fromarray(IMG).save(tmp_path / "in.png")
+    Image.fromarray(MASK).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    r = cli("generate", "--model", path, "--prompt", "a cat", "--image", tmp_path / "in.png", "--mask",
+            tmp_path / "mask.png", "--steps", 3, "--sampler", "euler_a", "--seed", 9, "--out", out)
+    assert r.returncode == 0, r.stderr
+    im = Image.open(out)
+    assert "Steps: 3" in im.text["parameters"] and "Sampler: euler_a" in im.text["parameters"]
+    assert json.loads(im.text["latent_canvas"])["task"] == "inpaint"
+    again = tmp_path / "again.png"
+    r = cli("generate", "--from", out, "--out", again)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"label": "Cat", "box": [0.1, 0.1, 0.6, 0.6]}]))
+    r = cli("generate", "--model", tiny_models("ldm-layout2img"), "--boxes", boxes, "--steps", 2, "--out",
+            tmp_path / "l.png", "--width", 32, "--height", 32)
+    assert r.returncode == 0, r.stderr
+    Image.fromarray(IMG[:8, :12]).save(tmp_path / "low.png")
+    r = cli("generate", "--model", tiny_models("ldm-bsr-sr"), "--task", "upscale", "--image", tmp_path / "low.png",
+            "--steps", 2, "--out", tmp_path / "up.png")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "up.png").size == (48, 32)
+    (tmp_path / "bad.png").write_text("not an image")
+    for args, msg in [(("--image", tmp_path / "bad.png", "--task", "img2img"), "cannot read image"),
+                      (("--sampler", "nope", "--prompt", "x"), "unknown sampler"),
+                      (("--boxes", tmp_path / "bad.png"), "")]:
+        r = cli("generate", "--model", tiny_models("sd1"), *args, "--out", tmp_path / "x.png")
+        assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:") and msg in r.stderr
+        assert "Traceback" not in r.stderr
