@@ -7,6 +7,7 @@ Images are drawn at twice the size and area-downsampled (2x2 supersampling antia
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -99,21 +100,30 @@ def _gaps_ok(box: Box, placed: list[Box], gap: float) -> bool:
                for b in placed)
 
 
+def _extent(shape: str, rotation: float) -> tuple[float, float]:
+    p = _rotate(UNIT_POLYGONS[shape], rotation)
+    w, h = p.max(0) - p.min(0)
+    return float(w), float(h)
+
+
+_EXTENT_STEPS = {s: [_extent(s, r / 4) for r in range(-60, 289)] for s in SHAPES}
+
+
 def _sample_objects(rng: np.random.Generator, n: int) -> list[dict]:
     objects, placed = [], []
     for _ in range(n):
-        for attempt in range(60):
-            shape, colour = SHAPES[rng.integers(4)], COLOURS[rng.integers(6)]
-            size = rng.uniform(0.2, 0.45 if attempt < 30 else 0.3)
-            rot = rng.uniform(0, 72) if shape == "star" else (rng.uniform(-15, 15) if shape in ("square", "triangle") else 0.0)
-            p = _rotate(UNIT_POLYGONS[shape], rot)
-            ext = p.max(0) - p.min(0)
-            w, h = ext * size / ext.max()
-            x0, y0 = rng.uniform(0.02, 0.98 - w), rng.uniform(0.02, 0.98 - h)
-            box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
+        draws = rng.random((60, 8))
+        for attempt, (us, uc, usize, urot, ux, uy, s0, s1) in enumerate(draws.tolist()):
+            shape, colour = SHAPES[int(us * 4)], COLOURS[int(uc * 6)]
+            size = 0.2 + usize * ((0.45 if attempt < 30 else 0.3) - 0.2)
+            rot = 72 * urot if shape == "star" else (30 * urot - 15 if shape in ("square", "triangle") else 0.0)
+            ew, eh = _EXTENT_STEPS[shape][round(rot * 4) + 60]
+            w, h = ew * size / max(ew, eh), eh * size / max(ew, eh)
+            x0, y0 = 0.02 + ux * (0.96 - w), 0.02 + uy * (0.96 - h)
+            box = (x0, y0, x0 + w, y0 + h)
             if _gaps_ok(box, placed, 0.05):
                 placed.append(box)
-                objects.append(_object(colour, shape, box, rot, rng.uniform(-0.25, 0.25, 2)))
+                objects.append(_object(colour, shape, box, round(rot * 4) / 4, (0.5 * s0 - 0.25, 0.5 * s1 - 0.25)))
                 break
     return objects
 
@@ -174,14 +184,11 @@ def region_map(layout: dict, h: int, w: int) -> np.ndarray:
 
 
 def _sample_textures(rng: np.random.Generator) -> list[dict]:
-    out = []
-    for _ in REGIONS:
-        out.append({"jitter": rng.uniform(-6, 6, 3).astype(np.float32), "grad": rng.uniform(-8, 8, 2),
-                    "low": rng.uniform(-1, 1, (5, 5)).astype(np.float32),
-                    "fine": rng.uniform(-1, 1, (24, 24)).astype(np.float32),
-                    "freq": rng.uniform(0.8, 1.25), "angle": rng.uniform(-0.2, 0.2), "phase": rng.uniform(0, 2 * np.pi),
-                    "wobble": rng.uniform(0, 1.5)})
-    return out
+    u = rng.random((len(REGIONS), 616), dtype=np.float32)
+    return [{"jitter": 12 * r[0:3] - 6, "grad": 16 * r[3:5] - 8, "low": (2 * r[5:30] - 1).reshape(5, 5),
+             "fine": (2 * r[30:606] - 1).reshape(24, 24), "freq": 0.8 + 0.45 * float(r[606]),
+             "angle": 0.4 * float(r[607]) - 0.2, "phase": 2 * np.pi * float(r[608]), "wobble": 1.5 * float(r[609])}
+            for r in u]
 
 
 def _wave(ax: np.ndarray, by: np.ndarray) -> np.ndarray:
@@ -190,6 +197,7 @@ def _wave(ax: np.ndarray, by: np.ndarray) -> np.ndarray:
 
 
 def _texture(cls: int, p: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Planar (3, h, w) float texture of region class `cls`: base colour, gradient, value noise and stripes."""
     h, w = y.size, x.size
     base = REGION_RGB[cls] + p["jitter"]
     gx, gy = (float(g) for g in p["grad"])
@@ -212,8 +220,8 @@ def _texture(cls: int, p: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         lum = lum + 4 * _resize(p["fine"], w, h) + 5 * _wave(k * np.cos(0.8 + ang) * x + ph, k * np.sin(0.8 + ang) * y)
     else:
         lum = lum + 9 * _resize(p["low"], w, h) + 7 * _resize(p["fine"], w, h)
-    lum = lum.astype(np.float32)[..., None]
-    return base + (lum if tint is None else lum * tint)
+    base, lum = base[:, None, None], lum.astype(np.float32)[None]
+    return base + (lum if tint is None else lum * tint[:, None, None])
 
 
 def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -228,6 +236,18 @@ def _coverage(mask2x: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(mask2x.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
 
 
+@lru_cache(maxsize=8)
+def _grain_tile(h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(20251122).uniform(-3, 3, (2 * h, 2 * w)).astype(np.float32)
+
+
+def _grain(h: int, w: int, key) -> np.ndarray:
+    """Film grain: a window of a fixed noise tile at an offset hashed from `key` (integers)."""
+    k = sum(int(v) * m for v, m in zip(key, (2654435761, 40503, 97, 13)))
+    oy, ox = (k // w) % h, k % w
+    return _grain_tile(h, w)[oy:oy + h, ox:ox + w][None]
+
+
 def _compose(regions2x: np.ndarray, regions1x: np.ndarray, textures: list[dict], ids2x: np.ndarray,
              objects: list[dict], grain_seed, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Textures and object colours evaluated at the output size, blended by coverages measured at 2x."""
@@ -237,22 +257,22 @@ def _compose(regions2x: np.ndarray, regions1x: np.ndarray, textures: list[dict],
     if present.size == 1:
         img = _texture(int(present[0]), textures[present[0]], x, y)
     else:
-        img = np.zeros((h, w, 3), np.float32)
+        img = np.zeros((3, h, w), np.float32)
         for cls in present:
-            img += _coverage(regions2x == cls, w, h)[..., None] * _texture(int(cls), textures[cls], x, y)
+            img += _coverage(regions2x == cls, w, h)[None] * _texture(int(cls), textures[cls], x, y)
     for k, o in enumerate(objects):
         x0, y0, x1, y1 = o["box"]
         c0, r0 = max(int(x0 * w) - 1, 0), max(int(y0 * h) - 1, 0)
         c1, r1 = min(int(np.ceil(x1 * w)) + 1, w), min(int(np.ceil(y1 * h)) + 1, h)
         if c1 <= c0 or r1 <= r0:
             continue
-        cov = _coverage(ids2x[2 * r0:2 * r1, 2 * c0:2 * c1] == k + 1, c1 - c0, r1 - r0)[..., None]
+        cov = _coverage(ids2x[2 * r0:2 * r1, 2 * c0:2 * c1] == k + 1, c1 - c0, r1 - r0)[None]
         (sx, sy), (cx, cy) = o["shade"], o["center"]
         gain = 1 + (sx * (x[c0:c1] - cx))[None, :] + (sy * (y[r0:r1] - cy))[:, None]
-        col = COLOUR_RGB[COLOURS.index(o["colour"])] * gain[..., None].astype(np.float32)
-        img[r0:r1, c0:c1] = img[r0:r1, c0:c1] * (1 - cov) + col * cov
-    img += np.random.default_rng(grain_seed).uniform(-3, 3, (h, w, 1)).astype(np.float32)
-    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        col = COLOUR_RGB[COLOURS.index(o["colour"])][:, None, None] * gain[None].astype(np.float32)
+        img[:, r0:r1, c0:c1] = img[:, r0:r1, c0:c1] * (1 - cov) + col * cov
+    img += _grain(h, w, grain_seed)
+    img = cv2.merge([cv2.convertScaleAbs(c) for c in np.maximum(img, 0)])
     if labels is None:
         lut = np.zeros(256, np.uint8)
         for k, o in enumerate(objects):
