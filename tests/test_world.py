@@ -172,3 +172,12 @@ def test_drop_leaves_one_object_out_of_the_same_scene():
     outside[int(box[1] * 64) - 1:int(np.ceil(box[3] * 64)) + 1, int(box[0] * 64) - 1:int(np.ceil(box[2] * 64)) + 1] = False
     assert np.array_equal(full.image[outside], without.image[outside])
     assert sorted(d.label for d in detect(without.image)) == sorted(o["label"] for o in without.objects)
+
+
+def test_rendering_is_fast_enough_for_online_training():
+    import time
+
+    S.batch(range(5))
+    start = time.process_time()
+    S.batch(range(200))
+    assert 200 / (time.process_time() - start) > 50

@@ -34,7 +34,9 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class Scene:
-    """One sample: image (HxWx3 uint8), caption, [(label, normalized x0,y0,x1,y1)], class-id map (HxW uint8), objects."""
+    """One sample: image (HxWx3 uint8 RGB), caption, boxes [(label, (x0, y0, x1, y1))] normalized with origin top-left,
+    labels (HxW uint8 SEMANTIC_CLASSES ids), objects: dicts with label, colour, shape, box, center, size, rotation,
+    shade (in drawing order, the same order as boxes and as the caption's objects)."""
 
     image: np.ndarray
     caption: str
