@@ -1,0 +1,283 @@
+"""Second stage: eps-prediction latent diffusion on a frozen first stage (Rombach et al. 2022), plus the training CLI."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import train_data as data
+from engine.train import DEFAULT_NAMES, RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
+
+TEXT_DROPOUT = 0.1
+REMOVAL_SHARE = 0.4
+
+
+class Batches:
+    """Training batches for one LDM kind from a refreshable pool: latents, concat/context inputs, dropout."""
+
+    def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool):
+        self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
+        self.fs = model.first_stage_model
+        self.tok = data.layout_tokenizer(model.config.cond.vocab_size) if kind == "layout" else None
+        self.z = self.encode(pool.images)
+        self.tokens = self.layout_tokens(pool.boxes) if kind == "layout" else None
+        self.removal = self.removal_pool(len(pool) // 4) if kind == "inpaint" and world else None
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        return torch.cat([self.model.encode_first_stage(data.to_tensor(images[i:i + 128]))
+                          for i in range(0, len(images), 128)])
+
+    def layout_tokens(self, boxes) -> torch.Tensor:
+        return torch.stack([self.tok.encode(b[: self.tok.max_objects]) for b in boxes])
+
+    @torch.no_grad()
+    def inpaint_cond(self, images: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+        """LDM inpainting_big conditioning: VQ features of the image with the hole set to -1, plus the mask in [-1, 1]."""
+        x = data.to_tensor(images)
+        m = torch.from_numpy(masks.astype(np.float32))[:, None]
+        c = self.model.cond_stage_model.encode((1 - m) * x - m)
+        return torch.cat([c, F.interpolate(m * 2 - 1, size=c.shape[-2:])], dim=1)
+
+    def removal_pool(self, n: int) -> dict:
+        src, masks, tgt = data.removal_pairs(self.rng, n, self.pool.images.shape[1])
+        return {"z": self.encode(tgt), "c": self.inpaint_cond(src, masks)}
+
+    def refresh(self, step: int) -> None:
+        """Replace an eighth of the pool with newly rendered training scenes."""
+        if not self.world:
+            return
+        k = max(1, len(self.pool) // 8)
+        j = int(self.rng.integers(0, len(self.pool) - k + 1))
+        low = self.pool.low.shape[1] if self.pool.low is not None else 0
+        new = data.world_pool(data.train_seeds(self.rng, k), self.pool.images.shape[1], low)
+        self.pool.images[j:j + k] = new.images
+        if self.pool.labels is not None:
+            self.pool.labels[j:j + k] = new.labels
+        if low:
+            self.pool.low[j:j + k] = new.low
+        self.pool.captions[j:j + k] = new.captions
+        self.pool.boxes[j:j + k] = new.boxes
+        self.z[j:j + k] = self.encode(new.images)
+        if self.tokens is not None:
+            self.tokens[j:j + k] = self.layout_tokens(new.boxes)
+        if self.removal is not None and step % (4 * 100) == 0:
+            self.removal = self.removal_pool(len(self.removal["z"]))
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, dict]:
+        """(clean latents z0, UNet keyword inputs) for n samples; gradients flow into the conditioner."""
+        idx = self.rng.integers(0, len(self.pool), n)
+        z0, kw = self.z[idx], {}
+        cond = self.model.cond_stage_model
+        if self.kind == "txt2img":
+            caps = ["" if self.rng.random() < TEXT_DROPOUT else self.pool.captions[i] for i in idx]
+            kw["context"] = cond.encode(caps)
+        elif self.kind == "layout":
+            kw["context"] = cond.encode(self.tokens[idx])
+        elif self.kind == "semantic":
+            kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
+        elif self.kind == "sr4":
+            kw["concat"] = data.to_tensor(self.pool.low[idx])
+        elif self.kind == "inpaint":
+            n_rem = int(round(REMOVAL_SHARE * n)) if self.removal is not None else 0
+            masks = data.random_masks(self.rng, n - n_rem, self.pool.images.shape[1])
+            c = self.inpaint_cond(self.pool.images[idx[: n - n_rem]], masks)
+            z0 = z0[: n - n_rem]
+            if n_rem:
+                r = self.rng.integers(0, len(self.removal["z"]), n_rem)
+                z0, c = torch.cat([z0, self.removal["z"][r]]), torch.cat([c, self.removal["c"][r]])
+            kw["concat"] = c
+        return z0, kw
+
+
+def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM eps-prediction MSE at a uniformly drawn timestep (Ho et al. 2020), in the first stage's latent space."""
+    t = torch.randint(0, model.config.schedule.timesteps, (z0.shape[0],), generator=gen)
+    ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
+    eps = torch.randn(z0.shape, generator=gen)
+    zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
+    return F.mse_loss(model.model(zt, t, **kw), eps)
+
+
+def build_model(kind: str, ae_path, size: int = 64, vocab: tuple[str, ...] | None = None, **cfg_kw):
+    """LatentDiffusion of one kind with the shared, frozen first stage loaded from ae.pt."""
+    from dataclasses import replace
+
+    from engine.models.latent_diffusion import LatentDiffusion
+
+    fs_cfg, fs_state, scale = load_ae(ae_path)
+    cfg = ldm_config(kind, fs_cfg, scale_factor=scale, size=size, **cfg_kw)
+    if vocab is not None and kind == "txt2img":
+        cfg = replace(cfg, cond=replace(cfg.cond, vocab=tuple(vocab), vocab_size=len(vocab) + 4))
+    model = LatentDiffusion(cfg)
+    model.first_stage_model.load_state_dict(fs_state)
+    model.first_stage_model.requires_grad_(False).eval()
+    return model
+
+
+def trainable(model) -> list:
+    mods = [model.model]
+    cond = getattr(model, "_modules", {}).get("cond_stage_model")
+    if cond is not None:
+        mods.append(cond)
+    return [p for m in mods for p in m.parameters()]
+
+
+def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
+              captions: str | None = None, size: int = 64, **cfg_kw) -> dict:
+    """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`."""
+    from engine.checkpoint import save
+    from engine.tokenizers import WorldTokenizer
+
+    torch.manual_seed(spec.seed)
+    low = size // 4 if kind == "sr4" else 0
+    pool_rng = np.random.default_rng(spec.seed)
+    if images_dir:
+        pool = data.folder_pool(images_dir, size, captions, low)
+        if kind == "txt2img" and not pool.captions:
+            raise ValueError("txt2img on an image folder needs --captions captions.json")
+        vocab = tuple(WorldTokenizer.from_texts(pool.captions).vocab) if kind == "txt2img" else None
+    else:
+        pool = data.world_pool(data.train_seeds(pool_rng, spec.pool_size), size, low)
+        vocab = None
+    model = build_model(kind, ae_path, size, vocab, **cfg_kw)
+    params = trainable(model)
+    trainer = Trainer(spec, params, ema_module=model, title=f"{model.config.family} LDM")
+    restored = trainer.resume()
+    if restored is not None:
+        with torch.no_grad():
+            for p, v in zip(params, restored):
+                p.copy_(v)
+    rng = np.random.default_rng([spec.seed, trainer.step])
+    batches = Batches(model, kind, pool, rng, world=images_dir is None)
+    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
+    model.model.train()
+
+    def step_fn(step):
+        z0, kw = batches(spec.batch)
+        return diffusion_loss(model, z0, kw, gen)
+
+    trainer.loop(step_fn, lambda: [p.detach().clone() for p in params], batches.refresh)
+    trainer.swap_ema()
+    model.eval()
+    n_params = sum(p.numel() for p in params)
+    info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
+            "lr": spec.lr, "params_trained": n_params, "final_loss": float(np.mean(trainer.losses[-100:])),
+            "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(model, out, extra_metadata={"latent_canvas.training": json.dumps(info)}, dtype=torch.float16)
+    (spec.run_dir / "info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _spec(args, run_dir) -> RunSpec:
+    return RunSpec(Path(run_dir), steps=args.steps or 10**9, minutes=args.minutes or 0.0, batch=args.batch,
+                   lr=args.lr, seed=args.seed, pool_size=args.pool, progress=not args.no_progress, crop=args.crop)
+
+
+def _threads(args) -> None:
+    torch.set_num_threads(max(1, args.threads))
+
+
+def cmd_train_ae(args) -> int:
+    _threads(args)
+    run = Path(args.run_dir)
+    out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size), args.images, args.size)
+    print(json.dumps({k: v for k, v in out.items() if k not in ("state_dict", "config")}))
+    return 0
+
+
+def cmd_train_ldm(args) -> int:
+    _threads(args)
+    kind = args.kind or ("txt2img" if args.captions else "uncond" if args.images else "txt2img")
+    out = args.out or f"runs/{kind}.safetensors"
+    run = Path(args.run_dir or f"runs/ldm-{kind}")
+    info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size)
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_train_defaults(args) -> int:
+    """Shared VQ-f4 first stage, then the five world LDMs, one after another; resumable run by run."""
+    _threads(args)
+    runs, out = Path(args.runs), Path(args.out)
+    quick = args.quick
+    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0 if quick else args.minutes_per_model,
+                 batch=8 if quick else args.batch, seed=args.seed, lr=args.lr,
+                 pool_size=64 if quick else args.pool, progress=not args.no_progress)
+    ae_path = runs / "ae" / "ae.pt"
+    summary = {}
+    if not ae_path.exists():
+        spec = RunSpec(runs / "ae", **dict(steps, minutes=0.0 if quick else args.ae_minutes, lr=1e-3, batch=16), crop=32)
+        ae = train_ae(spec, ae_config(), None, 64)
+        summary["ae"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
+        print(json.dumps(summary["ae"]), flush=True)
+    kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
+    for kind in kinds:
+        target = out / f"{DEFAULT_NAMES[kind]}.safetensors"
+        if target.exists() and not args.overwrite:
+            print(f"{target} exists, skipped", flush=True)
+            continue
+        t0 = time.time()
+        info = train_ldm(kind, RunSpec(runs / kind, **steps), ae_path, target)
+        summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
+        print(json.dumps(summary[kind]), flush=True)
+    (runs / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _common(p, minutes: float) -> None:
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: no step limit)")
+    p.add_argument("--minutes", type=float, default=minutes, help="stop after this much training time")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", type=int, default=3000, help="rendered scenes held at once (an eighth refreshed often)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared, oversubscribed CPU")
+    p.add_argument("--crop", type=int, default=0, help="train the autoencoder on random crops of this size")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_commands(sub) -> None:
+    """Registers train-ae, train-ldm, train-defaults and eval on the `python -m engine` parser."""
+    p = sub.add_parser("train-ae", help="train the VQ-f4 first stage (shapes world or --images DIR)")
+    _common(p, 6.0)
+    p.add_argument("--images", default=None)
+    p.add_argument("--run-dir", default="runs/ae")
+    p.add_argument("--ch", type=int, default=32)
+    p.add_argument("--n-embed", type=int, default=512)
+    p.set_defaults(func=cmd_train_ae)
+    p = sub.add_parser("train-ldm", help="train one LDM on a trained first stage")
+    _common(p, 9.0)
+    p.add_argument("--kind", default=None, choices=["txt2img", "layout", "semantic", "inpaint", "sr4", "uncond"])
+    p.add_argument("--ae", default="runs/ae/ae.pt")
+    p.add_argument("--images", default=None)
+    p.add_argument("--captions", default=None, help="JSON {file name: caption}")
+    p.add_argument("--out", default=None)
+    p.add_argument("--run-dir", default=None)
+    p.set_defaults(func=cmd_train_ldm)
+    p = sub.add_parser("train-defaults", help="train the bundled models: shared VQ-f4, then five world LDMs")
+    _common(p, 0.0)
+    p.add_argument("--out", default="resources/models")
+    p.add_argument("--runs", default="runs/defaults")
+    p.add_argument("--minutes-per-model", type=float, default=9.0)
+    p.add_argument("--ae-minutes", type=float, default=6.0)
+    p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
+    p.add_argument("--only", default=None, help="comma-separated kinds")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_train_defaults)
+    try:
+        from engine.evaluate import add_command
+    except ImportError:
+        return
+    add_command(sub)
