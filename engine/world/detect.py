@@ -20,6 +20,8 @@ MAX_AREA = 0.45
 MIN_PURITY = 0.7
 MAX_COLOUR_DIST = 55.0
 STAR_SOLIDITY = 0.81
+SMALL_STAR_SOLIDITY = 0.87
+SMALL_STAR_FILL = 0.59
 SQUARE_FILL = 0.84
 TRIANGLE_FILL = 0.66
 _PROTOS = np.concatenate([COLOUR_RGB, REGION_RGB]).astype(np.float32)
@@ -96,8 +98,9 @@ def shape_features(mask: np.ndarray) -> tuple[float, float]:
 
 
 def classify_shape(solidity: float, fill: float) -> str:
-    """Star if concave, else by how much of its minimum-area rectangle the shape fills."""
-    if solidity < STAR_SOLIDITY:
+    """Star if concave (or, when tiny and blurred, fairly concave but fuller than a triangle), else by how much of
+    its minimum-area rectangle the shape fills."""
+    if solidity < STAR_SOLIDITY or (solidity < SMALL_STAR_SOLIDITY and fill > SMALL_STAR_FILL):
         return "star"
     if fill >= SQUARE_FILL:
         return "square"
