@@ -102,7 +102,7 @@ def test_metrics_ceiling_and_chance_64():
 
 
 def test_metrics_ceiling_and_chance_256():
-    _check(_figures(256, 40))
+    _check(_figures(256, 24))
 
 
 @pytest.mark.slow
