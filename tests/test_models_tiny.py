@@ -9,7 +9,7 @@ import torch
 from engine.config import AutoencoderConfig, UNetConfig
 from engine.models.attention import AttentionBlock, SpatialTransformer
 from engine.models.diffusion_model import ResBlock, UNetModel, timestep_embedding
-from engine.models.first_stage_model import AutoencoderKL, DiagonalGaussianDistribution, VQModel, make_first_stage
+from engine.models.first_stage_model import AttnBlock, AutoencoderKL, DiagonalGaussianDistribution, VQModel, make_first_stage
 
 torch.set_num_threads(1)
 
@@ -173,6 +173,20 @@ def test_channels_last_and_bfloat16_run():
         bf = model.to(torch.bfloat16)(x, t, ctx)
     torch.testing.assert_close(cl, ref, atol=1e-4, rtol=1e-4)
     assert bf.dtype == torch.bfloat16 and (bf.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("make", [lambda: AttnBlock(64), lambda: AttentionBlock(64, num_heads=2),
+                                  lambda: SpatialTransformer(64, 2, 32, context_dim=16),
+                                  lambda: SpatialTransformer(64, 2, 32, context_dim=16, use_linear=True)],
+                         ids=["AttnBlock", "AttentionBlock", "SpatialTransformer", "SpatialTransformer-linear"])
+def test_attention_layers_keep_the_memory_format(make):
+    layer = randomize_(make()).eval()
+    x, ctx = torch.randn(2, 64, 6, 5), torch.randn(2, 3, 16)
+    run = (lambda t: layer(t, ctx)) if isinstance(layer, SpatialTransformer) else layer
+    with torch.inference_mode():
+        a, b = run(x), run(x.to(memory_format=torch.channels_last))
+    assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 VQ = AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, double_z=False, ch=32, ch_mult=(1, 2, 2),

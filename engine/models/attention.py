@@ -22,6 +22,12 @@ def residual(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return h.add_(x) if not torch.is_grad_enabled() and h.shape == x.shape else x + h
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is stored that way, else the default layout."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 class CrossAttention(nn.Module):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017); self-attention when context is None."""
 
@@ -112,7 +118,7 @@ class SpatialTransformer(nn.Module):
             y = block(y, context)
         if self.use_linear:
             y = self.proj_out(y)
-        y = rearrange(y, "b (h w) c -> b c h w", h=h, w=w)
+        y = rearrange(y, "b (h w) c -> b c h w", h=h, w=w).contiguous(memory_format=memory_format(x))
         if not self.use_linear:
             y = self.proj_out(y)
         return residual(y, x)
@@ -140,4 +146,4 @@ class AttentionBlock(nn.Module):
         q, k, v = rearrange(qkv, pattern, three=3, h=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj_out(rearrange(out, "b h t d -> b (h d) t"))
-        return residual(out, flat).reshape(b, c, *spatial)
+        return residual(out, flat).reshape(b, c, *spatial).contiguous(memory_format=memory_format(x))

@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from engine.config import AutoencoderConfig
-from engine.models.attention import Normalize, residual, silu
+from engine.models.attention import Normalize, memory_format, residual, silu
 
 __all__ = ["Normalize", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "Encoder", "Decoder",
            "DiagonalGaussianDistribution", "VectorQuantizer", "AutoencoderKL", "VQModel", "make_first_stage",
@@ -59,6 +59,7 @@ class AttnBlock(nn.Module):
         n = self.norm(x)
         q, k, v = (rearrange(conv(n), "b c h w -> b 1 (h w) c") for conv in (self.q, self.k, self.v))
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "b 1 (h w) c -> b c h w", h=h, w=w)
+        out = out.contiguous(memory_format=memory_format(x))
         return residual(self.proj_out(out), x)
 
 
