@@ -181,3 +181,15 @@ def test_rendering_is_fast_enough_for_online_training():
     start = time.process_time()
     S.batch(range(200))
     assert 200 / (time.process_time() - start) > 50
+
+
+def test_metrics_tolerate_mildly_degraded_renders():
+    import cv2
+
+    rng = np.random.default_rng(3)
+    scenes = [S.render(seed) for seed in S.EVAL_SEEDS[200:300]]
+    worse = [np.clip(cv2.GaussianBlur(s.image, (0, 0), 0.6) + rng.normal(0, 6, s.image.shape) + rng.integers(-12, 13, 3),
+                     0, 255).astype(np.uint8) for s in scenes]
+    assert np.mean([M.caption_match(w, s.caption) for w, s in zip(worse, scenes)]) >= 0.9
+    assert np.mean([v for w, s in zip(worse, scenes) for v in M.layout_score(w, s.boxes)]) >= 0.9
+    assert np.mean([M.pixel_accuracy(w, s.labels) for w, s in zip(worse, scenes)]) >= 0.9

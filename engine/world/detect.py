@@ -16,7 +16,7 @@ import numpy as np
 from engine.world.scene import COLOUR_RGB, COLOURS, REGION_RGB, REGIONS, SHAPE_CLASS
 
 MIN_AREA = 0.006
-MAX_AREA = 0.45
+MAX_AREA = 0.9
 MIN_PURITY = 0.7
 MAX_COLOUR_DIST = 55.0
 STAR_SOLIDITY = 0.81
