@@ -139,11 +139,12 @@ class AttentionBlock(nn.Module):
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, *spatial = x.shape
-        flat = rearrange(x, "b c ... -> b c (...)")
+        h, w = x.shape[-2:]
+        flat = rearrange(x, "b c h w -> b c (h w)")
         qkv = self.qkv(self.norm(flat))
         pattern = "b (three h d) t -> three b h t d" if self.new_order else "b (h three d) t -> three b h t d"
         q, k, v = rearrange(qkv, pattern, three=3, h=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj_out(rearrange(out, "b h t d -> b (h d) t"))
-        return residual(out, flat).reshape(b, c, *spatial).contiguous(memory_format=memory_format(x))
+        out = rearrange(residual(out, flat), "b c (h w) -> b c h w", h=h, w=w)
+        return out.contiguous(memory_format=memory_format(x))

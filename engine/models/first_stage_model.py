@@ -253,7 +253,8 @@ class VectorQuantizer(nn.Module):
         flat = rearrange(z, "b c h w -> (b h w) c")
         codes = self.embedding.weight.to(flat.dtype)
         dist = (codes * codes).sum(1)[None] - 2 * flat @ codes.t()
-        return dist.argmin(dim=1).view(z.shape[0], *z.shape[2:])
+        b, _, h, w = z.shape
+        return rearrange(dist.argmin(dim=1), "(b h w) -> b h w", b=b, h=h, w=w)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         """Codebook vectors for indices (b, h, w) -> (b, c, h, w)."""
