@@ -1,0 +1,240 @@
+"""Held-out evaluation of world LDMs through the real Engine path, with ground-truth ceiling and random-weight chance."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.world import EVAL_SEEDS, render, render_from_layout  # noqa: F401  (render_from_layout: public twin)
+from engine.world import metrics
+
+TASKS = ("txt2img", "layout", "semantic", "inpaint", "upscale")
+ALIASES = {"sr": "upscale", "sr4": "upscale", "text": "txt2img"}
+HEADLINE = {"txt2img": "caption_match", "layout": "box_recall", "semantic": "pixel_accuracy",
+            "inpaint": "removal_ok", "upscale": "psnr_gain_db"}
+
+
+@dataclass
+class Case:
+    """One held-out evaluation input: the scene, and for inpainting the object to remove and its mask."""
+
+    seed: int
+    scene: object
+    mask: np.ndarray | None = None
+    target: int = -1
+    low: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def instruction(self) -> str:
+        return f"remove the {self.scene.boxes[self.target][0]}" if self.target >= 0 else ""
+
+
+def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]:
+    """n scenes from EVAL_SEEDS (never seen in training); inpainting masks one object's grown box."""
+    from engine.train_data import box_mask
+
+    out = []
+    for i in range(n):
+        seed = EVAL_SEEDS.start + offset + i
+        s = render(seed, size)
+        c = Case(seed, s)
+        if task == "inpaint":
+            from engine.train_data import render_without
+
+            c.target = i % len(s.boxes)
+            c.mask = box_mask(s.boxes[c.target][1], size) * 255
+            c.extra["truth"] = render_without(seed, c.target, size).image
+        if task == "upscale":
+            c.low = render(seed, size // 4).image
+        out.append(c)
+    return out
+
+
+def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim"):
+    from engine.api import Box, Request
+
+    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed)
+    s = case.scene
+    if task == "txt2img":
+        r.prompt = s.caption
+    elif task == "layout":
+        r.boxes = [Box(label, tuple(box)) for label, box in s.boxes]
+    elif task == "semantic":
+        r.labels = s.labels
+    elif task == "inpaint":
+        r.image, r.mask = s.image, case.mask
+    elif task == "upscale":
+        r.image = case.low
+    return r
+
+
+def generate(engine, requests) -> list[np.ndarray]:
+    """Runs requests through an engine.api.Engine; raises on a failed job."""
+    from engine.api import Failed, Result
+
+    out = []
+    for r in requests:
+        ev = engine.wait(engine.submit(r))
+        if not isinstance(ev, Result):
+            raise RuntimeError(f"generation failed: {getattr(ev, 'message', ev)}")
+        out.append(ev.images[0])
+    return out
+
+
+def bicubic(low: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def score(task: str, case: Case, image: np.ndarray) -> dict:
+    """Per-case scores with engine.world.metrics."""
+    s = case.scene
+    if task == "txt2img":
+        return {"caption_match": float(metrics.caption_match(image, s.caption)),
+                "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True))}
+    if task == "layout":
+        hits = metrics.layout_score(image, s.boxes)
+        return {"box_recall": float(np.mean(hits)), "boxes": len(hits)}
+    if task == "semantic":
+        return {"pixel_accuracy": metrics.pixel_accuracy(image, s.labels)}
+    if task == "inpaint":
+        r = metrics.inpaint_score(s.image, image, case.mask, case.instruction)
+        inside = case.mask > 0
+        return {"removal_ok": float(r.ok), "outside_exact": float(r.outside_unchanged), "inside_ok": float(r.inside_ok),
+                "inside_psnr_db": min(99.0, metrics.psnr(image[inside], case.extra["truth"][inside]))}
+    base = metrics.psnr(bicubic(case.low, s.image.shape[0]), s.image)
+    p = metrics.psnr(image, s.image)
+    return {"psnr_gain_db": p - base, "psnr_db": p, "bicubic_psnr_db": base}
+
+
+def ceiling_images(task: str, cases: list[Case], model_path: str | None) -> list[np.ndarray]:
+    """The world's own answer: the ground-truth scene; the scene without the object (inpaint); for
+    super-resolution the first stage's reconstruction of the true image (what any LDM decoder can reach)."""
+    if task == "inpaint":
+        return [c.extra["truth"] for c in cases]
+    if task == "upscale" and model_path:
+        import torch
+
+        from engine.checkpoint import load
+        from engine.train_data import to_tensor, to_uint8
+
+        m = load(model_path)
+        with torch.no_grad():
+            x = to_tensor(np.stack([c.scene.image for c in cases]))
+            return list(to_uint8(m.decode_first_stage(m.encode_first_stage(x))))
+    return [c.scene.image for c in cases]
+
+
+def random_copy(model_path: str, out: Path, seed: int = 0) -> Path:
+    """The same config with freshly initialised UNet and conditioner (the trained first stage kept): chance level."""
+    import torch
+
+    from engine.checkpoint import load, save
+    from engine.models.latent_diffusion import LatentDiffusion
+
+    trained = load(model_path)
+    torch.manual_seed(seed)
+    rnd = LatentDiffusion(trained.config)
+    rnd.first_stage_model.load_state_dict(trained.first_stage_model.state_dict())
+    save(rnd, out, dtype=torch.float32)
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "boxes"] if rows else []
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    if rows and "boxes" in rows[0]:
+        total = sum(r["boxes"] for r in rows)
+        out["box_recall"] = float(sum(r["box_recall"] * r["boxes"] for r in rows) / max(total, 1))
+    return out
+
+
+def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
+    """Rows of equally sized images, one column per source, saved as a PNG."""
+    from PIL import Image, ImageDraw
+
+    import cv2
+
+    h = 64
+    cols = len(rows[0])
+    img = Image.new("RGB", (cols * (h + 4) + 4, len(rows) * (h + 4) + 18), "white")
+    d = ImageDraw.Draw(img)
+    for j, name in enumerate(labels):
+        d.text((4 + j * (h + 4), 2), name[:11], fill="black")
+    for i, row in enumerate(rows):
+        for j, a in enumerate(row):
+            a = cv2.resize(a, (h, h), interpolation=cv2.INTER_NEAREST) if a.shape[0] != h else a
+            img.paste(Image.fromarray(a), (4 + j * (h + 4), 18 + i * (h + 4)))
+    img.save(path)
+
+
+def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
+             sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True) -> dict:
+    """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance."""
+    from engine.api import Engine
+    from engine.pipelines import resolve_model
+
+    task = ALIASES.get(task, task)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    path = str(resolve_model(model, task))
+    cases = make_cases(task, n, offset)
+    engine = Engine()
+    try:
+        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler) for c in cases])
+        result = {"model": path, "task": task, "n": n, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
+                  "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
+        rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
+        images = {"model": made}
+        if ceiling:
+            images["ceiling"] = ceiling_images(task, cases, path)
+            rows["ceiling"] = [score(task, c, im) for c, im in zip(cases, images["ceiling"])]
+        if chance:
+            with tempfile.TemporaryDirectory() as tmp:
+                rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
+                images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler) for c in cases])
+            rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
+    finally:
+        engine.shutdown()
+    result["scores"] = {k: summarize(v) for k, v in rows.items()}
+    result["per_case"] = rows["model"]
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"{Path(path).stem}-{task}"
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+        first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
+                 for c in cases]
+        cols = ["input" if task in ("upscale", "inpaint") else "truth", *images]
+        grid([[first[i], *(images[k][i] for k in images)] for i in range(min(8, n))], out / f"{name}.png", cols)
+    return result
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
+                   chance=not args.no_chance)
+    print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("eval", help="score a model on held-out world scenes (with ceiling and chance levels)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--task", required=True, choices=[*TASKS, *ALIASES])
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--offset", type=int, default=0, help="first EVAL_SEEDS index")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-chance", action="store_true")
+    p.set_defaults(func=cmd_eval)
