@@ -67,6 +67,8 @@ class Request:
     inpaint_crop: bool = False
     upscaler: str = "model"
     noise_level: int = 20
+    refine_strength: float = 0.0
+    refine_model: str = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiles: TileSettings = field(default_factory=TileSettings)

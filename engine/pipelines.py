@@ -198,6 +198,8 @@ def make_plan(request: Request, model, h: int, w: int) -> Plan:
 def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
     t0 = time.perf_counter()
+    if request.task == "upscale" and request.refine_strength > 0:
+        return upscale_and_refine(request, ctx, cache, t0)
     if request.task == "upscale" and request.upscaler == "esrgan":
         return run_esrgan(request, ctx, cache, t0)
     device, dtype = pick_device(request)
@@ -215,6 +217,21 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
             raise EngineError(str(e)) from None
     seeds = seeds_for(request)
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
+
+
+def upscale_and_refine(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
+    """Enlarge x4 (LDM/SD upscaler or Real-ESRGAN), then refine tile by tile with img2img at low strength."""
+    from dataclasses import replace
+
+    big = run_request(replace(request, refine_strength=0.0), ctx, cache)
+    tiles = request.tiles if request.tiles.mode != "off" else replace(request.tiles, mode="auto")
+    refined = []
+    for img, seed in zip(big.images, big.seeds):
+        sub = replace(request, task="img2img", model=request.refine_model, image=img, strength=request.refine_strength,
+                      width=None, height=None, batch_size=1, seed=seed, refine_strength=0.0, tiles=tiles)
+        refined.append(run_request(sub, ctx, cache).images[0])
+    text = big.parameters + f", Refine strength: {request.refine_strength}, Refine model: {request.refine_model}"
+    return Result(ctx.job_id, tuple(refined), text, big.seeds, time.perf_counter() - t0)
 
 
 def run_esrgan(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:

@@ -265,3 +265,16 @@ def test_esrgan_upscales_a_photo_x4():
     img = np.asarray(Image.fromarray(IMG).resize((24, 24)))
     out = esrgan.upscale(img)
     assert out.shape == (96, 96, 3) and out.std() > 5
+
+
+def test_upscale_then_refine_with_another_model(tiny_models, engine):
+    from engine.api import TileSettings
+
+    req = request_for(tiny_models("ldm-bsr-sr"), "upscale", refine_strength=0.3, refine_model=str(tiny_models("sd1")),
+                      tiles=TileSettings(mode="on", tile=4, overlap=1, vae_tile=32))
+    plain, _ = run(engine, **request_for(tiny_models("ldm-bsr-sr"), "upscale"))
+    ev, events = run(engine, **req)
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert ev.images[0].shape == plain.images[0].shape == (32, 64, 3)
+    assert not np.array_equal(ev.images[0], plain.images[0])
+    assert [e.family for e in events if isinstance(e, Started)] == ["ldm-bsr-sr", "sd1"]
