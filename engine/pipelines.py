@@ -271,9 +271,15 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     total = len(__import__("engine.sampling", fromlist=["schedule"]).schedule(
         request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)) - 1
 
+    every = request.full_preview_every
+
     def callback(info):
         i = info["i"] + 1
-        if previewer is not None and (ctx.wants_preview() or i == total):
+        if every and i % every == 0:
+            from engine.preview import decode_preview
+
+            ctx.preview(i, decode_preview(model.first_stage_model, info["denoised"][:1], model.scale_factor))
+        elif previewer is not None and (ctx.wants_preview() or i == total):
             ctx.preview(i, previewer(info["denoised"][:1]))
         ctx.progress(i, total)
 

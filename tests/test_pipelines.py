@@ -278,3 +278,13 @@ def test_upscale_then_refine_with_another_model(tiny_models, engine):
     assert ev.images[0].shape == plain.images[0].shape == (32, 64, 3)
     assert not np.array_equal(ev.images[0], plain.images[0])
     assert [e.family for e in events if isinstance(e, Started)] == ["ldm-bsr-sr", "sd1"]
+
+
+def test_previews_linear_and_full_decoder(tiny_models, engine):
+    path = tiny_models("ldm-text2img256")
+    _, events = run(engine, **request_for(path, "txt2img", steps=4, preview_interval_s=0.0))
+    linear = [e for e in events if isinstance(e, Preview)]
+    assert len(linear) == 4 and linear[0].image.shape == (8, 8, 3)
+    _, events = run(engine, **request_for(path, "txt2img", steps=4, full_preview_every=2, preview_interval_s=1e9))
+    full = [e for e in events if isinstance(e, Preview) and e.image.shape == (32, 32, 3)]
+    assert [e.step for e in full] == [2, 4]
