@@ -1,0 +1,264 @@
+"""Widget tests (pytest-qt, offscreen): canvas tools, generation through the bridge, cancel, failure, drop, files."""
+import functools
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
+
+from app import project  # noqa: E402
+from app.demo import fake_runner  # noqa: E402
+from app.document import Document  # noqa: E402
+from app.main_window import MainWindow  # noqa: E402
+from app.parameters import parse_parameters, read_png_parameters  # noqa: E402
+from app.settings import AppSettings  # noqa: E402
+from engine import api  # noqa: E402
+
+NAMES = ("sky", "tree", "grass", "water", "rock", "sand")
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENT_CANVAS_DATA_DIR", str(tmp_path / "data"))
+    model = api.ModelInfo(path=str(tmp_path / "sem.safetensors"), name="sem", family="semantic_synthesis256",
+                          tasks=("semantic",), label_names=NAMES)
+    monkeypatch.setattr(api, "list_models", lambda extra=(): [model])
+    windows = []
+
+    def make(runner=None, **settings):
+        win = MainWindow(runner=runner or functools.partial(fake_runner, step_s=0.005),
+                         settings=AppSettings(outputs_dir=str(tmp_path / "out"), **settings),
+                         recovery=project.Recovery(tmp_path / "rec"), persist_settings=False)
+        win.confirm_discard = lambda: True
+        qtbot.addWidget(win)
+        with qtbot.waitActive(win):
+            win.show()
+            win.activateWindow()
+        win.doc.resize(128, 96)
+        win.doc.undo_stack.clear()
+        win.canvas.fit()
+        windows.append(win)
+        return win
+
+    yield make
+    for win in windows:
+        win.confirm_discard = lambda: True
+
+
+def at(canvas, x, y) -> QPoint:
+    return canvas.to_widget(x, y).toPoint()
+
+
+def drag(canvas, points, button=Qt.MouseButton.LeftButton):
+    QTest.mousePress(canvas, button, Qt.KeyboardModifier.NoModifier, at(canvas, *points[0]))
+    for p in points[1:]:
+        QTest.mouseMove(canvas, at(canvas, *p))
+    QTest.mouseRelease(canvas, button, Qt.KeyboardModifier.NoModifier, at(canvas, *points[-1]))
+
+
+def test_mask_stroke_by_mouse_is_one_undo_step(make_window):
+    win = make_window()
+    win.tool_actions["mask"].trigger()
+    win.canvas.set_brush(radius=5, hardness=1.0)
+    drag(win.canvas, [(20, 20), (60, 40), (100, 70)])
+    m = win.doc.mask
+    assert m[20, 20] > 200 and m[40, 60] > 200 and m[70, 100] > 200 and m[90, 10] == 0
+    assert len(win.doc.undo_stack.done) == 1 and win.windowTitle().startswith("*")
+    assert "inpaint" in win.params_panel.task.itemText(0)
+    win.undo_action.trigger()
+    assert not win.doc.mask.any()
+    win.redo_action.trigger()
+    assert win.doc.mask[40, 60] > 200
+    QTest.keyClick(win.canvas, Qt.Key.Key_BracketRight)
+    assert win.canvas.brush_radius > 5 and "brush 6" in win.brush_label.text()
+
+
+def test_box_tool_labels_moves_and_deletes(make_window):
+    win = make_window()
+    win.canvas.ask_box_label = lambda: ("tree", "an old oak")
+    win.tool_actions["box"].trigger()
+    drag(win.canvas, [(16, 12), (40, 30), (64, 48)])
+    assert len(win.doc.boxes) == 1
+    box = win.doc.boxes[0]
+    assert box.label == "tree" and box.prompt == "an old oak"
+    assert np.allclose(box.rect, (16 / 128, 12 / 96, 64 / 128, 48 / 96), atol=0.03)
+    assert win.doc.task() == "layout" and win.canvas.selected_box == 0
+    win.tool_actions["move"].trigger()
+    drag(win.canvas, [(40, 30), (60, 40), (72, 54)])
+    moved = win.doc.boxes[0].rect
+    assert moved[0] == pytest.approx(box.rect[0] + 32 / 128, abs=0.03) and len(win.doc.undo_stack.done) == 2
+    win.canvas.setFocus()
+    QTest.keyClick(win.canvas, Qt.Key.Key_Delete)
+    assert win.doc.boxes == []
+    win.doc.undo()
+    assert win.doc.boxes[0].rect == moved
+
+
+def test_semantic_brush_and_fill_with_palette(make_window):
+    win = make_window()
+    assert win.palette.names == NAMES and win.palette.list.count() == len(NAMES)
+    win.palette.search.setText("wat")
+    visible = [win.palette.list.item(i).text() for i in range(win.palette.list.count()) if not win.palette.list.item(i).isHidden()]
+    assert len(visible) == 1 and "water" in visible[0]
+    win.palette.select(3)
+    assert win.canvas.current_label == 3 and win.canvas.tool == "semantic"
+    win.canvas.set_brush(radius=3)
+    drag(win.canvas, [(0, 50), (127, 50)])
+    assert (win.doc.labels[50] == 3).all()
+    win.palette.select(0)
+    win.tool_actions["fill"].trigger()
+    QTest.mouseClick(win.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(win.canvas, 10, 10))
+    assert (win.doc.labels[:45] == 0).all() and (win.doc.labels[56:] == -1).all()
+    assert win.doc.task() == "semantic" and len(win.doc.undo_stack.done) == 2
+    req = win.doc.to_request()
+    assert req.labels is not None and req.labels[10, 10] == 0
+
+
+def test_ctrl_enter_generates_with_progress_and_preview(make_window, qtbot, tmp_path):
+    win = make_window()
+    win.doc.set_param("prompt", "a lighthouse")
+    win.doc.set_param("steps", 6)
+    win.doc.set_param("seed_mode", "fixed")
+    win.doc.set_param("seed", 42)
+    seen = {"progress": [], "preview": [], "bar": []}
+    win.bridge.progress.connect(lambda ev: seen["progress"].append((ev.step, ev.total)))
+    win.bridge.preview.connect(lambda ev: seen["preview"].append(win.canvas.preview is ev.image))
+    win.bridge.progress.connect(lambda ev: seen["bar"].append((win.generate_bar.progress.value(), win.generate_bar.progress.format())))
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        QTest.keyClick(win, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+        assert win.bridge.busy and not win.generate_bar.generate_button.isEnabled()
+    assert seen["progress"][-1] == (6, 6) and len(seen["progress"]) == 6
+    assert seen["preview"] and all(seen["preview"])
+    assert seen["bar"][-1][0] == 6 and "step 6/6" in seen["bar"][-1][1]
+    assert len(win.doc.history) == 1 and win.doc.history[0].seeds == [42]
+    assert win.canvas.preview is not None and win.canvas.preview.shape == (96, 128, 3)
+    assert "cpu (demo)" in win.device_label.text() and win.generate_bar.generate_button.isEnabled()
+    assert win.history_strip.list.count() == 1
+    out = win.written[0]
+    assert out.exists() and parse_parameters(read_png_parameters(out))["seed"] == 42
+    assert (tmp_path / "rec" / "autosave.lcproj").exists()
+    win.history_strip.apply_button.click()
+    assert win.doc.has_image and np.array_equal(win.doc.image, win.doc.history[0].images[0]) and win.canvas.preview is None
+
+
+def _slow_runner(request, ctx, cache):
+    ctx.emit(api.Started(ctx.job_id, "cpu", "float32", "test"))
+    for step in range(1, 400):
+        time.sleep(0.01)
+        ctx.progress(step, 400)
+    raise AssertionError("not cancelled")
+
+
+def test_escape_cancels(make_window, qtbot):
+    win = make_window(runner=_slow_runner)
+    before = win.doc.image.copy()
+    with qtbot.waitSignal(win.bridge.progress, timeout=5000):
+        win.generate()
+    with qtbot.waitSignal(win.bridge.cancelled, timeout=5000) as sig:
+        QTest.keyClick(win, Qt.Key.Key_Escape)
+    assert 0 < sig.args[0].step < 400
+    assert not win.bridge.busy and win.generate_bar.generate_button.isEnabled()
+    assert "cancelled" in win.generate_bar.progress.format() and win.doc.history == []
+    assert np.array_equal(win.doc.image, before)
+
+
+@pytest.mark.parametrize("error,expect", [(api.EngineError("checkpoint is corrupt"), "checkpoint is corrupt"),
+                                          (RuntimeError("CUDA out of memory. Tried"), "Out of memory")])
+def test_failed_job_shows_message_and_keeps_canvas(make_window, qtbot, error, expect):
+    def broken(request, ctx, cache):
+        ctx.progress(1, 5)
+        ctx.preview(1, np.zeros((96, 128, 3), np.uint8))
+        raise error
+
+    win = make_window(runner=broken)
+    win.doc.stroke("mask", [(30, 30)], radius=8)
+    image, mask = win.doc.image.copy(), win.doc.mask.copy()
+    with qtbot.waitSignal(win.bridge.failed, timeout=5000):
+        win.generate()
+    assert expect in win.last_error
+    boxes = [w for w in win.findChildren(QMessageBox) if w.isVisible()]
+    assert boxes and expect in boxes[-1].text()
+    assert np.array_equal(win.doc.image, image) and np.array_equal(win.doc.mask, mask)
+    assert win.canvas.preview is None and win.generate_bar.generate_button.isEnabled()
+    with qtbot.waitSignal(win.bridge.failed, timeout=5000):
+        win.generate()
+
+
+def test_slot_exception_is_reported_not_fatal(make_window, monkeypatch):
+    win = make_window()
+    monkeypatch.setattr(win.doc, "to_request", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad size")))
+    assert win.generate() is None
+    assert "bad size" in win.last_error and not win.bridge.busy
+
+
+def _png_with_parameters(path, size, text):
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.fromarray(np.full((size[1], size[0], 3), 90, np.uint8)).save(path, pnginfo=info)
+
+
+def test_dropped_image_restores_parameters(make_window, tmp_path):
+    win = make_window()
+    path = tmp_path / "old.png"
+    _png_with_parameters(path, (80, 48), "a red barn\nNegative prompt: fog\nSteps: 17, Sampler: plms, CFG scale: 6.5, Seed: 321, Size: 80x48")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    ev = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    win.dropEvent(ev)
+    d = win.doc
+    assert d.has_image and (d.width, d.height) == (80, 48) and d.image[0, 0, 0] == 90
+    assert (d.params.prompt, d.params.negative_prompt, d.params.steps, d.params.sampler) == ("a red barn", "fog", 17, "plms")
+    assert d.params.seed == 321 and d.params.seed_mode == "fixed"
+    assert win.prompt_panel.prompt.toPlainText() == "a red barn" and win.params_panel.steps.value() == 17
+
+
+def test_huge_image_asks_before_downscaling(make_window, tmp_path):
+    win = make_window(max_image_side=64)
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(path)
+    asked = []
+    win.ask = lambda title, q: asked.append(q) or True
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    assert win.handle_drop(mime)
+    assert asked and "200×100" in asked[0] and max(win.doc.width, win.doc.height) <= 64
+    win.ask = lambda title, q: False
+    win.handle_drop(mime)
+    assert (win.doc.width, win.doc.height) == (200, 100)
+
+
+def test_save_open_and_unsaved_prompt(make_window, tmp_path, monkeypatch):
+    win = make_window()
+    win.confirm_discard = MainWindow.confirm_discard.__get__(win)
+    win.doc.stroke("mask", [(10, 10)], radius=4)
+    target = tmp_path / "p.lcproj"
+    monkeypatch.setattr("app.main_window.QFileDialog.getSaveFileName", lambda *a, **k: (str(target), ""))
+    assert win.save() and target.exists() and not win.doc.dirty
+    win.doc.stroke("mask", [(50, 50)], radius=4)
+    monkeypatch.setattr("app.main_window.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Cancel)
+    win.open_path(str(target))
+    assert win.doc.mask[50, 50] > 0
+    assert not win.close() and win.isVisible()
+    monkeypatch.setattr("app.main_window.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    win.open_path(str(target))
+    assert win.doc.mask[50, 50] == 0 and win.doc.mask[10, 10] > 0 and win.doc.path == str(target)
+
+
+def test_recovery_offer_restores_autosave(make_window, tmp_path):
+    crashed = project.Recovery(tmp_path / "rec")
+    crashed.start()
+    doc = Document(64, 40)
+    doc.stroke("labels", [(5, 5)], radius=3, value=4)
+    crashed.autosave(doc)
+    win = make_window()
+    win.ask = lambda title, q: True
+    assert win.offer_recovery()
+    assert (win.doc.width, win.doc.height) == (64, 40) and win.doc.labels[5, 5] == 4 and win.doc.dirty
