@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench preview")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--no-unet", action="store_true")
-    a = ap.parse_args(argv)
+    a, _ = ap.parse_known_args(argv)
     dt = getattr(torch, a.dtype)
     torch.manual_seed(0)
     fs = make_first_stage(KL_F8).eval().to(dt)

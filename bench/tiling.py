@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tile", type=int, default=64, help="tile in latent pixels")
     ap.add_argument("--worker", nargs=2, metavar=("SIZE", "MODE"))
     ap.add_argument("--save")
-    a = ap.parse_args(argv)
+    a, _ = ap.parse_known_args(argv)
     if a.worker:
         print(json.dumps(worker(int(a.worker[0]), a.worker[1], a.dtype, a.tile, a.save)))
         return 0
@@ -73,6 +73,8 @@ def main(argv: list[str]) -> int:
                 {"size": size, "mode": mode, "failed": p.stderr.strip().splitlines()[-1:]}
             rows.append(row)
             print(row, flush=True)
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "tiling.json").write_text(json.dumps({"dtype": a.dtype, "rows": rows, "partial": True}, indent=1))
     first = [os.path.join(tmp, f"{min(a.sizes)}_{m}.npy") for m in ("untiled", "tiled")]
     extra = {}
     if all(os.path.exists(f) for f in first):
