@@ -1,7 +1,9 @@
 """Named presets: the original configs of every CompVis LDM release and Stable Diffusion 1.x/2.x family."""
 from __future__ import annotations
 
+from engine.cocostuff import COCO_STUFF_CLASSES
 from engine.config import AutoencoderConfig, CondConfig, ModelConfig, ScheduleConfig, UNetConfig
+from engine.openimages_classes import OPENIMAGES_CLASS_NAMES
 
 KL_F8 = AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, double_z=True, ch_mult=(1, 2, 4, 4))
 KL_F4 = AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, double_z=True, ch_mult=(1, 2, 4))
@@ -108,7 +110,8 @@ _add(ModelConfig(
     ),
     first_stage=VQ_F4,
     cond=CondConfig(
-        kind="bert", embed_dim=512, n_layer=16, vocab_size=8192, max_seq_len=92, use_tokenizer=False, tokenizer="layout"
+        kind="bert", embed_dim=512, n_layer=16, vocab_size=8192, max_seq_len=92, use_tokenizer=False, tokenizer="layout",
+        label_names=OPENIMAGES_CLASS_NAMES,
     ),
     schedule=ScheduleConfig(linear_start=0.0015, linear_end=0.0205), latent_size=64,
 ))
@@ -119,7 +122,7 @@ _add(ModelConfig(
         num_heads=8,
     ),
     first_stage=VQ_F4,
-    cond=CondConfig(kind="spatial", n_stages=2, in_channels=182, out_channels=3),
+    cond=CondConfig(kind="spatial", n_stages=2, in_channels=182, out_channels=3, label_names=COCO_STUFF_CLASSES),
     conditioning_key="concat", schedule=ScheduleConfig(linear_start=0.0015, linear_end=0.0205), latent_size=64,
 ))
 _add(ModelConfig(

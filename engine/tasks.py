@@ -26,8 +26,11 @@ def text_cond(model, prompts: list[str]) -> torch.Tensor:
 def layout_tokenizer(model):
     from engine.tokenizers import LayoutTokenizer
 
-    names = model.config.cond.label_names
-    return LayoutTokenizer(class_names=names or None, n_tokens=model.config.cond.vocab_size)
+    from engine.openimages_classes import OPENIMAGES_CLASS_NAMES
+
+    names = tuple(model.config.cond.label_names)
+    default = not names or names == tuple(OPENIMAGES_CLASS_NAMES)
+    return LayoutTokenizer(class_names=None if default else names, n_tokens=model.config.cond.vocab_size)
 
 
 def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, dict | None]:
