@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 
+SLOW = {"perf"}
+
+
 def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_"))
 
@@ -22,7 +25,7 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s) {unknown}; available: {available()}", file=sys.stderr)
         return 2
     rc = 0
-    for name in names or available():
+    for name in names or [n for n in available() if n not in SLOW]:
         print(f"== bench {name}", flush=True)
         rc |= int(importlib.import_module(f"bench.{name}").main(args) or 0)
     return rc
