@@ -1,9 +1,40 @@
 """The one place engine events become Qt signals: events arrive on the engine thread, are queued to the GUI thread."""
 from __future__ import annotations
 
+import sys
+
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 from engine import api
+
+
+def fast_pyside_import_scan() -> bool:
+    """PySide6 asks of every module imported after it whether its source mentions PySide6, through inspect.getsource,
+    whose module lookup walks sys.modules: torch's lazy imports (sympy, dynamo) on the engine thread then crawl.
+    Answer the same question by reading the file. Returns whether the hook was found."""
+    feature = sys.modules.get("shibokensupport.feature")
+    original = getattr(feature, "_mod_uses_pyside", None)
+    if original is None:
+        return False
+    if getattr(original, "is_fast", False):
+        return True
+
+    def uses_pyside(module) -> bool:
+        path = getattr(module, "__file__", None)
+        if not (isinstance(path, str) and path.endswith(".py")):
+            return False
+        try:
+            with open(path, "rb") as f:
+                return b"PySide6" in f.read()
+        except OSError:
+            return False
+
+    uses_pyside.is_fast = True
+    feature._mod_uses_pyside = uses_pyside
+    return True
+
+
+fast_pyside_import_scan()
 
 
 class EngineBridge(QObject):
