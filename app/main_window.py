@@ -336,6 +336,8 @@ class MainWindow(QMainWindow):
             self.doc.delete_box(self.canvas.selected_box)
 
     def _model_changed(self, info) -> None:
+        if self.doc.params.model == "default":
+            info = api.default_model_for("semantic") or info
         self.palette.set_names(info.label_names if info is not None and not info.error else ())
         self.canvas.set_colors(self.palette.colors)
 

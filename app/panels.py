@@ -104,17 +104,20 @@ class ModelPanel(QWidget):
             self.models, error = [], f"Cannot list models: {api.describe_exception(e)}"
         self.combo.blockSignals(True)
         self.combo.clear()
+        self.combo.addItem("Automatic (bundled model for the task)", "default")
         for m in self.models:
             self.combo.addItem(f"{m.name} ({m.family or 'unknown'})" if not m.error else f"{m.name} (unreadable)", m.path)
-        if not self.models:
-            self.combo.addItem("default", "default")
         self.combo.blockSignals(False)
         self.sync(self.doc)
         if error:
             self.info.setText(error)
 
     def current(self) -> api.ModelInfo | None:
+        """The chosen model; for Automatic, the bundled model of the current task (semantic for the palette)."""
         path = self.combo.currentData()
+        if path == "default":
+            task = self.doc.task()
+            return api.default_model_for(task) or api.default_model_for("semantic")
         return next((m for m in self.models if m.path == path), None)
 
     def _chosen(self, _i: int) -> None:
@@ -124,6 +127,8 @@ class ModelPanel(QWidget):
     def _show(self, m: api.ModelInfo | None) -> None:
         if m is None:
             self.info.setText("No model found: add a checkpoint (.safetensors/.ckpt).")
+        elif self.combo.currentData() == "default":
+            self.info.setText(f"Automatic: {m.name} · {m.family} · {', '.join(m.tasks)}")
         elif m.error:
             self.info.setText(f"<span style='color:#e66'>{m.error}</span>")
         else:

@@ -324,6 +324,15 @@ def inspect_model(path: str) -> ModelInfo:
     )
 
 
+def default_model_for(task: str) -> ModelInfo | None:
+    """The bundled model that serves a task best (the one whose family lists the task earliest)."""
+    from pathlib import Path
+
+    found = [inspect_model(str(f)) for f in sorted(Path(default_models_dir()).glob("*.safetensors"))]
+    found = [m for m in found if not m.error and task in m.tasks]
+    return min(found, key=lambda m: m.tasks.index(task)) if found else None
+
+
 def list_models(extra_dirs: tuple[str, ...] = ()) -> list[ModelInfo]:
     """Every .safetensors/.ckpt in the default, user and extra folders, default models first."""
     from pathlib import Path

@@ -50,18 +50,17 @@ def pick_device(request: Request) -> tuple[torch.device, torch.dtype]:
 
 def resolve_model(name: str, task: str) -> Path:
     """A file path, or 'default': the bundled model whose family serves the task best."""
-    from engine.api import default_models_dir, inspect_model
+    from engine.api import default_model_for
 
     if name and name != "default":
         p = Path(name).expanduser()
         if not p.exists():
             raise EngineError(f"model not found: {name}")
         return p
-    candidates = [inspect_model(str(f)) for f in sorted(Path(default_models_dir()).glob("*.safetensors"))]
-    candidates = [c for c in candidates if not c.error and task in c.tasks]
-    if not candidates:
+    info = default_model_for(task)
+    if info is None:
         raise EngineError(f"no bundled default model serves {task!r}; add a checkpoint or run `make models`")
-    return Path(min(candidates, key=lambda c: c.tasks.index(task)).path)
+    return Path(info.path)
 
 
 def get_model(request: Request, cache: dict, device, dtype):

@@ -31,6 +31,7 @@ def make_window(qtbot, tmp_path, monkeypatch):
     model = api.ModelInfo(path=str(tmp_path / "sem.safetensors"), name="sem", family="semantic_synthesis256",
                           tasks=("semantic",), label_names=NAMES)
     monkeypatch.setattr(api, "list_models", lambda extra=(): [model])
+    monkeypatch.setattr(api, "default_model_for", lambda task: model if task in model.tasks else None)
     windows = []
 
     def make(runner=None, **settings):
