@@ -13,8 +13,10 @@ def parse_args(argv):
     p.add_argument("files", nargs="*", help="an image or .lcproj project to open")
     p.add_argument("--fake-engine", action="store_true", default=bool(os.environ.get("LATENT_CANVAS_FAKE_ENGINE")),
                    help="use a synthetic runner instead of the diffusion engine (demos, tests)")
-    p.add_argument("--screenshot", metavar="PNG", help="generate once with the fake engine, save the window, quit")
-    p.add_argument("--prompt", default="a lighthouse on a cliff at sunset")
+    p.add_argument("--screenshot", metavar="PNG", help="generate once, save the window, quit")
+    p.add_argument("--prompt", default="a red circle above a blue square on grass")
+    p.add_argument("--size", type=int, default=0, help="canvas size for --screenshot (default: keep)")
+    p.add_argument("--steps", type=int, default=12, help="steps for --screenshot")
     return p.parse_args(argv)
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setOrganizationName("latent-canvas")
     app.setDesktopFileName("io.github.latent_canvas.LatentCanvas")
     runner = None
-    if args.fake_engine or args.screenshot:
+    if args.fake_engine:
         from app.demo import fake_runner
 
         runner = fake_runner
@@ -54,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _screenshot_run(win, args, QTimer) -> None:
     """Fill the prompt, generate with the fake engine, grab the window once the result shows, save, quit."""
+    if args.size:
+        win.doc.resize(args.size, args.size)
+        win.doc.undo_stack.clear()
     win.doc.set_param("prompt", args.prompt)
-    win.doc.set_param("steps", 12)
+    win.doc.set_param("steps", args.steps)
     win.doc.set_param("seed_mode", "fixed")
     win.doc.set_param("seed", 7)
     win._sync_all()
@@ -68,7 +73,8 @@ def _screenshot_run(win, args, QTimer) -> None:
         r = win.canvas.image_rect()
         top_left = win.canvas.mapTo(win, r.topLeft().toPoint())
         meta = dict(canvas_image_rect=[top_left.x(), top_left.y(), round(r.width()), round(r.height())],
-                    image_size=[win.doc.width, win.doc.height], seed=7, error=win.last_error)
+                    image_size=[win.doc.width, win.doc.height], seed=7, error=win.last_error,
+                    status=win.statusBar().currentMessage())
         with open(args.screenshot + ".json", "w") as f:
             json.dump(meta, f)
         win.doc.mark_clean()
