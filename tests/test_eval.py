@@ -16,6 +16,7 @@ MISSED = {
     "layout": "measured box recall 0.00 (8 scenes; 0.00 on 32, ceiling 1.00, chance 0.02)",
     "semantic": "measured pixel accuracy 0.24 (8 scenes; 0.24 on 32, ceiling 0.99, chance 0.17)",
     "inpaint": "measured removal share 0.75 on these 8 scenes but 0.34 on 32 (ceiling 1.00, chance 0.06): not reliably met",
+    "upscale": "measured PSNR gain -14.5 dB over bicubic (8 scenes; -13.8 on 32, first-stage ceiling -1.1, chance -16.6)",
 }
 
 
