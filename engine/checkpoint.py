@@ -209,6 +209,17 @@ def ema_key(key: str) -> str:
     return "model_ema." + key[len("model."):].replace(".", "")
 
 
+def label_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """Class names a user paints or boxes with: the model's own, else COCO-Stuff's for regional prompts on text models."""
+    if cfg.cond.label_names:
+        return tuple(cfg.cond.label_names)
+    if "semantic" in tasks_for(cfg):
+        from engine.cocostuff import COCO_STUFF_CLASSES
+
+        return COCO_STUFF_CLASSES
+    return ()
+
+
 def facts(cfg: ModelConfig, n_params: int | None = None) -> dict:
     return {
         "family": cfg.family,
@@ -224,7 +235,7 @@ def facts(cfg: ModelConfig, n_params: int | None = None) -> dict:
         "scale_factor": cfg.scale_factor,
         "image_size": cfg.image_size,
         "tasks": list(tasks_for(cfg)),
-        "label_names": list(cfg.cond.label_names),
+        "label_names": list(label_names(cfg)),
         "parameters": n_params,
     }
 

@@ -82,7 +82,9 @@ def regions_for(request: Request, model, h: int, w: int) -> list[Region]:
             regions.append(Region({"cond": {"context": ctx}}, soft_box(bx.box, lh, lw, model.device)))
     elif request.task == "semantic" and request.labels is not None:
         labels = resize_nearest(np.asarray(request.labels), w, h)
-        names = dict(enumerate(model.config.cond.label_names)) | dict(request.label_prompts)
+        from engine.checkpoint import label_names
+
+        names = dict(enumerate(label_names(model.config))) | dict(request.label_prompts)
         for cid in np.unique(labels):
             if cid < 0:
                 continue

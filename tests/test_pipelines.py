@@ -288,3 +288,15 @@ def test_previews_linear_and_full_decoder(tiny_models, engine):
     _, events = run(engine, **request_for(path, "txt2img", steps=4, full_preview_every=2, preview_interval_s=1e9))
     full = [e for e in events if isinstance(e, Preview) and e.image.shape == (32, 32, 3)]
     assert [e.step for e in full] == [2, 4]
+
+
+def test_text_models_paint_with_coco_stuff_names(tiny_models, engine):
+    from engine.api import inspect_model
+
+    info = inspect_model(str(tiny_models("sd2")))
+    assert info.label_names[:3] == ("person", "bicycle", "car") and len(info.label_names) == 182
+    labels = np.full((32, 32), 123, np.int64)
+    ev, _ = run(engine, **request_for(tiny_models("sd2"), "semantic", labels=labels, label_prompts={}))
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    bad, _ = run(engine, **request_for(tiny_models("sd2"), "semantic", labels=labels + 500, label_prompts={}))
+    assert isinstance(bad, Failed) and "no name" in bad.message
