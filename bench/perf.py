@@ -96,7 +96,7 @@ def to_diffusers_unet(cfg, ours):
 
     from engine.families import PRESETS
 
-    ckpt = {f"model.diffusion_model.{k}": v for k, v in ours.state_dict().items()}
+    ckpt = {f"model.diffusion_model.{k}": v.contiguous() for k, v in ours.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcfg = sfu.create_unet_diffusers_config_from_ldm(_ldm_yaml(cfg, PRESETS["sd1"].first_stage), ckpt,
@@ -114,7 +114,7 @@ def to_diffusers_vae(cfg, ours):
 
     from engine.families import PRESETS
 
-    ckpt = {f"first_stage_model.{k}": v for k, v in ours.state_dict().items()}
+    ckpt = {f"first_stage_model.{k}": v.contiguous() for k, v in ours.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcfg = sfu.create_vae_diffusers_config_from_ldm(_ldm_yaml(PRESETS["sd1"].unet, cfg), ckpt, image_size=512)
@@ -142,22 +142,25 @@ def _timed_pair(fns: dict, runs: int) -> dict:
             for k, v in times.items()}
 
 
-def part_unet(runs: int, dtypes: list[str]) -> dict:
-    """SD1 UNet, one step, batch 2 (CFG pair), 64x64 latent, 77-token context; diffusers' model holds our tensors."""
+def part_unet(runs: int, dtypes: list[str], latent: int = 64) -> dict:
+    """SD1 UNet, one step, batch 2 (CFG pair), 77-token context; diffusers holds our values in its default layout."""
     import torch
 
     from engine.families import PRESETS
+    from engine.models.attention import channels_last_
     from engine.models.diffusion_model import UNetModel
 
     cfg = PRESETS["sd1"].unet
     ours = randomize_(UNetModel(cfg))
-    out = {"params_m": round(sum(p.numel() for p in ours.parameters()) / 1e6, 1)}
+    out = {"params_m": round(sum(p.numel() for p in ours.parameters()) / 1e6, 1), "latent": latent}
     g = torch.Generator().manual_seed(1)
-    x, ctx, t = torch.randn(2, 4, 64, 64, generator=g), torch.randn(2, 77, 768, generator=g), torch.tensor([981, 981])
+    x, ctx = torch.randn(2, 4, latent, latent, generator=g), torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([981, 981])
     for name in dtypes:
         dt = getattr(torch, name)
         ours = ours.to(dt)
         theirs = to_diffusers_unet(cfg, ours)
+        channels_last_(ours)
         xs, cs = x.to(dt), ctx.to(dt)
         with torch.inference_mode():
             err = (ours(xs, t, cs) - theirs(xs, t, encoder_hidden_states=cs).sample).abs().max().item()
@@ -168,24 +171,28 @@ def part_unet(runs: int, dtypes: list[str]) -> dict:
     return out
 
 
-def part_vae(runs: int, dtypes: list[str]) -> dict:
-    """KL-f8: decode a 64x64 latent to 512x512 and encode 512x512 (batch 1; posterior mode)."""
+def part_vae(runs: int, dtypes: list[str], size: int = 512) -> dict:
+    """KL-f8: decode a size/8 latent to size x size and encode size x size (batch 1; posterior mode)."""
     import torch
 
     from engine.families import PRESETS
+    from engine.models.attention import channels_last_
     from engine.models.first_stage_model import AutoencoderKL
 
     cfg = PRESETS["sd1"].first_stage
     ours = randomize_(AutoencoderKL(cfg), seed=3)
     g = torch.Generator().manual_seed(2)
-    z, img = torch.randn(1, 4, 64, 64, generator=g), torch.rand(1, 3, 512, 512, generator=g) * 2 - 1
-    out = {}
+    z, img = torch.randn(1, 4, size // 8, size // 8, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1
+    out = {"size": size}
     for name in dtypes:
         dt = getattr(torch, name)
         ours = ours.to(dt)
         theirs = to_diffusers_vae(cfg, ours)
+        channels_last_(ours)
         zs, xs = z.to(dt), img.to(dt)
-        out[name] = {
+        with torch.inference_mode():
+            err = (ours.decode(zs) - theirs.decode(zs).sample).abs().max().item()
+        out[name] = {"decode_max_abs_diff": err,
             "decode": _timed_pair({"ours": lambda: ours.decode(zs), "diffusers": lambda: theirs.decode(zs).sample}, runs),
             "encode": _timed_pair({"ours": lambda: ours.encode(xs).mode(),
                                    "diffusers": lambda: theirs.encode(xs).latent_dist.mode()}, runs)}
@@ -220,6 +227,7 @@ def part_e2e(side: str, runs: int, size: int, steps: int) -> dict:
     lat = size // 8
     prompt, cfg_scale = "a photograph of an astronaut riding a horse", 7.5
     if side == "ours":
+        model.optimize_for("cpu")
         from engine.api import Request
         from engine.pipelines import sample_plan
         from engine.tasks import plan
@@ -279,12 +287,13 @@ def part_ldm(runs: int) -> dict:
     import torch
 
     from engine.families import PRESETS
+    from engine.models.attention import channels_last_
     from engine.models.diffusion_model import UNetModel
 
     out = {}
     for fam in LDM_FAMILIES:
         cfg = PRESETS[fam].unet
-        model = randomize_(UNetModel(cfg))
+        model = channels_last_(randomize_(UNetModel(cfg)))
         g = torch.Generator().manual_seed(1)
         x = torch.randn(1, cfg.in_channels, 64, 64, generator=g)
         ctx = torch.randn(1, 92, cfg.context_dim, generator=g) if cfg.context_dim else None
@@ -303,9 +312,9 @@ def worker(part: str, args) -> dict:
     side = part.split("_")[-1]
     t0 = time.perf_counter()
     if part == "unet":
-        res = part_unet(args.runs, dtypes)
+        res = part_unet(args.runs, dtypes, args.unet_latent)
     elif part == "vae":
-        res = part_vae(args.runs, args.vae_dtypes.split(","))
+        res = part_vae(args.runs, args.vae_dtypes.split(","), args.vae_size)
     elif part.startswith("e2e"):
         res = part_e2e(side, args.runs, args.e2e_size, args.e2e_steps)
     else:
@@ -331,13 +340,14 @@ def table(r: dict) -> str:
                     f"{target if target is not None else '–'} | {met or '–'} |")
 
     g = lambda *ks: _get(r, ks)  # noqa: E731
+    lat, px = r.get("unet", {}).get("latent", 64), r.get("vae", {}).get("size", 512)
     for dt in ("float32", "bfloat16"):
-        add(f"SD1 UNet step, 64x64 latent, batch 2, {dt}", g("unet", dt, "ours", "median_s"),
+        add(f"SD1 UNet step, {lat}x{lat} latent, batch 2, {dt}", g("unet", dt, "ours", "median_s"),
             g("unet", dt, "diffusers", "median_s"), TARGET_STEP)
     for dt in ("float32", "bfloat16"):
         for op in ("decode", "encode"):
             if g("vae", dt, op, "ours", "median_s") is not None:
-                add(f"KL-f8 {op} 512x512, batch 1, {dt}", g("vae", dt, op, "ours", "median_s"),
+                add(f"KL-f8 {op} {px}x{px}, batch 1, {dt}", g("vae", dt, op, "ours", "median_s"),
                     g("vae", dt, op, "diffusers", "median_s"), TARGET_STEP)
     e = r.get("e2e_ours", {})
     if e:
@@ -363,7 +373,9 @@ def table(r: dict) -> str:
         f"Measured by `python -m bench perf` on {meta.get('machine', '?')}, torch {meta.get('torch')}, "
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
         f"{meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
-        "(diffusers' modules hold our very tensors) so the shared machine's load hits both alike (end to end, in two "
+        "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
+        "runs its CPU inference layout: channels_last convs, as `LatentDiffusion.optimize_for` sets it at load) "
+        "so the shared machine's load hits both alike (end to end, in two "
         f"separate processes: {meta.get('e2e_runs')} timed run(s) after a "
         "2-step warm-up). Both sides load the same seeded random tensors (diffusers' single-file converters). "
         "Ratio below 1 means we are faster; the step target is ours <= 0.85 x diffusers, the pipeline-overhead "
@@ -372,7 +384,9 @@ def table(r: dict) -> str:
         f"{meta.get('load_range')}), so timings are noisy; compare ratios rather than absolute seconds.", "",
         *head, *rows, "",
         "Notes: the parity check inside the UNet part found max |ours - diffusers| = "
-        f"{_get(r, ('unet', 'float32', 'max_abs_diff'))} (fp32) on the 64x64 step. End to end runs at "
+        f"{_get(r, ('unet', 'float32', 'max_abs_diff'))} (fp32) and {_get(r, ('unet', 'bfloat16', 'max_abs_diff'))} "
+        f"(bf16) on the {lat}x{lat} step, and {_get(r, ('vae', 'float32', 'decode_max_abs_diff'))} (fp32) on the "
+        f"{px} px decode (the channels_last kernels sum in another order). End to end runs at "
         f"{_get(r, ('e2e_ours', 'size'))} px instead of 256 px to fit the suite into ~25 minutes of the shared machine; "
         "under oversubscription small-latent steps are far slower than their share of FLOPs (OpenMP barriers wait on "
         "descheduled threads), so absolute seconds here are not comparable with an idle machine.", ""])
@@ -395,14 +409,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-dtypes", default="float32")
     ap.add_argument("--e2e-size", type=int, default=128)
     ap.add_argument("--e2e-steps", type=int, default=20)
+    ap.add_argument("--unet-latent", type=int, default=64)
+    ap.add_argument("--vae-size", type=int, default=512)
+    ap.add_argument("--quick", action="store_true",
+                    help="UNet at a 32x32 latent and KL at 256 px, fp32 and bf16, 5 alternating runs -> perf_quick.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--table-only", action="store_true", help="rewrite docs/perf.md from bench/results/perf.json")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.parts, args.runs, args.unet_latent, args.vae_size = "unet,vae", 5, 32, 256
+        args.dtypes = args.vae_dtypes = "float32,bfloat16"
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args)), flush=True)
         return 0
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "perf.json"
+    stem = "perf_quick" if args.quick else "perf"
+    path = RESULTS / f"{stem}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     rc = 0
     for part in ([] if args.table_only else args.parts.split(",")):
@@ -417,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results[part] = json.loads(line[7:])
         print(json.dumps(results[part])[:600], flush=True)
-        (RESULTS / f"perf_{part}.json").write_text(json.dumps(results[part], indent=1))
+        (RESULTS / f"{stem}_{part}.json").write_text(json.dumps(results[part], indent=1))
         _write(path, results, args)
     _write(path, results, args)
     print(table(results))
@@ -437,7 +459,12 @@ def _write(path: Path, results: dict, args) -> None:
                        "load_range": f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"}
     path.write_text(json.dumps(results, indent=1))
     DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text(table(results))
+    full, quick = RESULTS / "perf.json", RESULTS / "perf_quick.json"
+    text = table(json.loads(full.read_text())) if full.exists() else ""
+    if quick.exists():
+        text += "\n## Quick check (`python -m bench perf --quick`)\n\n" + table(json.loads(quick.read_text())).split(
+            "\n\n", 2)[2]
+    DOCS.write_text(text)
 
 
 def _loads(d: dict):

@@ -316,6 +316,7 @@ def load(path, device="cpu", dtype=None, parameterization: str | None = None, co
         raise CheckpointError(f"{path.name}: internal error: tensors left uninitialised: {', '.join(left[:5])}")
     model = model.to(device=device, dtype=dtype or torch.float32)
     model.eval().requires_grad_(False)
+    model.optimize_for(device)
     if cfg.family == "sd2" and not parameterization and config is None and META_KEY not in meta:
         if not (path.with_suffix(".yaml").exists()) and is_v_prediction(model):
             model.config = replace(model.config, family="sd2-v", parameterization="v", latent_size=96)

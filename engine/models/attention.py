@@ -28,6 +28,21 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if cl else torch.contiguous_format
 
 
+def like_weights(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """x in the memory format of conv's weight (channels_last models take channels_last inputs)."""
+    return x.contiguous(memory_format=memory_format(conv.weight))
+
+
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Conv weights to channels_last in place (oneDNN's NHWC kernels on CPU); other tensors are left alone."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def _version(t: torch.Tensor) -> int:
+    """t's in-place write counter (-1 for inference tensors, which have none)."""
+    return -1 if t.is_inference() else t._version
+
+
 class CrossAttention(nn.Module):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017); self-attention when context is None."""
 
@@ -40,11 +55,24 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Identity())
+        self._qkv: tuple = ((), None)
+
+    def _qkv_weight(self) -> torch.Tensor:
+        """to_q/to_k/to_v weights stacked for one fused self-attention matmul, cached until any of them changes."""
+        ws = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        key = tuple((w.data_ptr(), _version(w), w.dtype, w.device) for w in ws)
+        if self._qkv[0] != key:
+            self._qkv = (key, torch.cat([w.detach() for w in ws]))
+        return self._qkv[1]
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
-                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        if context is None:
+            w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]) if torch.is_grad_enabled() \
+                else self._qkv_weight()
+            q, k, v = rearrange(F.linear(x, w), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        else:
+            q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+                       for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -58,7 +86,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return h * F.gelu(gate)
+        return h.mul_(F.gelu(gate))
 
 
 class FeedForward(nn.Module):
@@ -87,9 +117,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        x = residual(self.attn1(self.norm1(x), context if self.disable_self_attn else None), x)
+        x = residual(self.attn2(self.norm2(x), context), x)
+        return residual(self.ff(self.norm3(x)), x)
 
 
 class SpatialTransformer(nn.Module):
@@ -111,7 +141,7 @@ class SpatialTransformer(nn.Module):
         y = self.norm(x)
         if not self.use_linear:
             y = self.proj_in(y)
-        y = rearrange(y, "b c h w -> b (h w) c")
+        y = rearrange(y, "b c h w -> b (h w) c").contiguous()
         if self.use_linear:
             y = self.proj_in(y)
         for block in self.transformer_blocks:

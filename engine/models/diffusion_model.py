@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import UNetConfig
-from engine.models.attention import AttentionBlock, SpatialTransformer, residual, silu
+from engine.models.attention import AttentionBlock, SpatialTransformer, like_weights, residual, silu
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -105,7 +105,7 @@ class ResBlock(TimestepBlock):
             scale, shift = emb_out.chunk(2, dim=1)
             h = torch.addcmul(shift, norm(h), 1 + scale)
         else:
-            h = norm(h + emb_out)
+            h = norm(h + emb_out if torch.is_grad_enabled() else h.add_(emb_out))
         return residual(conv(silu(h)), self.skip_connection(x))
 
 
@@ -199,11 +199,11 @@ class UNetModel(nn.Module):
         if context is not None:
             context = context.to(dtype)
         hs = []
-        h = x.to(dtype)
+        h = like_weights(x.to(dtype), self.input_blocks[0][0])
         for block in self.input_blocks:
             h = block(h, emb, context)
             hs.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
-        return self.out(h)
+        return self.out(h).contiguous()

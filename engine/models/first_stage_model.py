@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from engine.config import AutoencoderConfig
-from engine.models.attention import Normalize, memory_format, residual, silu
+from engine.models.attention import Normalize, like_weights, memory_format, residual, silu
 
 __all__ = ["Normalize", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "Encoder", "Decoder",
            "DiagonalGaussianDistribution", "VectorQuantizer", "AutoencoderKL", "VQModel", "make_first_stage",
@@ -143,7 +143,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(like_weights(x, self.conv_in))
         for level, stage in enumerate(self.down):
             for i, block in enumerate(stage.block):
                 h = block(h)
@@ -193,11 +193,11 @@ class Decoder(nn.Module):
         return stage.upsample(h) if level != 0 else h
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z)
+        h = self.conv_in(like_weights(z, self.conv_in))
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for level in reversed(range(self.num_resolutions)):
             h = self.forward_stage(level, h)
-        return self.conv_out(silu(self.norm_out(h)))
+        return self.conv_out(silu(self.norm_out(h))).contiguous()
 
 
 class DiagonalGaussianDistribution:
@@ -232,7 +232,7 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)).contiguous())
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
@@ -279,7 +279,7 @@ class VQModel(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x)).contiguous()
 
     def decode(self, h: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
         quant = h if force_not_quantize else self.quantize(h)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.attention import channels_last_
 from engine.models.cond_stage_model import make_cond_stage
 from engine.models.diffusion_model import UNetModel
 from engine.models.first_stage_model import make_first_stage
@@ -26,6 +27,8 @@ class DiffusionWrapper(nn.Module):
 
 class LatentDiffusion(nn.Module):
     """One checkpoint family; state_dict() keys are the original checkpoint's keys."""
+
+    WIDE_CONV = 256
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -52,6 +55,17 @@ class LatentDiffusion(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def optimize_for(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LatentDiffusion":
+        """Inference layout: on CPU the convs of a wide UNet / autoencoder (>= WIDE_CONV channels) go channels_last."""
+        if dtype is not None:
+            self.to(dtype=dtype)
+        if torch.device(device).type == "cpu":
+            for part in (self.model, self.first_stage_model):
+                widest = max((m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)), default=0)
+                if widest >= self.WIDE_CONV:
+                    channels_last_(part)
+        return self
 
     def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [-1, 1] -> scaled latent (KL: posterior mode, or a sample with a generator; VQ: pre-quant features)."""
