@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.excepthook = hook
     win.show()
+    QTimer.singleShot(0, win.bridge.engine.preload)
     for path in args.files:
         win.open_path(path)
     if args.screenshot:

@@ -200,6 +200,12 @@ class Engine:
         self._jobs.put((job_id, request))
         return job_id
 
+    def preload(self) -> threading.Event:
+        """Import torch and the pipelines on the worker now (the one long GIL hold), not at the first Generate."""
+        done = threading.Event()
+        self._jobs.put((0, done))
+        return done
+
     def cancel(self, job_id: int) -> None:
         with self._lock:
             flag = self._cancel.get(job_id)
@@ -239,6 +245,16 @@ class Engine:
             if item is None:
                 return
             job_id, request = item
+            if isinstance(request, threading.Event):
+                if self._runner is _default_runner:
+                    try:
+                        from engine.pipelines import warm_up
+
+                        warm_up()
+                    except Exception:
+                        traceback.print_exc()
+                request.set()
+                continue
             with self._lock:
                 flag = self._cancel[job_id]
             ctx = JobContext(job_id, self._emit, flag, request.preview_interval_s)

@@ -70,16 +70,32 @@ def get_model(request: Request, cache: dict, device, dtype):
     path = resolve_model(request.model, request.task)
     key = (str(path.resolve()), path.stat().st_mtime, str(device), str(dtype))
     if cache.get("key") != key:
-        cache.pop("model", None)
+        had = cache.pop("model", None) is not None
         cache.pop("previewer", None)
         cache["key"] = None
-        gc.collect()
+        if had:
+            gc.collect()
         try:
             cache["model"] = load(path, device=device, dtype=dtype)
         except CheckpointError as e:
             raise EngineError(str(e)) from None
         cache["key"] = key
     return cache["model"]
+
+
+def warm_up() -> None:
+    """Run a tiny model once on the worker so torch's lazy imports and kernel setup happen before the first job."""
+    from engine.checkpoint import params_on_meta
+    from engine.families import tiny
+    from engine.models.latent_diffusion import LatentDiffusion
+
+    with params_on_meta():
+        m = LatentDiffusion(tiny("ldm-bsr-sr", latent_size=4))
+    m.load_state_dict({k: torch.zeros(v.shape) for k, v in m.state_dict().items()}, assign=True)
+    with torch.inference_mode():
+        den = base_denoiser(m)
+        z = den(torch.zeros(1, 3, 4, 4), torch.ones(1), concat=torch.zeros(1, 3, 4, 4))
+        m.decode_first_stage(z)
 
 
 def validate(request: Request, model) -> None:

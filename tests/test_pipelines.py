@@ -300,3 +300,13 @@ def test_text_models_paint_with_coco_stuff_names(tiny_models, engine):
     assert isinstance(ev, Result), getattr(ev, "detail", "")
     bad, _ = run(engine, **request_for(tiny_models("sd2"), "semantic", labels=labels + 500, label_prompts={}))
     assert isinstance(bad, Failed) and "no name" in bad.message
+
+
+def test_preload_warms_the_worker_and_jobs_still_run(tiny_models):
+    engine = Engine()
+    try:
+        assert engine.preload().wait(120)
+        ev, _ = run(engine, **request_for(tiny_models("ldm-bsr-sr"), "upscale"))
+        assert isinstance(ev, Result)
+    finally:
+        engine.shutdown()
