@@ -166,3 +166,24 @@ def test_inspect_cli_json(tiny_models):
     assert facts["unet"]["in_channels"] == 7 and facts["tasks"] == ["upscale"]
     r = subprocess.run([sys.executable, "-m", "engine", "inspect", "/nonexistent.ckpt"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_v_prediction_rule_reads_the_unet_at_t999():
+    from types import SimpleNamespace
+
+    from engine.checkpoint import is_v_prediction
+
+    class FakeUNet(torch.nn.Module):
+        def __init__(self, offset):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.offset = offset
+
+        def forward(self, x, t, context=None):
+            assert int(t[0]) == 999 and context.shape == (1, 77, 1024)
+            return x + self.offset
+
+    for offset, expect in [(-1.5, True), (-0.2, False)]:
+        model = SimpleNamespace(model=SimpleNamespace(diffusion_model=FakeUNet(offset)),
+                                config=PRESETS["sd2"])
+        assert is_v_prediction(model) is expect

@@ -310,3 +310,31 @@ def test_preload_warms_the_worker_and_jobs_still_run(tiny_models):
         assert isinstance(ev, Result)
     finally:
         engine.shutdown()
+
+
+def test_bfloat16_on_cpu_runs_and_float16_is_refused(tiny_models, engine):
+    ev, events = run(engine, **request_for(tiny_models("sd1"), "txt2img", dtype="bfloat16", device="cpu"))
+    assert isinstance(ev, Result) and events[0].dtype == "bfloat16"
+    bad, _ = run(engine, **request_for(tiny_models("sd1"), "txt2img", dtype="float16", device="cpu"))
+    assert isinstance(bad, Failed) and "float16" in bad.message
+
+
+def test_layout_tiles_see_their_own_crop_tokens(tiny_models):
+    import torch
+
+    from engine.checkpoint import load
+    from engine.tasks import layout_tile_conditioning
+
+    model = load(tiny_models("ldm-layout2img"))
+    req = Request(**request_for(tiny_models("ldm-layout2img"), "layout"))
+    seen = []
+    original = model.get_learned_conditioning
+    model.get_learned_conditioning = lambda t: (seen.append(t.clone()), original(t))[1]
+    crop = layout_tile_conditioning(req, model, 8, 16)
+    extra = {"cond": {"context": torch.zeros(1, 92, 32)}}
+    left = crop(extra, (slice(0, 8), slice(0, 8)))
+    right = crop(extra, (slice(0, 8), slice(8, 16)))
+    assert len(seen) == 2 and not torch.equal(left["cond"]["context"], right["cond"]["context"])
+    assert torch.equal(seen[0][0, :-2], seen[1][0, :-2]) and not torch.equal(seen[0][0, -2:], seen[1][0, -2:])
+    crop(extra, (slice(0, 8), slice(0, 8)))
+    assert len(seen) == 2
