@@ -370,7 +370,7 @@ def table(r: dict) -> str:
     meta = r.get("meta", {})
     return "\n".join([
         "# Performance: engine vs diffusers on identical random weights", "",
-        f"Measured by `python -m bench perf` on {meta.get('machine', '?')}, torch {meta.get('torch')}, "
+        f"Measured{' ' + meta['date'] if meta.get('date') else ''} by `python -m bench perf` on {meta.get('machine', '?')}, torch {meta.get('torch')}, "
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
         f"{meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
         "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
@@ -383,13 +383,23 @@ def table(r: dict) -> str:
         f"**The machine is shared with other engineers** (load average during the parts: "
         f"{meta.get('load_range')}), so timings are noisy; compare ratios rather than absolute seconds.", "",
         *head, *rows, "",
-        "Notes: the parity check inside the UNet part found max |ours - diffusers| = "
-        f"{_get(r, ('unet', 'float32', 'max_abs_diff'))} (fp32) and {_get(r, ('unet', 'bfloat16', 'max_abs_diff'))} "
-        f"(bf16) on the {lat}x{lat} step, and {_get(r, ('vae', 'float32', 'decode_max_abs_diff'))} (fp32) on the "
-        f"{px} px decode (the channels_last kernels sum in another order). End to end runs at "
-        f"{_get(r, ('e2e_ours', 'size'))} px instead of 256 px to fit the suite into ~25 minutes of the shared machine; "
-        "under oversubscription small-latent steps are far slower than their share of FLOPs (OpenMP barriers wait on "
-        "descheduled threads), so absolute seconds here are not comparable with an idle machine.", ""])
+        _notes(r, lat, px), ""])
+
+
+def _notes(r: dict, lat: int, px: int) -> str:
+    """Parity figures that were measured, and the end-to-end caveat when an end-to-end part ran."""
+    diffs = [f"{v} ({what})" for what, v in (
+        (f"UNet {lat}x{lat} step, fp32", _get(r, ("unet", "float32", "max_abs_diff"))),
+        (f"UNet {lat}x{lat} step, bf16", _get(r, ("unet", "bfloat16", "max_abs_diff"))),
+        (f"KL decode {px} px, fp32", _get(r, ("vae", "float32", "decode_max_abs_diff"))),
+        (f"KL decode {px} px, bf16", _get(r, ("vae", "bfloat16", "decode_max_abs_diff")))) if v is not None]
+    text = "Notes: parity checks inside the parts found max |ours - diffusers| = " + ", ".join(diffs) + "."
+    if "e2e_ours" in r:
+        text += (f" End to end runs at {_get(r, ('e2e_ours', 'size'))} px instead of 256 px to fit the suite into "
+                 "~25 minutes of the shared machine; under oversubscription small-latent steps are far slower than "
+                 "their share of FLOPs (OpenMP barriers wait on descheduled threads), so absolute seconds here are not "
+                 "comparable with an idle machine.")
+    return text
 
 
 def _get(d, ks):
@@ -456,15 +466,27 @@ def _write(path: Path, results: dict, args) -> None:
     results["meta"] = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU (shared)", "torch": torch.__version__,
                        "diffusers": diffusers.__version__, "threads": args.threads, "runs": args.runs,
                        "e2e_runs": max(1, args.runs // 3),
-                       "load_range": f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"}
+                       "load_range": f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?",
+                       "date": _date(results, path, args.table_only)}
     path.write_text(json.dumps(results, indent=1))
     DOCS.parent.mkdir(exist_ok=True)
     full, quick = RESULTS / "perf.json", RESULTS / "perf_quick.json"
     text = table(json.loads(full.read_text())) if full.exists() else ""
     if quick.exists():
-        text += "\n## Quick check (`python -m bench perf --quick`)\n\n" + table(json.loads(quick.read_text())).split(
-            "\n\n", 2)[2]
+        q = json.loads(quick.read_text())
+        text += (f"\n## Quick check (`python -m bench perf --quick`, {q.get('meta', {}).get('date', '?')}, median of "
+                 f"{q.get('meta', {}).get('runs')} alternating warm runs; the table above is the last full run)\n\n"
+                 + table(q).split("\n\n", 2)[2])
     DOCS.write_text(text)
+
+
+def _date(results: dict, path: Path, table_only: bool) -> str | None:
+    """When the results were measured: now, or (table rewrite) the recorded date, else the file's mtime."""
+    if not table_only:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if results.get("meta", {}).get("date") or not path.exists():
+        return results.get("meta", {}).get("date")
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
 
 
 def _loads(d: dict):
