@@ -30,6 +30,7 @@ class Plan:
     wrap: list = field(default_factory=list)
     finish: object = None
     crop_extra: object = None
+    latent_mask: torch.Tensor | None = None
 
 
 def pick_device(request: Request) -> tuple[torch.device, torch.dtype]:
@@ -279,7 +280,11 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     if tiled:
         from engine.tiling import TiledDenoiser
 
-        den = TiledDenoiser(den, request.tiles.tile, request.tiles.overlap, crop_extra=plan.crop_extra)
+        skip = None
+        if plan.latent_mask is not None:
+            m = plan.latent_mask
+            skip = lambda sl: not bool(m[..., sl[0], sl[1]].any())  # noqa: E731  (inpainting: tiles off the mask)
+        den = TiledDenoiser(den, request.tiles.tile, request.tiles.overlap, crop_extra=plan.crop_extra, skip=skip)
     for wrap in plan.wrap:
         den = wrap(den, noise)
     previewer = preview_fn(model, cache)

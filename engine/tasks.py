@@ -158,7 +158,7 @@ def add_mask_blend(request: Request, model, p: Plan) -> None:
     z0 = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
     z0 = z0.expand(request.batch_size, -1, -1, -1)
     mlat = latent_mask(soft, model)
-    p.init, p.strength = z0, 1.0
+    p.init, p.strength, p.latent_mask = z0, 1.0, mlat
     p.wrap.append(lambda den, noise: MaskBlendDenoiser(den, z0, mlat, noise))
     p.finish = lambda img: composite(image, img, soft)
 

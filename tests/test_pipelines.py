@@ -338,3 +338,26 @@ def test_layout_tiles_see_their_own_crop_tokens(tiny_models):
     assert torch.equal(seen[0][0, :-2], seen[1][0, :-2]) and not torch.equal(seen[0][0, -2:], seen[1][0, -2:])
     crop(extra, (slice(0, 8), slice(0, 8)))
     assert len(seen) == 2
+
+
+def test_tiled_inpaint_skips_tiles_that_miss_the_mask(tiny_models, engine, monkeypatch):
+    from engine import tiling
+    from engine.api import TileSettings
+
+    calls = []
+    original = tiling.TiledDenoiser.__call__
+
+    def spy(self, x, sigma, **kw):
+        active = [s for s in tiling.tile_grid(*x.shape[-2:], self.tile, self.overlap) if not (self.skip and self.skip(s))]
+        calls.append((len(active), tiling.n_tiles(*x.shape[-2:], self.tile, self.overlap)))
+        return original(self, x, sigma, **kw)
+
+    monkeypatch.setattr(tiling.TiledDenoiser, "__call__", spy)
+    img = (RNG.rand(64, 64, 3) * 255).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:12, 4:12] = 255
+    ev, _ = run(engine, **request_for(tiny_models("sd1"), "inpaint", image=img, mask=mask, width=64, height=64,
+                                      tiles=TileSettings(mode="on", tile=4, overlap=1, vae_tile=32)))
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert calls and all(active < total for active, total in calls) and calls[0][1] == 9
+    assert np.array_equal(ev.images[0][mask == 0], img[mask == 0])
