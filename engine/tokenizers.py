@@ -19,8 +19,15 @@ CLIP_VOCAB_SIZE = 49408
 
 def _package_file(package: str, relative: str, install: str) -> Path:
     """Locate a data file shipped in a wheel without importing the package."""
-    spec = importlib.util.find_spec(package)
+    import sys
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
     locations = list(spec.submodule_search_locations or []) if spec else []
+    if getattr(sys, "_MEIPASS", None):
+        locations.append(str(Path(sys._MEIPASS) / package))
     for root in locations:
         path = Path(root) / relative
         if path.is_file():
