@@ -130,6 +130,23 @@ def ceiling_images(task: str, cases: list[Case], model_path: str | None) -> list
     return [c.scene.image for c in cases]
 
 
+def autoencoder_ceiling(fs, n: int = 32, size: int = 64) -> dict:
+    """What any LDM on this first stage can reach: decode(encode(truth)) of n held-out scenes scored by the world metrics."""
+    import torch
+
+    from engine.train import reconstruct
+    from engine.train_data import to_tensor, to_uint8
+
+    scenes = [render(EVAL_SEEDS.start + i, size) for i in range(n)]
+    with torch.no_grad():
+        rec = to_uint8(reconstruct(fs, to_tensor(np.stack([s.image for s in scenes]))))
+    hits = [h for s, r in zip(scenes, rec) for h in metrics.layout_score(r, s.boxes)]
+    return {"psnr_db": float(np.mean([metrics.psnr(r, s.image) for s, r in zip(scenes, rec)])),
+            "caption_match": float(np.mean([metrics.caption_match(r, s.caption) for s, r in zip(scenes, rec)])),
+            "box_recall": float(np.mean(hits)),
+            "pixel_accuracy": float(np.mean([metrics.pixel_accuracy(r, s.labels) for s, r in zip(scenes, rec)]))}
+
+
 def random_copy(model_path: str, out: Path, seed: int = 0) -> Path:
     """The same config with freshly initialised UNet and conditioner (the trained first stage kept): chance level."""
     import torch

@@ -1,4 +1,4 @@
-"""Two-stage LDM training (Rombach et al. 2022): a VQ-f4 autoencoder, then latent diffusion models on its latents."""
+"""Two-stage LDM training (Rombach et al. 2022): a KL-f4 (or VQ-f4) autoencoder, then latent diffusion models on its latents."""
 from __future__ import annotations
 
 import copy
@@ -21,8 +21,11 @@ DEFAULT_NAMES = {"txt2img": "world-txt2img", "layout": "world-layout", "semantic
                  "inpaint": "world-inpaint", "sr4": "world-sr4"}
 
 
-def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64) -> AutoencoderConfig:
-    """The small VQ-f4 first stage: 3 latent channels, no attention."""
+def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str = "kl") -> AutoencoderConfig:
+    """The small f4 first stage: 3 latent channels, no attention; KL (default) or VQ with n_embed codes."""
+    if kind == "kl":
+        return AutoencoderConfig(kind="kl", embed_dim=3, z_channels=3, double_z=True, resolution=resolution, ch=ch,
+                                 ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=0)
     return AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, double_z=False, resolution=resolution, ch=ch,
                              ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=n_embed)
 
@@ -96,12 +99,42 @@ def vq_forward(fs, x: torch.Tensor, beta: float = 0.25):
     return fs.decoder(fs.post_quant_conv(q)), vq, idx
 
 
+KL_WEIGHT = 1e-6
+
+
+def kl_forward(fs, x: torch.Tensor):
+    """KL-regularized pass (LDM appendix D.1 KL-reg): (reconstruction from a posterior sample, KL summed per image
+    and divided by the image's pixel count, so KL_WEIGHT matches the paper's weight on a summed reconstruction loss)."""
+    post = fs.encode(x)
+    kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
+    return fs.decode(post.sample()), kl, None
+
+
 def ae_loss(fs, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    rec, vq, idx = vq_forward(fs, x)
+    """L1 + L2 + multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term."""
+    if fs.cfg.kind == "kl":
+        rec, reg, idx = kl_forward(fs, x)
+        reg_w = KL_WEIGHT
+    else:
+        rec, reg, idx = vq_forward(fs, x)
+        reg_w = 1.0
     l1 = (rec - x).abs().mean()
+    l2 = F.mse_loss(rec, x)
     grad, ssim = gradient_loss(rec, x), ssim_loss(rec, x)
-    loss = l1 + 0.5 * grad + 0.2 * ssim + vq
-    return loss, {"l1": l1.item(), "vq": vq.item(), "idx": idx}
+    loss = l1 + l2 + 0.5 * grad + 0.2 * ssim + reg_w * reg
+    return loss, {"l1": l1.item(), "reg": reg.item(), "idx": idx}
+
+
+def reconstruct(fs, x: torch.Tensor) -> torch.Tensor:
+    """decode(encode(x)): the posterior mode for KL, the quantized code for VQ."""
+    h = fs.encode(x)
+    return fs.decode(h.mode() if fs.cfg.kind == "kl" else h)
+
+
+def latents(fs, x: torch.Tensor) -> torch.Tensor:
+    """What the LDM diffuses (before scaling): the posterior mode for KL, pre-quantization features for VQ."""
+    h = fs.encode(x)
+    return h.mode() if fs.cfg.kind == "kl" else h
 
 
 def restart_dead_codes(fs, h: torch.Tensor, usage: torch.Tensor, rng: torch.Generator) -> int:
@@ -117,14 +150,14 @@ def restart_dead_codes(fs, h: torch.Tensor, usage: torch.Tensor, rng: torch.Gene
 
 
 def psnr_of(fs, images: np.ndarray, batch: int = 64) -> float:
-    """Mean PSNR (dB) of VQ reconstructions of uint8 images."""
+    """Mean PSNR (dB) of first-stage reconstructions of uint8 images."""
     from engine.world.metrics import psnr
 
     vals = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = data.to_tensor(images[i:i + batch])
-            rec = data.to_uint8(fs.decode(fs.encode(x)))
+            rec = data.to_uint8(reconstruct(fs, x))
             vals += [psnr(a, b) for a, b in zip(images[i:i + batch], rec)]
     return float(np.mean(vals))
 
@@ -147,6 +180,8 @@ class RunSpec:
     refresh_every: int = 100
     progress: bool = True
     crop: int = 0
+    warmup: int = 100
+    ema_decay: float = 0.998
 
 
 def plot_losses(losses: list[float], path: Path, title: str) -> None:
@@ -174,10 +209,10 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
 class Trainer:
     """Seeded loop with AdamW, optional EMA, resumable state in run_dir/state.pt, tqdm, loss curve."""
 
-    def __init__(self, spec: RunSpec, params: list, ema_module=None, ema_decay: float = 0.995, title: str = "loss"):
+    def __init__(self, spec: RunSpec, params: list, ema_module=None, ema_decay: float | None = None, title: str = "loss"):
         self.spec, self.params, self.title = spec, params, title
         self.opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.99))
-        self.ema_module, self.ema_decay = ema_module, ema_decay
+        self.ema_module, self.ema_decay = ema_module, ema_decay or spec.ema_decay
         self.ema = [p.detach().clone() for p in params] if ema_module is not None else None
         self.step, self.losses, self.elapsed = 0, [], 0.0
         spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +241,12 @@ class Trainer:
         return st["module"]
 
     def lr_at(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / 100)
-        return self.spec.lr * warm
+        """Linear warm-up over spec.warmup steps, then cosine decay to a tenth over the step or minute budget."""
+        warm = min(1.0, (step + 1) / max(1, self.spec.warmup))
+        done = step / self.spec.steps if self.spec.steps < 10**8 else 0.0
+        if self.spec.minutes:
+            done = max(done, self.elapsed / (60 * self.spec.minutes))
+        return self.spec.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done))))
 
     def update(self, loss: torch.Tensor) -> None:
         for g in self.opt.param_groups:
@@ -269,7 +308,8 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
     rng = np.random.default_rng(spec.seed)
     cfg = cfg or ae_config(resolution=size)
     fs = make_first_stage(cfg)
-    trainer = Trainer(spec, list(fs.parameters()), title="vq-f4 autoencoder")
+    vq = cfg.kind == "vq"
+    trainer = Trainer(spec, list(fs.parameters()), title=f"{cfg.kind}-f{2 ** (len(cfg.ch_mult) - 1)} autoencoder")
     restored = trainer.resume()
     if restored is not None:
         fs.load_state_dict(restored)
@@ -280,9 +320,9 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
     else:
         pool = data.world_pool(data.train_seeds(rng, spec.pool_size), size)
         held = data.world_pool(range(EVAL_SEEDS.start, EVAL_SEEDS.start + eval_n), size).images
-    usage = torch.zeros(cfg.n_embed, dtype=torch.long)
+    usage = torch.zeros(max(cfg.n_embed, 1), dtype=torch.long)
     gen = torch.Generator().manual_seed(spec.seed)
-    if restored is None:
+    if restored is None and vq:
         with torch.no_grad():
             h = fs.encode(data.to_tensor(pool.images[:64]))
         restart_dead_codes(fs, h, usage, gen)
@@ -302,19 +342,20 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
             imgs = imgs[:, y:y + spec.crop, x0:x0 + spec.crop]
         x = data.to_tensor(imgs)
         loss, info = ae_loss(fs, x)
-        usage += torch.bincount(info["idx"].flatten(), minlength=cfg.n_embed)
-        if step % 50 == 49 and step < 0.8 * min(spec.steps, 10**6):
-            with torch.no_grad():
-                restart_dead_codes(fs, fs.encode(x), usage, gen)
-            usage.zero_()
+        if vq:
+            usage += torch.bincount(info["idx"].flatten(), minlength=cfg.n_embed)
+            if step % 50 == 49 and step < 0.8 * min(spec.steps, 10**6):
+                with torch.no_grad():
+                    restart_dead_codes(fs, fs.encode(x), usage, gen)
+                usage.zero_()
         return loss
 
     fs.train()
     trainer.loop(step_fn, fs.state_dict, refresh)
     fs.eval()
     with torch.no_grad():
-        z = torch.cat([fs.encode(data.to_tensor(held[i:i + 64])) for i in range(0, len(held), 64)])
-        used = int(fs.quantize.indices(z).unique().numel())
+        z = torch.cat([latents(fs, data.to_tensor(held[i:i + 64])) for i in range(0, len(held), 64)])
+        used = int(fs.quantize.indices(z).unique().numel()) if vq else 0
     out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": float(1 / z.std()),
            "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used}
     torch.save(out, spec.run_dir / "ae.pt")

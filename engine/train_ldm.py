@@ -95,13 +95,22 @@ class Batches:
         return z0, kw
 
 
-def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | None = None) -> torch.Tensor:
-    """DDPM eps-prediction MSE at a uniformly drawn timestep (Ho et al. 2020), in the first stage's latent space."""
+MIN_SNR_GAMMA = 5.0
+
+
+def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | None = None,
+                   min_snr: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """DDPM eps-prediction MSE at a uniformly drawn timestep (Ho et al. 2020), in the first stage's latent space,
+    weighted per sample by min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023; min_snr=0 gives the plain loss)."""
     t = torch.randint(0, model.config.schedule.timesteps, (z0.shape[0],), generator=gen)
     ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
     eps = torch.randn(z0.shape, generator=gen)
     zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
-    return F.mse_loss(model.model(zt, t, **kw), eps)
+    err = (model.model(zt, t, **kw) - eps).pow(2).mean(dim=(1, 2, 3))
+    if min_snr:
+        snr = (ac / (1 - ac)).flatten()
+        err = err * snr.clamp(max=min_snr) / snr
+    return err.mean()
 
 
 def build_model(kind: str, ae_path, size: int = 64, vocab: tuple[str, ...] | None = None, **cfg_kw):
@@ -191,7 +200,7 @@ def _threads(args) -> None:
 def cmd_train_ae(args) -> int:
     _threads(args)
     run = Path(args.run_dir)
-    out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size), args.images, args.size)
+    out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size, args.ae_kind), args.images, args.size)
     print(json.dumps({k: v for k, v in out.items() if k not in ("state_dict", "config")}))
     return 0
 
@@ -207,7 +216,7 @@ def cmd_train_ldm(args) -> int:
 
 
 def cmd_train_defaults(args) -> int:
-    """Shared VQ-f4 first stage, then the five world LDMs, one after another; resumable run by run."""
+    """Shared KL-f4 first stage, then the five world LDMs, one after another; resumable run by run."""
     _threads(args)
     runs, out = Path(args.runs), Path(args.out)
     quick = args.quick
@@ -218,7 +227,7 @@ def cmd_train_defaults(args) -> int:
     summary = {}
     if not ae_path.exists():
         spec = RunSpec(runs / "ae", **dict(steps, minutes=0.0 if quick else args.ae_minutes, lr=1e-3, batch=16), crop=32)
-        ae = train_ae(spec, ae_config(), None, 64)
+        ae = train_ae(spec, ae_config(kind=args.ae_kind), None, 64)
         summary["ae"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
         print(json.dumps(summary["ae"]), flush=True)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
@@ -239,18 +248,19 @@ def _common(p, minutes: float) -> None:
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: no step limit)")
     p.add_argument("--minutes", type=float, default=minutes, help="stop after this much training time")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW lr (100-step warm-up, cosine decay to a tenth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool", type=int, default=3000, help="rendered scenes held at once (an eighth refreshed often)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared, oversubscribed CPU")
     p.add_argument("--crop", type=int, default=0, help="train the autoencoder on random crops of this size")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ae-kind", default="kl", choices=["kl", "vq"], help="first stage: KL-f4 (default) or VQ-f4")
 
 
 def add_commands(sub) -> None:
     """Registers train-ae, train-ldm, train-defaults and eval on the `python -m engine` parser."""
-    p = sub.add_parser("train-ae", help="train the VQ-f4 first stage (shapes world or --images DIR)")
+    p = sub.add_parser("train-ae", help="train the KL-f4 / VQ-f4 first stage (shapes world or --images DIR)")
     _common(p, 6.0)
     p.add_argument("--images", default=None)
     p.add_argument("--run-dir", default="runs/ae")
@@ -266,12 +276,12 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--run-dir", default=None)
     p.set_defaults(func=cmd_train_ldm)
-    p = sub.add_parser("train-defaults", help="train the bundled models: shared VQ-f4, then five world LDMs")
+    p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
     _common(p, 0.0)
     p.add_argument("--out", default="resources/models")
     p.add_argument("--runs", default="runs/defaults")
     p.add_argument("--minutes-per-model", type=float, default=9.0)
-    p.add_argument("--ae-minutes", type=float, default=6.0)
+    p.add_argument("--ae-minutes", type=float, default=14.0)
     p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
     p.add_argument("--only", default=None, help="comma-separated kinds")
     p.add_argument("--overwrite", action="store_true")

@@ -1,4 +1,4 @@
-"""Training: VQ straight-through losses fall, LDM loss falls, resume continues, saved files load strictly."""
+"""Training: KL / VQ autoencoder losses fall, LDM loss falls, resume continues, saved files load strictly."""
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,10 @@ def ae_path(tmp_path_factory) -> Path:
     return run / "ae.pt"
 
 
-def test_vq_autoencoder_loss_falls_and_codebook_gets_gradients():
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_autoencoder_loss_falls_and_regularizer_gets_gradients(kind):
     torch.manual_seed(0)
-    fs = make_first_stage(ae_config(n_embed=64, resolution=16))
+    fs = make_first_stage(ae_config(n_embed=64, resolution=16, kind=kind))
     x = data.to_tensor(data.world_pool(range(8), 16).images)
     opt = torch.optim.AdamW(fs.parameters(), lr=2e-3)
     losses = []
@@ -33,7 +34,8 @@ def test_vq_autoencoder_loss_falls_and_codebook_gets_gradients():
         loss, _ = ae_loss(fs, x)
         opt.zero_grad()
         loss.backward()
-        assert fs.quantize.embedding.weight.grad.abs().sum() > 0
+        reg = fs.quantize.embedding.weight if kind == "vq" else fs.quant_conv.weight
+        assert reg.grad.abs().sum() > 0
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
@@ -76,7 +78,7 @@ def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_p
 
     model = load(out)
     keys = list(model.state_dict())
-    for prefix in ("model.diffusion_model.", "first_stage_model.quantize.embedding.", "cond_stage_model.transformer."):
+    for prefix in ("model.diffusion_model.", "first_stage_model.quant_conv.", "cond_stage_model.transformer."):
         assert any(k.startswith(prefix) for k in keys), prefix
     from safetensors import safe_open
 
@@ -84,6 +86,26 @@ def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_p
         assert set(f.keys()) == set(keys)
         assert f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").dtype == torch.float16
     assert model.config.cond.tokenizer == "layout" and model.config.family == "world-layout"
+    assert model.config.first_stage.kind == "kl" and model.config.scale_factor > 0
     from engine.families import tasks_for
 
     assert "layout" in tasks_for(model.config)
+
+
+def test_min_snr_weighting_down_weights_low_noise_steps(ae_path):
+    torch.manual_seed(0)
+    model = build_model("sr4", ae_path, size=16, **TINY)
+    batches = Batches(model, "sr4", data.world_pool(range(8), 16, 4), np.random.default_rng(0), world=False)
+    z0, kw = batches(8)
+    with torch.no_grad():
+        plain = diffusion_loss(model, z0, kw, torch.Generator().manual_seed(3), min_snr=0)
+        weighted = diffusion_loss(model, z0, kw, torch.Generator().manual_seed(3))
+    assert 0 < weighted < plain
+
+
+def test_lr_warms_up_then_decays(tmp_path):
+    from engine.train import Trainer
+
+    trainer = Trainer(RunSpec(tmp_path, steps=1000, lr=1e-3, warmup=100, progress=False), [torch.nn.Parameter(torch.zeros(1))])
+    lrs = [trainer.lr_at(s) for s in (0, 50, 100, 500, 999)]
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[4] >= 0.1e-3 - 1e-9
