@@ -31,8 +31,10 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
 
 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,
-               model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False) -> ModelConfig:
-    """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4)."""
+               model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False,
+               parameterization: str = "v") -> ModelConfig:
+    """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4);
+    v-prediction by default (Salimans & Ho 2022): at high noise it regresses the image, which a short run learns."""
     from engine.world import OBJECT_CLASSES, SEMANTIC_CLASSES, VOCAB
 
     c = first_stage.embed_dim
@@ -60,7 +62,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
         image_size=size // first_stage.factor,
     )
     return ModelConfig(family=f"world-{kind}", unet=unet, first_stage=first_stage, cond=cond, conditioning_key=key,
-                       scale_factor=scale_factor, schedule=WORLD_SCHEDULE, latent_size=size // first_stage.factor,
+                       parameterization=parameterization, scale_factor=scale_factor, schedule=WORLD_SCHEDULE, latent_size=size // first_stage.factor,
                        description=f"shapes-world {kind} LDM (Latent Canvas training)")
 
 

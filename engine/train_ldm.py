@@ -100,16 +100,18 @@ MIN_SNR_GAMMA = 5.0
 
 def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | None = None,
                    min_snr: float = MIN_SNR_GAMMA) -> torch.Tensor:
-    """DDPM eps-prediction MSE at a uniformly drawn timestep (Ho et al. 2020), in the first stage's latent space,
-    weighted per sample by min(SNR, gamma) / SNR (Min-SNR, Hang et al. 2023; min_snr=0 gives the plain loss)."""
+    """DDPM MSE at a uniformly drawn timestep (Ho et al. 2020) on the eps or v target (the config's parameterization),
+    weighted per sample by Min-SNR (Hang et al. 2023): min(SNR, gamma)/SNR for eps, /(SNR+1) for v; min_snr=0: plain."""
     t = torch.randint(0, model.config.schedule.timesteps, (z0.shape[0],), generator=gen)
     ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
     eps = torch.randn(z0.shape, generator=gen)
     zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
-    err = (model.model(zt, t, **kw) - eps).pow(2).mean(dim=(1, 2, 3))
+    v = model.config.parameterization == "v"
+    target = ac.sqrt() * eps - (1 - ac).sqrt() * z0 if v else eps
+    err = (model.model(zt, t, **kw) - target).pow(2).mean(dim=(1, 2, 3))
     if min_snr:
         snr = (ac / (1 - ac)).flatten()
-        err = err * snr.clamp(max=min_snr) / snr
+        err = err * snr.clamp(max=min_snr) / (snr + 1 if v else snr)
     return err.mean()
 
 

@@ -86,7 +86,7 @@ def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_p
         assert set(f.keys()) == set(keys)
         assert f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").dtype == torch.float16
     assert model.config.cond.tokenizer == "layout" and model.config.family == "world-layout"
-    assert model.config.first_stage.kind == "kl" and model.config.scale_factor > 0
+    assert model.config.first_stage.kind == "kl" and model.config.scale_factor > 0 and model.config.parameterization == "v"
     from engine.families import tasks_for
 
     assert "layout" in tasks_for(model.config)
