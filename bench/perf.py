@@ -58,20 +58,10 @@ def _timed(fn, runs: int) -> dict:
 
 
 def randomize_(module, seed: int = 0):
-    """Seeded random weights: fan-in scaled matrices, norm gains near 1, small biases."""
-    import torch
+    """Seeded random weights (engine.random_weights), module in eval mode."""
+    from engine.random_weights import randomize_ as fill
 
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim >= 2:
-                p.copy_(r / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
-    return module.eval()
+    return fill(module, seed).eval()
 
 
 def _ldm_yaml(unet, vae) -> dict:

@@ -18,24 +18,10 @@ from diffusers.loaders import single_file_utils as sfu  # noqa: E402
 from engine.config import AutoencoderConfig, UNetConfig  # noqa: E402
 from engine.models.diffusion_model import UNetModel  # noqa: E402
 from engine.models.first_stage_model import AutoencoderKL  # noqa: E402
+from engine.random_weights import randomize_  # noqa: E402
 
 RTOL = 1e-4
 TINY_VAE = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=32)
-
-
-def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Seeded random weights: fan-in scaled matrices, norm gains near 1, small biases."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim >= 2:
-                p.copy_(r / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
-    return module
 
 
 def original_config(unet: UNetConfig | None, vae: AutoencoderConfig) -> dict:
