@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.api import EngineError, JobContext, Request, Result, Started, TASKS
-from engine.sampling import SAMPLERS, sample
+from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser
 
@@ -288,8 +288,7 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     for wrap in plan.wrap:
         den = wrap(den, noise)
     previewer = preview_fn(model, cache)
-    total = len(__import__("engine.sampling", fromlist=["schedule"]).schedule(
-        request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)) - 1
+    total = len(schedule(request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)) - 1
 
     every = request.full_preview_every
 
