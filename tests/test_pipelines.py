@@ -78,7 +78,9 @@ def test_seeds_reproduce_and_batches_are_per_image(tiny_models, engine):
     batch, _ = run(engine, **request_for(path, "txt2img", seed=5, batch_size=2))
     assert np.array_equal(a.images[0], b.images[0])
     assert not np.array_equal(a.images[0], c.images[0])
-    assert np.array_equal(batch.images[0], a.images[0]) and np.array_equal(batch.images[1], c.images[0])
+    # a batch of 2 runs other CPU kernels than a batch of 1 (summation order), so allow one uint8 level there
+    for got, want in ((batch.images[0], a.images[0]), (batch.images[1], c.images[0])):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert batch.seeds == (5, 6)
 
 
