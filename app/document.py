@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from app import raster
-from app.undo import BoxesCommand, PatchCommand, StateCommand, UndoStack
+from app.undo import BoxesCommand, PatchCommand, RegionCommand, StateCommand, UndoStack
 from engine import api
 
 LAYERS = ("image", "mask", "labels")
@@ -49,11 +49,18 @@ class Params:
     class_id: int | None = None
     mask_grow: int = 0
     mask_feather: int = 0
+    noise_level: int = 20
+    upscaler: str = "model"
+    refine_strength: float = 0.0
+    refine_model: str = "default"
+    label_prompts: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        out = cls(**{k: v for k, v in d.items() if k in names})
+        out.label_prompts = {int(k): str(v) for k, v in dict(out.label_prompts or {}).items()}
+        return out
 
 
 @dataclass
@@ -66,6 +73,7 @@ class HistoryEntry:
     params: dict = field(default_factory=dict)
     task: str = "txt2img"
     created: float = field(default_factory=time.time)
+    region: tuple | None = None
 
 
 class Document:
@@ -77,6 +85,7 @@ class Document:
         self.mask = np.zeros((self.height, self.width), np.uint8)
         self.labels = np.full((self.height, self.width), -1, np.int16)
         self.boxes: list[LayoutBox] = []
+        self.region: tuple[int, int, int, int] | None = None
         self.has_image = False
         self.params = Params()
         self.task_override: str | None = None
@@ -234,16 +243,19 @@ class Document:
     # --- whole-state edits -----------------------------------------------------------------------------------
     def _state(self) -> dict:
         return dict(image=self.image.copy(), mask=self.mask.copy(), labels=self.labels.copy(),
-                    boxes=copy.deepcopy(self.boxes), has_image=self.has_image)
+                    boxes=copy.deepcopy(self.boxes), has_image=self.has_image, region=self.region)
 
     def _restore_state(self, st: dict) -> None:
         self.image, self.mask, self.labels = st["image"].copy(), st["mask"].copy(), st["labels"].copy()
-        self.boxes, self.has_image = copy.deepcopy(st["boxes"]), st["has_image"]
+        self.boxes, self.has_image, self.region = copy.deepcopy(st["boxes"]), st["has_image"], st.get("region")
         self.height, self.width = self.image.shape[:2]
 
     def _replace(self, text: str, **new) -> None:
         before = self._state()
         after = {**before, **new}
+        if "image" in new:
+            h, w = after["image"].shape[:2]
+            after["region"] = raster.fit_region(after["region"], w, h)
         self._push(StateCommand(text, before, after))
 
     def set_image(self, rgb: np.ndarray, text: str = "open image") -> None:
@@ -253,21 +265,50 @@ class Document:
         self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
 
-    def apply_result(self, rgb: np.ndarray) -> None:
-        """Commit a generated image to the image layer (clears the mask it was inpainted through)."""
+    def apply_result(self, rgb: np.ndarray, region=None) -> None:
+        """Commit a generated image (clearing the mask it was inpainted through): pasted back at its generation
+        region when it has that region's size, else it replaces the whole image layer. One undo step."""
         rgb = _rgb(rgb)
         h, w = rgb.shape[:2]
+        if region is not None and (int(region[3]), int(region[2])) == (h, w) and self.region_fits(region):
+            x, y = int(region[0]), int(region[1])
+            image, mask = self.image.copy(), self.mask.copy()
+            image[y:y + h, x:x + w] = rgb
+            mask[y:y + h, x:x + w] = 0
+            self._replace("apply result", image=image, mask=mask, has_image=True)
+            return
         self._replace("apply result", image=rgb, mask=np.zeros((h, w), np.uint8),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
+
+    # --- generation region -----------------------------------------------------------------------------------
+    def region_fits(self, region) -> bool:
+        x, y, w, h = (int(v) for v in region)
+        return x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= self.width and y + h <= self.height
+
+    def set_region(self, rect) -> bool:
+        """The part of the canvas a job works on, (x, y, w, h) in pixels snapped to the latent grid; None = all."""
+        new = raster.fit_region(rect, self.width, self.height)
+        if new == self.region:
+            return False
+        self._push(RegionCommand("generation region" if new else "whole canvas", self.region, new))
+        return True
+
+    def generation_rect(self) -> tuple[int, int, int, int]:
+        return self.region or (0, 0, self.width, self.height)
 
     def resize(self, width: int, height: int) -> None:
         """Canvas size (the txt2img output size): every layer resampled, nearest neighbour."""
         width, height = int(width), int(height)
         if (width, height) == (self.width, self.height):
             return
+        region = None
+        if self.region is not None:
+            sx, sy = width / self.width, height / self.height
+            x, y, w, h = self.region
+            region = (x * sx, y * sy, w * sx, h * sy)
         self._replace("resize", image=raster.resize_nearest(self.image, width, height),
                       mask=raster.resize_nearest(self.mask, width, height),
-                      labels=raster.resize_nearest(self.labels, width, height))
+                      labels=raster.resize_nearest(self.labels, width, height), region=region)
 
     # --- parameters, task, request ---------------------------------------------------------------------------
     def set_param(self, name: str, value) -> None:
@@ -277,6 +318,15 @@ class Document:
             setattr(self.params, name, value)
             self._params_dirty = True
             self.notify("params")
+
+    def set_label_prompt(self, class_id: int, text: str) -> None:
+        """The prompt one semantic class is painted with (Request.label_prompts); empty text drops it."""
+        prompts = dict(self.params.label_prompts)
+        if text.strip():
+            prompts[int(class_id)] = text
+        else:
+            prompts.pop(int(class_id), None)
+        self.set_param("label_prompts", prompts)
 
     def set_task_override(self, task: str | None) -> None:
         if task is not None and task not in api.TASKS:
@@ -309,19 +359,29 @@ class Document:
         return random.randrange(0, 2**32 - 1)
 
     def to_request(self, settings=None, seed: int | None = None) -> api.Request:
-        """The engine request for the current task; settings (app.settings.AppSettings) adds device and tiling."""
+        """The engine request for the current task, cropped to the generation region; settings
+        (app.settings.AppSettings) adds device, precision, tiling, preview rate and memory budget."""
         p, task = self.params, self.task()
+        x, y, w, h = self.generation_rect()
+        crop = (slice(y, y + h), slice(x, x + w))
         uses_image = task in ("img2img", "inpaint", "upscale")
+        boxes = []
+        if task == "layout":
+            for b in self.boxes:
+                r = raster.crop_box(b.rect, (x, y, w, h), self.width, self.height) if self.region else tuple(b.rect)
+                if r is not None:
+                    boxes.append(api.Box(b.label, r, b.prompt))
         req = api.Request(
             model=p.model, task=task, prompt=p.prompt, negative_prompt=p.negative_prompt,
-            image=self.image.copy() if uses_image else None,
-            mask=self.mask.copy() if task == "inpaint" else None,
-            boxes=[api.Box(b.label, tuple(b.rect), b.prompt) for b in self.boxes] if task == "layout" else [],
-            labels=self.labels.copy() if task == "semantic" else None,
+            image=self.image[crop].copy() if uses_image else None,
+            mask=self.mask[crop].copy() if task == "inpaint" else None,
+            boxes=boxes, labels=self.labels[crop].copy() if task == "semantic" else None,
+            label_prompts={int(k): v.strip() for k, v in p.label_prompts.items() if v and v.strip()},
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
-            seed=int(self.resolve_seed() if seed is None else seed), width=self.width, height=self.height,
+            seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
-            mask_feather=int(p.mask_feather))
+            mask_feather=int(p.mask_feather), upscaler=p.upscaler, noise_level=int(p.noise_level),
+            refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model)
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision
             req.tiles = api.TileSettings(mode=settings.tile_mode, tile=settings.tile_size, overlap=settings.tile_overlap)
@@ -330,8 +390,9 @@ class Document:
         return req
 
     # --- history ---------------------------------------------------------------------------------------------
-    def add_history(self, images, parameters: str = "", seeds=(), task: str | None = None) -> HistoryEntry:
-        entry = HistoryEntry([_rgb(i) for i in images], parameters, list(seeds), asdict(self.params), task or self.task())
+    def add_history(self, images, parameters: str = "", seeds=(), task: str | None = None, region=None) -> HistoryEntry:
+        entry = HistoryEntry([_rgb(i) for i in images], parameters, list(seeds), asdict(self.params), task or self.task(),
+                             region=tuple(region) if region else None)
         if entry.seeds:
             self.params.last_seed = int(entry.seeds[0])
         self.history.append(entry)
@@ -347,7 +408,7 @@ class Document:
     def copy_parameters(self, index: int) -> None:
         """Restore the parameters a history entry was generated with (its seed becomes fixed)."""
         entry = self.history[index]
-        self.params = Params.from_dict({**entry.params, "seed_mode": "fixed",
+        self.params = Params.from_dict({**copy.deepcopy(entry.params), "seed_mode": "fixed",
                                         "seed": entry.seeds[0] if entry.seeds else entry.params.get("seed", 0)})
         self._params_dirty = True
         self.notify("params")

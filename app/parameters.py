@@ -1,6 +1,7 @@
 """The "parameters" PNG text chunk (A1111 infotext layout): format, parse, write and read. No Qt."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,23 @@ from app.project import atomic_write
 
 KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
         "Seed": ("seed", int), "Model": ("model", str), "Denoising strength": ("strength", float),
-        "Task": ("task", str), "Batch size": ("batch_size", int)}
+        "Task": ("task", str), "Batch size": ("batch_size", int), "Mask grow": ("mask_grow", int),
+        "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
+        "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str)}
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value) if re.search(r'[,:"\n]', value) else value
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value.strip('"')
+    return value
 
 
 def format_parameters(request, seed: int | None = None) -> str:
@@ -26,8 +43,29 @@ def format_parameters(request, seed: int | None = None) -> str:
              ("Model", Path(str(request.model)).stem), ("Task", request.task)]
     if request.task in ("img2img", "inpaint"):
         pairs.append(("Denoising strength", request.strength))
+    if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
+        pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
+    if request.task == "upscale":
+        pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
+        if request.refine_strength > 0:
+            pairs += [("Refine strength", request.refine_strength), ("Refine model", _quote(str(request.refine_model)))]
+    if request.label_prompts:
+        pairs.append(("Label prompts", json.dumps(json.dumps({str(k): v for k, v in request.label_prompts.items()}))))
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs))
     return "\n".join(lines)
+
+
+def merge_parameters(app_text: str, engine_text: str) -> str:
+    """The app's infotext plus what only the engine knows (family, resolved model, output size); the app's seed
+    (per image) and its own keys stay."""
+    app_lines, engine_lines = app_text.strip().splitlines(), engine_text.strip().splitlines()
+    if not engine_lines or not app_lines or "Steps:" not in engine_lines[-1]:
+        return app_text
+    pairs = dict((k.strip(), v.strip()) for k, v in _PAIR.findall(app_lines[-1]))
+    for k, v in _PAIR.findall(engine_lines[-1]):
+        if k.strip() and (k.strip() not in pairs or k.strip() in ("Model", "Size")):
+            pairs[k.strip()] = v.strip()
+    return "\n".join(app_lines[:-1] + [", ".join(f"{k}: {v}" for k, v in pairs.items())])
 
 
 _PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)')
@@ -52,8 +90,13 @@ def parse_parameters(text: str) -> dict:
     out["prompt"] = "\n".join(prompt).strip()
     out["negative_prompt"] = "\n".join(negative).strip()
     for key, value in _PAIR.findall(last):
-        key, value = key.strip(), value.strip().strip('"')
-        if key == "Size" and re.fullmatch(r"\d+x\d+", value):
+        key, value = key.strip(), _unquote(value)
+        if key == "Label prompts":
+            try:
+                out["label_prompts"] = {int(k): str(v) for k, v in json.loads(value).items()}
+            except (ValueError, AttributeError):
+                pass
+        elif key == "Size" and re.fullmatch(r"\d+x\d+", value):
             out["width"], out["height"] = (int(v) for v in value.split("x"))
         elif key in KEYS:
             name, cast = KEYS[key]

@@ -68,8 +68,10 @@ def _read_png(z: zipfile.ZipFile, name: str) -> np.ndarray:
 def manifest(doc: Document) -> dict:
     return dict(
         format=FORMAT, version=VERSION, width=doc.width, height=doc.height, has_image=doc.has_image,
-        boxes=[asdict(b) for b in doc.boxes], params=asdict(doc.params), task_override=doc.task_override,
+        region=list(doc.region) if doc.region else None, boxes=[asdict(b) for b in doc.boxes],
+        params=asdict(doc.params), task_override=doc.task_override,
         history=[dict(parameters=h.parameters, seeds=list(h.seeds), params=h.params, task=h.task, created=h.created,
+                      region=list(h.region) if h.region else None,
                       images=[f"history/{i}_{j}.png" for j in range(len(h.images))]) for i, h in enumerate(doc.history)],
         saved=time.time())
 
@@ -110,13 +112,15 @@ def load(path: str | os.PathLike) -> Document:
             doc.boxes = [LayoutBox(b["label"], tuple(b["rect"]), b.get("prompt")) for b in m.get("boxes", [])]
             doc.params = Params.from_dict(m.get("params", {}))
             doc.task_override = m.get("task_override")
+            doc.region = tuple(int(v) for v in m["region"]) if m.get("region") else None
             doc.history = [HistoryEntry([_read_png(z, n)[..., :3] for n in h["images"]], h.get("parameters", ""),
                                         h.get("seeds", []), h.get("params", {}), h.get("task", "txt2img"),
-                                        h.get("created", 0.0)) for h in m.get("history", [])]
+                                        h.get("created", 0.0), tuple(h["region"]) if h.get("region") else None)
+                            for h in m.get("history", [])]
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError) as e:
         raise ProjectError(f"Cannot open {Path(path).name}: {e}") from e
-    if doc.image.shape[:2] != (doc.height, doc.width):
-        raise ProjectError(f"Cannot open {Path(path).name}: layer size does not match the manifest")
+    if doc.image.shape[:2] != (doc.height, doc.width) or (doc.region and not doc.region_fits(doc.region)):
+        raise ProjectError(f"Cannot open {Path(path).name}: layer size or region does not match the manifest")
     doc.path = str(path)
     doc.mark_clean()
     return doc

@@ -123,3 +123,33 @@ def resize_nearest(a: np.ndarray, width: int, height: int) -> np.ndarray:
     ys = np.minimum((np.arange(height) + 0.5) * a.shape[0] / height, a.shape[0] - 1).astype(int)
     xs = np.minimum((np.arange(width) + 0.5) * a.shape[1] / width, a.shape[1] - 1).astype(int)
     return a[ys][:, xs]
+
+
+def fit_region(rect, width: int, height: int, grid: int = 8) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) snapped to the latent grid and clamped inside the canvas; None when it is the whole canvas."""
+    if rect is None:
+        return None
+    x, y, w, h = (float(v) for v in rect)
+    if w < 0:
+        x, w = x + w, -w
+    if h < 0:
+        y, h = y + h, -h
+    g = grid
+    w = min(max(int(round(w / g)) * g, min(g, width)), width)
+    h = min(max(int(round(h / g)) * g, min(g, height)), height)
+    x = min(max(int(round(x / g)) * g, 0), width - w)
+    y = min(max(int(round(y / g)) * g, 0), height - h)
+    if (x, y, w, h) == (0, 0, width, height):
+        return None
+    return (x, y, w, h)
+
+
+def crop_box(rect, region, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """A normalized canvas box re-expressed in normalized region coordinates, clipped; None if it misses the region."""
+    rx, ry, rw, rh = region
+    x0, y0, x1, y1 = rect
+    a = (min(max((x0 * width - rx) / rw, 0.0), 1.0), min(max((y0 * height - ry) / rh, 0.0), 1.0))
+    b = (min(max((x1 * width - rx) / rw, 0.0), 1.0), min(max((y1 * height - ry) / rh, 0.0), 1.0))
+    if (b[0] - a[0]) * rw < 1 or (b[1] - a[1]) * rh < 1:
+        return None
+    return (a[0], a[1], b[0], b[1])

@@ -60,13 +60,29 @@ class BoxesCommand(Command):
 
 
 @dataclass
+class RegionCommand(Command):
+    """The generation-region rectangle (x, y, w, h) or None (whole canvas), before and after."""
+
+    text: str
+    before: tuple | None
+    after: tuple | None
+    changes: tuple[str, ...] = ("region",)
+
+    def redo(self, doc) -> None:
+        doc.region = self.after
+
+    def undo(self, doc) -> None:
+        doc.region = self.before
+
+
+@dataclass
 class StateCommand(Command):
     """Every layer and the boxes before and after (new image, applied result, resize)."""
 
     text: str
     before: dict
     after: dict
-    changes: tuple[str, ...] = ("image", "mask", "labels", "boxes", "size")
+    changes: tuple[str, ...] = ("image", "mask", "labels", "boxes", "size", "region")
 
     def redo(self, doc) -> None:
         doc._restore_state(self.after)
