@@ -5,13 +5,14 @@ from typing import Callable
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QCursor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtGui import QBrush, QColor, QCursor, QImage, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QWidget
 
 from app import raster
 from app.document import Document
 
-TOOLS = ("move", "mask", "eraser", "box", "semantic", "fill")
+TOOLS = ("move", "mask", "eraser", "box", "semantic", "fill", "region")
+CORNERS = ("tl", "tr", "bl", "br")
 HANDLE_PX = 7.0
 
 
@@ -55,6 +56,7 @@ class Canvas(QWidget):
         self.show_labels = self.show_mask = self.show_boxes = True
         self.scale, self.offset = 1.0, QPointF(0, 0)
         self.preview: np.ndarray | None = None
+        self.preview_region: tuple | None = None
         self.region_text = ""
         self.selected_box: int | None = None
         self.ask_box_label: Callable[[], tuple[str, str | None] | None] = lambda: ("object", None)
@@ -115,14 +117,19 @@ class Canvas(QWidget):
         self.selectionChanged.emit(index)
         self.update()
 
-    def set_preview(self, rgb: np.ndarray | None) -> None:
+    def set_preview(self, rgb: np.ndarray | None, region=None) -> None:
+        """Show a preview or result over the image, or over its generation region (x, y, w, h) when given."""
         self.preview = rgb
+        self.preview_region = tuple(region) if region and rgb is not None else None
         self._preview = None if rgb is None else to_qimage(rgb)
         self.update()
 
     # --- view transform --------------------------------------------------------------------------------------
     def image_rect(self) -> QRectF:
         return QRectF(self.offset.x(), self.offset.y(), self.doc.width * self.scale, self.doc.height * self.scale)
+
+    def pixel_rect(self, x: float, y: float, w: float, h: float) -> QRectF:
+        return QRectF(self.to_widget(x, y), self.to_widget(x + w, y + h))
 
     def to_image(self, p: QPointF) -> QPointF:
         return QPointF((p.x() - self.offset.x()) / self.scale, (p.y() - self.offset.y()) / self.scale)
@@ -189,12 +196,13 @@ class Canvas(QWidget):
         if self.show_labels:
             p.drawImage(r, self._labels)
         if self._preview is not None:
-            p.drawImage(r, self._preview)
+            p.drawImage(self.pixel_rect(*self.preview_region) if self.preview_region else r, self._preview)
         if self.show_mask:
             p.drawImage(r, self._mask)
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         if self.show_boxes:
             self._paint_boxes(p)
+        self._paint_region(p, r)
         pen = QPen(QColor(255, 255, 255, 180), 1, Qt.PenStyle.DashLine)
         p.setPen(pen)
         p.setBrush(Qt.BrushStyle.NoBrush)
@@ -205,6 +213,34 @@ class Canvas(QWidget):
             p.setPen(QPen(QColor(255, 255, 255, 200), 1))
             p.drawEllipse(self._mouse, self.brush_radius * self.scale, self.brush_radius * self.scale)
         p.end()
+
+    def shown_region(self) -> tuple | None:
+        if self._drag and "region" in self._drag:
+            return self._drag["region"]
+        return self.doc.region
+
+    def _paint_region(self, p: QPainter, image: QRectF) -> None:
+        """The generation region: outside it dimmed, its border dashed, its size written above it."""
+        region = self.shown_region()
+        if region is None:
+            return
+        wr = self.pixel_rect(*region).normalized()
+        p.save()
+        p.setClipRect(image)
+        outside = QPainterPath()
+        outside.addRect(image)
+        inner = QPainterPath()
+        inner.addRect(wr)
+        p.fillPath(outside.subtracted(inner), QColor(0, 0, 0, 90))
+        p.restore()
+        p.setPen(QPen(QColor(255, 170, 0), 2, Qt.PenStyle.DashLine))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(wr)
+        p.drawText(QPointF(wr.left() + 4, wr.bottom() - 6), f"region {round(abs(region[2]))}×{round(abs(region[3]))}")
+        if self.tool == "region":
+            p.setBrush(QColor(255, 170, 0))
+            for c in (wr.topLeft(), wr.topRight(), wr.bottomLeft(), wr.bottomRight()):
+                p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
 
     def _box_widget_rect(self, rect) -> QRectF:
         x0, y0, x1, y1 = rect
@@ -273,6 +309,8 @@ class Canvas(QWidget):
             self._drag = dict(kind="stroke")
         elif self.tool == "fill":
             self.doc.fill("labels", (ip.x(), ip.y()), self.current_label)
+        elif self.tool == "region":
+            self._drag = dict(kind=self._hit_region(pos), start=pos, orig=self.doc.generation_rect())
         elif self.tool in ("box", "move"):
             hit = self._hit_box(pos)
             if hit is not None:
@@ -299,6 +337,8 @@ class Canvas(QWidget):
             self.doc.stroke_to(ip.x(), ip.y())
         elif d["kind"] == "new":
             d["now"] = pos
+        elif d["kind"].startswith("region"):
+            d["region"] = self._dragged_region(d, pos)
         elif "box" in d:
             dx = (pos.x() - d["start"].x()) / self.scale / self.doc.width
             dy = (pos.y() - d["start"].y()) / self.scale / self.doc.height
@@ -326,9 +366,35 @@ class Canvas(QWidget):
                 answer = self.ask_box_label()
                 if answer:
                     self.set_selected(self.doc.add_box(answer[0], (a[0], a[1], b[0], b[1]), answer[1]))
+        elif d["kind"].startswith("region"):
+            if "region" in d and (d["kind"] != "region-new" or min(d["region"][2:]) >= 4):
+                self.doc.set_region(d["region"])
         elif "rect" in d:
             self.doc.set_box(d["box"], rect=d["rect"])
         self.update()
+
+    def _hit_region(self, wp: QPointF) -> str:
+        """'region-<corner>' on a handle, 'region-move' inside the region, 'region-new' elsewhere."""
+        if self.doc.region is None:
+            return "region-new"
+        wr = self.pixel_rect(*self.doc.region)
+        for name, c in zip(CORNERS, (wr.topLeft(), wr.topRight(), wr.bottomLeft(), wr.bottomRight())):
+            if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX:
+                return f"region-{name}"
+        return "region-move" if wr.contains(wp) else "region-new"
+
+    def _dragged_region(self, d: dict, pos: QPointF) -> tuple[float, float, float, float]:
+        a, b = self.to_image(d["start"]), self.to_image(pos)
+        dx, dy = b.x() - a.x(), b.y() - a.y()
+        x, y, w, h = d["orig"]
+        kind = d["kind"][len("region-"):]
+        if kind == "new":
+            return (min(a.x(), b.x()), min(a.y(), b.y()), abs(dx), abs(dy))
+        if kind == "move":
+            return (min(max(x + dx, 0), self.doc.width - w), min(max(y + dy, 0), self.doc.height - h), w, h)
+        x0, x1 = (x + dx, x + w) if kind[1] == "l" else (x, x + w + dx)
+        y0, y1 = (y + dy, y + h) if kind[0] == "t" else (y, y + h + dy)
+        return (min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0))
 
     def wheelEvent(self, e) -> None:
         delta = e.angleDelta().y()

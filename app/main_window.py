@@ -5,27 +5,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar, QVBoxLayout, QWidget
 
 from app import project
 from app.bridge import EngineBridge
 from app.canvas import Canvas
 from app.dialogs import BoxLabelDialog, SettingsDialog, guarded
-from app.document import Document, Params
+from app.document import Document
+from app.files import FileActions
+from app.icon import app_icon
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
-from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
+from app.parameters import format_parameters, merge_parameters, write_png
 from app.settings import AppSettings, load_settings, save_settings
+from app.task_panels import RegionPromptsPanel, TaskOptionsPanel
 from engine import api
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G"}
+TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G", "region": "C"}
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileActions, QMainWindow):
     """Views over one Document; engine events arrive through EngineBridge signals on the GUI thread."""
 
     def __init__(self, runner: api.Runner | None = None, settings: AppSettings | None = None,
@@ -38,9 +38,11 @@ class MainWindow(QMainWindow):
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
+        self.last_region: tuple | None = None
         self.written: list[Path] = []
         self._started_at = 0.0
         self.setWindowTitle("Latent Canvas")
+        self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.resize(1280, 820)
 
@@ -50,6 +52,8 @@ class MainWindow(QMainWindow):
         self.prompt_panel = PromptPanel(self.doc)
         self.model_panel = ModelPanel(self.doc, self.settings.extra_model_dirs())
         self.params_panel = ParamsPanel(self.doc)
+        self.task_options = TaskOptionsPanel(self.doc)
+        self.region_prompts = RegionPromptsPanel(self.doc)
         self.generate_bar = GenerateBar()
         self.palette = PalettePanel()
         self.history_strip = HistoryStrip()
@@ -69,11 +73,12 @@ class MainWindow(QMainWindow):
         self.generate_bar.generate_button.clicked.connect(self.generate)
         self.generate_bar.cancel_button.clicked.connect(self.cancel)
         self.model_panel.modelChanged.connect(self._model_changed)
+        self.model_panel.modelsListed.connect(self.task_options.set_models)
         self.palette.labelChosen.connect(self._label_chosen)
         self.history_strip.applyRequested.connect(self.apply_history)
         self.history_strip.discardRequested.connect(self.discard_history)
         self.history_strip.copyRequested.connect(self.copy_history)
-        self.history_strip.shown.connect(lambda i, j: self.canvas.set_preview(self.doc.history[i].images[j]))
+        self.history_strip.shown.connect(self.show_history)
         self.canvas.brushChanged.connect(self._brush_changed)
 
         self.autosave_timer = QTimer(self)
@@ -87,7 +92,8 @@ class MainWindow(QMainWindow):
     def _build_docks(self) -> None:
         side = QWidget()
         lay = QVBoxLayout(side)
-        for title, w in (("Prompt", self.prompt_panel), ("Model", self.model_panel), ("Sampling", self.params_panel)):
+        for title, w in (("Prompt", self.prompt_panel), ("Model", self.model_panel), ("Sampling", self.params_panel),
+                         ("Task options", self.task_options), ("Region prompts", self.region_prompts)):
             lay.addWidget(QLabel(f"<b>{title}</b>"))
             lay.addWidget(w)
         lay.addStretch(1)
@@ -135,6 +141,7 @@ class MainWindow(QMainWindow):
         self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
         self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))
         self._action(e, "&Delete box", self.delete_box)
+        self._action(e, "&Whole canvas as generation region", lambda: self.doc.set_region(None), "Ctrl+Shift+A")
         v = mb.addMenu("&View")
         self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
         self._action(v, "&100%", self.canvas.actual_size, "Ctrl+1")
@@ -147,7 +154,7 @@ class MainWindow(QMainWindow):
         group = QActionGroup(self)
         self.tool_actions = {}
         labels = {"move": "Select/move", "mask": "Mask brush", "eraser": "Mask eraser", "box": "Layout box",
-                  "semantic": "Semantic brush", "fill": "Semantic fill"}
+                  "semantic": "Semantic brush", "fill": "Semantic fill", "region": "Generation region"}
         for tool, text in labels.items():
             act = self._action(t, text, lambda _=False, tool=tool: self.canvas.set_tool(tool), TOOL_KEYS[tool], True)
             act.setActionGroup(group)
@@ -167,14 +174,20 @@ class MainWindow(QMainWindow):
         self._sync_all()
 
     def _sync_all(self) -> None:
-        for panel in (self.prompt_panel, self.params_panel, self.model_panel, self.history_strip):
+        for panel in (self.prompt_panel, self.params_panel, self.model_panel, self.history_strip, self.task_options,
+                      self.region_prompts):
             panel.sync(self.doc)
         self._update_title()
 
     def _doc_changed(self, what: str) -> None:
-        if what in ("params", "all", "size", "mask", "labels", "boxes", "image"):
+        if what in ("params", "all", "size", "mask", "labels", "boxes", "image", "region"):
             self.params_panel.sync(self.doc)
-            self.canvas.region_text = f"{self.doc.width}×{self.doc.height} · {self.doc.task()}"
+            self.task_options.sync(self.doc)
+            x, y, w, h = self.doc.generation_rect()
+            where = f" · region {w}×{h} at {x},{y}" if self.doc.region else ""
+            self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {self.doc.task()}"
+        if what in ("params", "all", "boxes", "undo"):
+            self.region_prompts.sync(self.doc)
         if what in ("history", "all"):
             self.history_strip.sync(self.doc)
         if what in ("params", "all") and self.prompt_panel.prompt.toPlainText() != self.doc.params.prompt:
@@ -190,17 +203,6 @@ class MainWindow(QMainWindow):
     def ask(self, title: str, question: str) -> bool:
         return QMessageBox.question(self, title, question) == QMessageBox.StandardButton.Yes
 
-    def confirm_discard(self) -> bool:
-        """Unsaved-changes prompt: True when it is fine to drop the current document."""
-        if not self.doc.dirty:
-            return True
-        answer = QMessageBox.question(self, "Unsaved changes", "Save changes to the current canvas?",
-                                      QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                                      | QMessageBox.StandardButton.Cancel)
-        if answer == QMessageBox.StandardButton.Save:
-            return self.save()
-        return answer == QMessageBox.StandardButton.Discard
-
     def report_error(self, title: str, message: str, detail: str = "") -> None:
         """A readable, non-modal message; the canvas and the document stay as they were."""
         self.last_error = message
@@ -211,102 +213,6 @@ class MainWindow(QMainWindow):
         box.setModal(False)
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.show()
-
-    @guarded
-    def new_document(self, *_):
-        if self.confirm_discard():
-            self.set_document(Document(self.doc.width, self.doc.height))
-
-    @guarded
-    def open_dialog(self, *_):
-        path, _ = QFileDialog.getOpenFileName(self, "Open", "", f"Projects and images (*{project.SUFFIX} "
-                                              + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")")
-        if path:
-            self.open_path(path)
-
-    @guarded
-    def open_path(self, path: str):
-        if path.lower().endswith(project.SUFFIX):
-            if self.confirm_discard():
-                self.set_document(project.load(path))
-        else:
-            self.load_image(path)
-
-    @guarded
-    def save(self, *_) -> bool:
-        if not self.doc.path or not self.doc.path.endswith(project.SUFFIX):
-            return bool(self.save_as())
-        project.save(self.doc, self.doc.path)
-        self.statusBar().showMessage(f"Saved {self.doc.path}", 5000)
-        self._update_title()
-        return True
-
-    @guarded
-    def save_as(self, *_) -> bool:
-        path, _ = QFileDialog.getSaveFileName(self, "Save as", self.doc.path or f"untitled{project.SUFFIX}",
-                                              f"Latent Canvas project (*{project.SUFFIX})")
-        if not path:
-            return False
-        if not path.endswith(project.SUFFIX):
-            path += project.SUFFIX
-        project.save(self.doc, path)
-        self._update_title()
-        return True
-
-    @guarded
-    def export_png(self, *_):
-        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "canvas.png", "PNG image (*.png)")
-        if path:
-            image = self.canvas.preview if self.canvas.preview is not None else self.doc.image
-            text = self.doc.history[-1].parameters if self.doc.history else format_parameters(self.doc.to_request(seed=0))
-            write_png(path, image, text)
-
-    @guarded
-    def load_image(self, path: str):
-        """Open an image as the source layer; a huge one asks before downscaling; a 'parameters' chunk is restored."""
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            side = self.settings.max_image_side
-            if max(w, h) > side and self.ask("Large image", f"The image is {w}×{h}. Downscale it to fit {side} px?"):
-                s = side / max(w, h)
-                im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
-            rgb = np.array(im)
-        self.doc.set_image(rgb)
-        text = read_png_parameters(path)
-        if text:
-            self.restore_parameters(text)
-        self.canvas.set_preview(None)
-        self.canvas.fit()
-        self.statusBar().showMessage(f"Opened {Path(path).name} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
-
-    def restore_parameters(self, text: str) -> None:
-        parsed = parse_parameters(text)
-        if "seed" in parsed:
-            parsed["seed_mode"] = "fixed"
-        if parsed.get("task") in api.TASKS:
-            self.doc.task_override = parsed["task"]
-        for k, v in parsed.items():
-            if hasattr(Params, k) and k != "model":
-                self.doc.set_param(k, v)
-        self._sync_all()
-
-    def dragEnterEvent(self, e) -> None:
-        if any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)) for u in e.mimeData().urls()):
-            e.acceptProposedAction()
-
-    def dropEvent(self, e) -> None:
-        if self.handle_drop(e.mimeData()):
-            e.acceptProposedAction()
-
-    @guarded
-    def handle_drop(self, mime) -> bool:
-        for url in mime.urls():
-            path = url.toLocalFile()
-            if path.lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)):
-                self.open_path(path)
-                return True
-        return False
 
     @guarded
     def settings_dialog(self, *_):
@@ -339,6 +245,7 @@ class MainWindow(QMainWindow):
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         self.palette.set_names(info.label_names if info is not None and not info.error else ())
+        self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)
 
     def _label_chosen(self, index: int) -> None:
@@ -355,7 +262,7 @@ class MainWindow(QMainWindow):
         if self.bridge.busy:
             return None
         req = self.doc.to_request(self.settings)
-        self.last_request = req
+        self.last_request, self.last_region = req, self.doc.region
         self._started_at = time.perf_counter()
         job = self.bridge.submit(req)
         self.generate_bar.set_busy(True)
@@ -382,16 +289,16 @@ class MainWindow(QMainWindow):
     @guarded
     def on_preview(self, ev: api.Preview):
         if self._current(ev) and ev.image is not None:
-            self.canvas.set_preview(ev.image)
+            self.canvas.set_preview(ev.image, self.last_region)
 
     @guarded
     def on_result(self, ev: api.Result):
         req = self.last_request
         seeds = list(ev.seeds) or [req.seed + i for i in range(len(ev.images))]
-        texts = [ev.parameters or format_parameters(req, seed=s) for s in seeds]
+        texts = [merge_parameters(format_parameters(req, seed=s), ev.parameters) for s in seeds]
         if ev.images:
-            self.doc.add_history(ev.images, texts[0], seeds, task=req.task)
-            self.canvas.set_preview(ev.images[0])
+            self.doc.add_history(ev.images, texts[0], seeds, task=req.task, region=self.last_region)
+            self.canvas.set_preview(ev.images[0], self.last_region)
             self.history_strip.select_last()
         self.generate_bar.finish("done")
         self.statusBar().showMessage(f"Done in {ev.elapsed_s or time.perf_counter() - self._started_at:.1f} s", 8000)
@@ -424,8 +331,13 @@ class MainWindow(QMainWindow):
 
     @guarded
     def apply_history(self, entry: int, image: int = 0):
-        self.doc.apply_result(self.doc.history[entry].images[image])
+        h = self.doc.history[entry]
+        self.doc.apply_result(h.images[image], region=h.region)
         self.canvas.set_preview(None)
+
+    def show_history(self, entry: int, image: int) -> None:
+        h = self.doc.history[entry]
+        self.canvas.set_preview(h.images[image], h.region)
 
     @guarded
     def discard_history(self, entry: int):

@@ -77,6 +77,7 @@ class ModelPanel(QWidget):
     """Model chooser over engine.api.list_models(); shows the detected family, tasks and errors."""
 
     modelChanged = Signal(object)  # api.ModelInfo | None
+    modelsListed = Signal(list)  # [api.ModelInfo]
 
     def __init__(self, doc: Document, extra_dirs: tuple[str, ...] = (), parent=None):
         super().__init__(parent)
@@ -111,6 +112,7 @@ class ModelPanel(QWidget):
         self.sync(self.doc)
         if error:
             self.info.setText(error)
+        self.modelsListed.emit(self.models)
 
     def current(self) -> api.ModelInfo | None:
         """The chosen model; for Automatic, the bundled model of the current task (semantic for the palette)."""
@@ -154,7 +156,11 @@ class ModelPanel(QWidget):
         if info.error:
             self.info.setText(f"<span style='color:#e66'>{Path(path).name}: {info.error}</span>")
             return info
-        dest = install_model(path, api.user_models_dir())
+        try:
+            dest = install_model(path, api.user_models_dir())
+        except OSError as e:
+            self.info.setText(f"<span style='color:#e66'>{Path(path).name}: {e}</span>")
+            return None
         self.refresh()
         i = self.combo.findData(str(dest))
         if i >= 0:

@@ -32,3 +32,15 @@ def test_pyinstaller_spec_parses_and_builds_the_app_entry():
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert {"Analysis", "PYZ", "EXE", "COLLECT"} <= calls
     assert '"__main__.py"' in src and "exclude_binaries=True" in src
+
+
+def test_icon_files_exist_and_packaging_refers_to_them():
+    icons = PKG.parent / "resources" / "icons"
+    svg, png = icons / f"{APP_ID}.svg", icons / f"{APP_ID}.png"
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg") and root.get("viewBox") == "0 0 256 256"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = ET.parse(PKG / f"{APP_ID}.metainfo.xml").getroot()
+    assert meta.find("icon").text == APP_ID == svg.stem
+    src = (PKG / "latent_canvas.spec").read_text()
+    assert f'"{APP_ID}.png"' in src and "icon=str(ICON)" in src

@@ -241,14 +241,14 @@ def test_save_open_and_unsaved_prompt(make_window, tmp_path, monkeypatch):
     win.confirm_discard = MainWindow.confirm_discard.__get__(win)
     win.doc.stroke("mask", [(10, 10)], radius=4)
     target = tmp_path / "p.lcproj"
-    monkeypatch.setattr("app.main_window.QFileDialog.getSaveFileName", lambda *a, **k: (str(target), ""))
+    monkeypatch.setattr("app.files.QFileDialog.getSaveFileName", lambda *a, **k: (str(target), ""))
     assert win.save() and target.exists() and not win.doc.dirty
     win.doc.stroke("mask", [(50, 50)], radius=4)
-    monkeypatch.setattr("app.main_window.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Cancel)
+    monkeypatch.setattr("app.files.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Cancel)
     win.open_path(str(target))
     assert win.doc.mask[50, 50] > 0
     assert not win.close() and win.isVisible()
-    monkeypatch.setattr("app.main_window.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    monkeypatch.setattr("app.files.QMessageBox.question", lambda *a, **k: QMessageBox.StandardButton.Discard)
     win.open_path(str(target))
     assert win.doc.mask[50, 50] == 0 and win.doc.mask[10, 10] > 0 and win.doc.path == str(target)
 

@@ -1,0 +1,141 @@
+"""File actions of the main window: new, open, save, export, image loading, drops and PNG parameters."""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from app import project
+from app.dialogs import guarded
+from app.document import Document, Params
+from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
+from engine import api
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+PARAM_NAMES = {f.name for f in fields(Params)} - {"model"}
+
+
+class FileActions:
+    """Mixin for MainWindow (needs doc, canvas, settings, set_document, ask, statusBar, _sync_all, _update_title)."""
+
+    def confirm_discard(self) -> bool:
+        """Unsaved-changes prompt: True when it is fine to drop the current document."""
+        if not self.doc.dirty:
+            return True
+        answer = QMessageBox.question(self, "Unsaved changes", "Save changes to the current canvas?",
+                                      QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                      | QMessageBox.StandardButton.Cancel)
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save()
+        return answer == QMessageBox.StandardButton.Discard
+
+    @guarded
+    def new_document(self, *_):
+        if self.confirm_discard():
+            self.set_document(Document(self.doc.width, self.doc.height))
+
+    @guarded
+    def open_dialog(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self, "Open", "", f"Projects and images (*{project.SUFFIX} "
+                                              + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")")
+        if path:
+            self.open_path(path)
+
+    @guarded
+    def open_path(self, path: str):
+        if path.lower().endswith(project.SUFFIX):
+            if self.confirm_discard():
+                self.set_document(project.load(path))
+        else:
+            self.load_image(path)
+
+    @guarded
+    def save(self, *_) -> bool:
+        if not self.doc.path or not self.doc.path.endswith(project.SUFFIX):
+            return bool(self.save_as())
+        project.save(self.doc, self.doc.path)
+        self.statusBar().showMessage(f"Saved {self.doc.path}", 5000)
+        self._update_title()
+        return True
+
+    @guarded
+    def save_as(self, *_) -> bool:
+        path, _ = QFileDialog.getSaveFileName(self, "Save as", self.doc.path or f"untitled{project.SUFFIX}",
+                                              f"Latent Canvas project (*{project.SUFFIX})")
+        if not path:
+            return False
+        if not path.endswith(project.SUFFIX):
+            path += project.SUFFIX
+        project.save(self.doc, path)
+        self._update_title()
+        return True
+
+    @guarded
+    def export_png(self, *_):
+        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "canvas.png", "PNG image (*.png)")
+        if path:
+            text = self.doc.history[-1].parameters if self.doc.history else format_parameters(self.doc.to_request(seed=0))
+            write_png(path, self.shown_image(), text)
+            self.statusBar().showMessage(f"Exported {Path(path).name}", 5000)
+
+    def shown_image(self) -> np.ndarray:
+        """What the canvas shows: the image layer, or the previewed result (pasted at its region when it has one)."""
+        shown, region = self.canvas.preview, self.canvas.preview_region
+        if shown is None:
+            return self.doc.image
+        if region and shown.shape[:2] == (region[3], region[2]) and self.doc.region_fits(region):
+            x, y, w, h = region
+            out = self.doc.image.copy()
+            out[y:y + h, x:x + w] = shown
+            return out
+        return shown
+
+    @guarded
+    def load_image(self, path: str):
+        """Open an image as the source layer; a huge one asks before downscaling; a 'parameters' chunk is restored."""
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            side = self.settings.max_image_side
+            if max(w, h) > side and self.ask("Large image", f"The image is {w}×{h}. Downscale it to fit {side} px?"):
+                s = side / max(w, h)
+                im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
+            rgb = np.array(im)
+        self.doc.set_image(rgb)
+        text = read_png_parameters(path)
+        if text:
+            self.restore_parameters(text)
+        self.canvas.set_preview(None)
+        self.canvas.fit()
+        self.statusBar().showMessage(f"Opened {Path(path).name} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
+
+    def restore_parameters(self, text: str) -> None:
+        parsed = parse_parameters(text)
+        if "seed" in parsed:
+            parsed["seed_mode"] = "fixed"
+        if parsed.get("task") in api.TASKS:
+            self.doc.task_override = parsed["task"]
+        for k, v in parsed.items():
+            if k in PARAM_NAMES:
+                self.doc.set_param(k, v)
+        self._sync_all()
+
+    def dragEnterEvent(self, e) -> None:
+        if any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)) for u in e.mimeData().urls()):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e) -> None:
+        if self.handle_drop(e.mimeData()):
+            e.acceptProposedAction()
+
+    @guarded
+    def handle_drop(self, mime) -> bool:
+        for url in mime.urls():
+            path = url.toLocalFile()
+            if path.lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)):
+                self.open_path(path)
+                return True
+        return False

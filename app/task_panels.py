@@ -1,0 +1,136 @@
+"""Task-specific panels: upscale/refine and inpaint-mask options, and the per-region prompt table."""
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHeaderView, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+from app.document import Document
+from app.panels import _set
+
+UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
+
+
+class TaskOptionsPanel(QWidget):
+    """Noise level, upscaler and upscale-then-refine for the x4 task; mask grow and feather for inpainting."""
+
+    def __init__(self, doc: Document, parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.upscaler = QComboBox()
+        for text, value in UPSCALERS:
+            self.upscaler.addItem(text, value)
+        self.noise_level = QSpinBox(minimum=0, maximum=350, singleStep=5)
+        self.noise_level.setToolTip("Noise added to the low-resolution input (SD x4 upscaler); 0 keeps it exact")
+        self.refine_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.refine_strength.setSpecialValueText("off")
+        self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
+        self.refine_model = QComboBox()
+        self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
+        self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Upscaler", self.upscaler)
+        form.addRow("Noise level", self.noise_level)
+        form.addRow("Refine strength", self.refine_strength)
+        form.addRow("Refine model", self.refine_model)
+        form.addRow("Mask grow", self.mask_grow)
+        form.addRow("Mask feather", self.mask_feather)
+        self.set_models(())
+        self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
+        self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
+        self.refine_strength.valueChanged.connect(lambda v: self.doc.set_param("refine_strength", v))
+        self.refine_model.currentIndexChanged.connect(
+            lambda: self.doc.set_param("refine_model", self.refine_model.currentData() or "default"))
+        self.mask_grow.valueChanged.connect(lambda v: self.doc.set_param("mask_grow", v))
+        self.mask_feather.valueChanged.connect(lambda v: self.doc.set_param("mask_feather", v))
+
+    def set_models(self, models) -> None:
+        """Refine model choices: Automatic plus every readable model that does img2img."""
+        self.refine_model.blockSignals(True)
+        self.refine_model.clear()
+        self.refine_model.addItem("Automatic (bundled img2img model)", "default")
+        for m in models:
+            if not m.error and "img2img" in m.tasks:
+                self.refine_model.addItem(f"{m.name} ({m.family})", m.path)
+        self.refine_model.blockSignals(False)
+        self.sync(self.doc)
+
+    def sync(self, doc: Document) -> None:
+        self.doc, p = doc, doc.params
+        if self.refine_model.findData(p.refine_model) < 0 and p.refine_model != "default":
+            self.refine_model.addItem(p.refine_model, p.refine_model)
+        for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)),
+                     (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
+                     (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather))):
+            _set(w, v)
+        task = doc.task()
+        for w in (self.upscaler, self.noise_level, self.refine_strength):
+            w.setEnabled(task == "upscale")
+        self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
+        self.mask_grow.setEnabled(task == "inpaint")
+        self.mask_feather.setEnabled(task == "inpaint")
+
+
+class RegionPromptsPanel(QWidget):
+    """One row per painted semantic class (Request.label_prompts) and per layout box (its region prompt)."""
+
+    def __init__(self, doc: Document, parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.names: tuple[str, ...] = ()
+        self.rows: list[tuple[str, int]] = []
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["Region", "Prompt"])
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(90)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.table)
+        self.table.itemChanged.connect(self._edited)
+
+    def set_names(self, names) -> None:
+        self.names = tuple(names)
+        self.sync(self.doc, force=True)
+
+    def _name(self, cid: int) -> str:
+        return self.names[cid] if 0 <= cid < len(self.names) else f"class {cid}"
+
+    def _content(self, doc: Document) -> list[tuple[str, int, str, str]]:
+        painted = np.flatnonzero(np.bincount(doc.labels.ravel().astype(np.int64) + 1)[1:]) if doc.labels.size else []
+        rows = [("class", int(c), f"{int(c)} {self._name(int(c))}", doc.params.label_prompts.get(int(c), ""))
+                for c in painted]
+        rows += [("box", i, f"box {i + 1}: {b.label}", b.prompt or "") for i, b in enumerate(doc.boxes)]
+        return rows
+
+    def sync(self, doc: Document, force: bool = False) -> None:
+        self.doc = doc
+        content = self._content(doc)
+        current = [(k, i, self.table.item(r, 0).text(), self.table.item(r, 1).text())
+                   for r, (k, i) in enumerate(self.rows)]
+        if content == current and not force:
+            return
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(content))
+        for r, (_kind, _i, title, prompt) in enumerate(content):
+            head = QTableWidgetItem(title)
+            head.setFlags(head.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            self.table.setItem(r, 0, head)
+            self.table.setItem(r, 1, QTableWidgetItem(prompt))
+        self.rows = [(k, i) for k, i, _, _ in content]
+        self.table.blockSignals(False)
+
+    def set_prompt(self, row: int, text: str) -> None:
+        self.table.item(row, 1).setText(text)
+
+    def _edited(self, item: QTableWidgetItem) -> None:
+        if item.column() != 1 or item.row() >= len(self.rows):
+            return
+        kind, index = self.rows[item.row()]
+        text = item.text().strip()
+        if kind == "class":
+            self.doc.set_label_prompt(index, text)
+        else:
+            self.doc.set_box(index, prompt=text or None)

@@ -1,0 +1,218 @@
+"""Widget tests (pytest-qt, offscreen): task options, region prompts, the generation-region tool, the "Add model..."
+file dialog, the Settings dialog and the app icon."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtGui import QImage  # noqa: E402
+from PySide6.QtWidgets import QDialog, QFileDialog, QPushButton  # noqa: E402
+from test_app_widgets import drag, make_window  # noqa: E402,F401
+
+from app import icon  # noqa: E402
+from app.demo import fake_image, fake_runner  # noqa: E402
+from app.dialogs import SettingsDialog  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+from engine import api  # noqa: E402
+
+
+def _noise(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def _capturing(seen):
+    def runner(request, ctx, cache):
+        seen.append(request)
+        return fake_runner(request, ctx, cache, step_s=0.002)
+
+    return runner
+
+
+def test_task_options_panel_sets_the_request_and_an_app_png_restores_them(make_window, qtbot):
+    win = make_window()
+    opts = win.task_options
+    assert not opts.noise_level.isEnabled() and not opts.mask_grow.isEnabled()
+    win.doc.stroke("mask", [(20, 20)], radius=4)
+    assert opts.mask_grow.isEnabled() and not opts.noise_level.isEnabled()
+    opts.mask_grow.setValue(5)
+    opts.mask_feather.setValue(9)
+    req = win.doc.to_request(win.settings)
+    assert (req.task, req.mask_grow, req.mask_feather) == ("inpaint", 5, 9)
+    win.doc.clear_layer("mask")
+    win.doc.set_image(_noise(96, 128))
+    win.params_panel.upscale.setChecked(True)
+    assert win.doc.task() == "upscale" and opts.noise_level.isEnabled() and not opts.refine_model.isEnabled()
+    opts.noise_level.setValue(120)
+    opts.upscaler.setCurrentIndex(opts.upscaler.findData("esrgan"))
+    opts.refine_strength.setValue(0.3)
+    assert opts.refine_model.isEnabled()
+    req = win.doc.to_request(win.settings)
+    assert (req.noise_level, req.upscaler, req.refine_strength, req.refine_model) == (120, "esrgan", 0.3, "default")
+    win.doc.set_param("seed_mode", "fixed")
+    win.doc.set_param("seed", 11)
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        win.generate()
+    other = make_window()
+    other.open_path(str(win.written[0]))
+    p = other.doc.params
+    assert (p.noise_level, p.upscaler, p.refine_strength, p.seed) == (120, "esrgan", 0.3, 11)
+    assert other.doc.task() == "upscale" and other.task_options.noise_level.value() == 120
+    assert other.task_options.refine_strength.value() == pytest.approx(0.3)
+
+
+def test_region_prompts_panel_edits_class_and_box_prompts(make_window):
+    win = make_window()
+    table = win.region_prompts.table
+    win.doc.stroke("labels", [(10, 10)], radius=3, value=3)
+    win.doc.stroke("labels", [(60, 60)], radius=3, value=1)
+    assert table.rowCount() == 2 and "tree" in table.item(0, 0).text() and "water" in table.item(1, 0).text()
+    win.region_prompts.set_prompt(1, "a calm lake at dawn")
+    assert win.doc.params.label_prompts == {3: "a calm lake at dawn"}
+    assert win.doc.to_request().label_prompts == {3: "a calm lake at dawn"}
+    win.doc.add_box("rock", (0.1, 0.1, 0.4, 0.4))
+    assert table.rowCount() == 3 and table.item(2, 0).text() == "box 1: rock" and table.item(1, 1).text() == "a calm lake at dawn"
+    win.region_prompts.set_prompt(2, "a mossy boulder")
+    assert win.doc.boxes[0].prompt == "a mossy boulder" and win.doc.to_request().boxes[0].prompt == "a mossy boulder"
+    win.doc.undo()
+    assert win.doc.boxes[0].prompt is None and table.item(2, 1).text() == ""
+    win.region_prompts.set_prompt(1, "")
+    assert win.doc.params.label_prompts == {}
+
+
+def test_region_tool_moves_resizes_and_the_result_is_pasted_back(make_window, qtbot):
+    seen = []
+    win = make_window(runner=_capturing(seen))
+    base = _noise(96, 128, 3)
+    win.doc.set_image(base)
+    win.doc.undo_stack.clear()
+    win.tool_actions["region"].trigger()
+    drag(win.canvas, [(16, 16), (40, 40), (80, 64)])
+    assert win.doc.region == (16, 16, 64, 48)
+    drag(win.canvas, [(40, 40), (44, 44), (48, 48)])
+    assert win.doc.region == (24, 24, 64, 48)
+    drag(win.canvas, [(88, 72), (96, 80), (104, 88)])
+    assert win.doc.region == (24, 24, 80, 64) and len(win.doc.undo_stack.done) == 3
+    assert "region 80×64" in win.canvas.region_text
+    win.doc.set_param("seed_mode", "fixed")
+    win.doc.set_param("seed", 5)
+    win.params_panel.task.setCurrentIndex(win.params_panel.task.findData("img2img"))
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        win.generate()
+    req = seen[-1]
+    assert (req.width, req.height) == (80, 64) and np.array_equal(req.image, base[24:88, 24:104])
+    assert win.canvas.preview_region == (24, 24, 80, 64) and win.doc.history[0].region == (24, 24, 80, 64)
+    done = len(win.doc.undo_stack.done)
+    win.history_strip.apply_button.click()
+    assert len(win.doc.undo_stack.done) == done + 1
+    assert np.array_equal(win.doc.image[24:88, 24:104], fake_image(80, 64, 5))
+    outside = np.ones((96, 128), bool)
+    outside[24:88, 24:104] = False
+    assert np.array_equal(win.doc.image[outside], base[outside])
+    win.doc.undo()
+    assert np.array_equal(win.doc.image, base)
+    for _ in range(3):
+        win.doc.undo()
+    assert win.doc.region is None and win.doc.to_request().width == 128
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    user = tmp_path / "user_models"
+    monkeypatch.setattr(api, "user_models_dir", lambda: str(user))
+
+    def inspect(path):
+        if Path(path).read_bytes().startswith(b"bad"):
+            return api.ModelInfo(path=str(path), name=Path(path).stem, error="not a checkpoint")
+        return api.ModelInfo(path=str(path), name=Path(path).stem, family="sd_v1", tasks=("txt2img", "img2img"))
+
+    monkeypatch.setattr(api, "inspect_model", inspect)
+    return user, inspect
+
+
+def test_add_model_dialog_installs_selects_and_reports_errors(make_window, user_models, tmp_path, monkeypatch):
+    user, inspect = user_models
+    win = make_window()
+    fixed = api.list_models()
+    monkeypatch.setattr(api, "list_models", lambda extra=(): fixed + [inspect(str(f)) for f in sorted(user.glob("*"))])
+    src = tmp_path / "mine.safetensors"
+    src.write_bytes(b"ok")
+    answer = {"path": str(src)}
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (answer["path"], ""))
+    win.model_panel.add_button.click()
+    dest = user / "mine.safetensors"
+    assert dest.is_symlink() and dest.resolve() == src.resolve()
+    assert win.model_panel.combo.currentData() == str(dest) and win.doc.params.model == str(dest)
+    assert "sd_v1" in win.model_panel.info.text() and win.doc.to_request().model == str(dest)
+    assert win.task_options.refine_model.findData(str(dest)) >= 0
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"bad")
+    answer["path"] = str(bad)
+    win.model_panel.add_button.click()
+    assert "not a checkpoint" in win.model_panel.info.text() and not (user / "broken.safetensors").exists()
+    assert win.doc.params.model == str(dest)
+    answer["path"] = str(src)
+    win.model_panel.add_button.click()
+    assert "already in" in win.model_panel.info.text()
+    answer["path"] = ""
+    count = win.model_panel.combo.count()
+    win.model_panel.add_button.click()
+    assert win.model_panel.combo.count() == count and win.doc.params.model == str(dest)
+
+
+def test_settings_dialog_persists_and_applies_to_the_next_request(make_window, qtbot, tmp_path, monkeypatch):
+    seen = []
+    win = make_window(runner=_capturing(seen))
+    win.persist_settings = True
+    folder = tmp_path / "more_models"
+    listed = []
+    monkeypatch.setattr(api, "list_models", lambda extra=(): listed.append(extra) or [])
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+
+    def fill(dlg):
+        dlg.device.setCurrentText("cpu")
+        dlg.precision.setCurrentText("bfloat16")
+        dlg.tile_mode.setCurrentText("on")
+        dlg.tile_size.setValue(96)
+        dlg.tile_overlap.setValue(24)
+        dlg.preview.setValue(0.5)
+        dlg.memory.setValue(2048)
+        dlg.autosave.setValue(30)
+        [b for b in dlg.findChildren(QPushButton) if b.text() == "Browse..."][0].click()
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(SettingsDialog, "exec", fill)
+    win.settings_dialog()
+    saved = load_settings()
+    assert (saved.device, saved.precision, saved.tile_mode, saved.tile_size, saved.tile_overlap) == ("cpu", "bfloat16", "on", 96, 24)
+    assert (saved.preview_interval_s, saved.memory_budget_mb, saved.autosave_interval_s) == (0.5, 2048, 30)
+    assert saved.models_dir == str(folder) and listed[-1] == (str(folder),)
+    assert win.autosave_timer.interval() == 30000
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        win.generate()
+    req = seen[-1]
+    assert (req.device, req.dtype, req.tiles.mode, req.tiles.tile, req.tiles.overlap) == ("cpu", "bfloat16", "on", 96, 24)
+    assert (req.preview_interval_s, req.memory_budget_mb) == (0.5, 2048)
+    monkeypatch.setattr(SettingsDialog, "exec", lambda dlg: dlg.device.setCurrentText("cuda") or QDialog.DialogCode.Rejected)
+    win.settings_dialog()
+    assert win.settings.device == "cpu" and load_settings().device == "cpu"
+
+
+def _array(img: QImage) -> np.ndarray:
+    img = img.convertToFormat(QImage.Format.Format_RGBA8888)
+    return np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)[:, :img.width()].copy()
+
+
+def test_icon_png_is_the_svg_render_and_is_the_window_icon(make_window):
+    svg, png = icon.icon_paths()
+    assert svg.exists() and png.exists()
+    rendered = _array(icon.render_svg(svg, 256)).astype(np.int16)
+    stored = _array(QImage(str(png))).astype(np.int16)
+    assert stored.shape == rendered.shape == (256, 256, 4)
+    assert np.abs(stored - rendered).mean() < 2 and rendered[..., 3].mean() > 100 and rendered[:, :, :3].std() > 30
+    assert rendered[0, 0, 3] == 0 and rendered[128, 128, 3] == 255
+    win = make_window()
+    shown = _array(win.windowIcon().pixmap(64, 64).toImage()).astype(np.int16)
+    assert shown.shape[:2] == (64, 64)
+    small = _array(icon.render_svg(svg, 64)).astype(np.int16)
+    assert np.abs(shown - small).mean() < 4
