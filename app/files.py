@@ -123,6 +123,14 @@ class FileActions:
                 self.doc.set_param(k, v)
         self._sync_all()
 
+    @guarded
+    def upscale_path(self, path: str):
+        """An image dropped on the upscale target: open it, switch the task to x4 upscale and start at once."""
+        self.load_image(path)
+        self.doc.set_param("upscale", True)
+        self.doc.set_task_override("upscale")
+        return self.generate()
+
     def dragEnterEvent(self, e) -> None:
         if any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)) for u in e.mimeData().urls()):
             e.acceptProposedAction()

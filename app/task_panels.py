@@ -2,14 +2,45 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QHeaderView, QSpinBox, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHeaderView, QLabel, QSpinBox,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.document import Document
 from app.panels import _set
 
 UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
+DROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class UpscaleDropTarget(QLabel):
+    """A drop zone: an image dropped here is opened and upscaled x4 at once."""
+
+    imageDropped = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__("Drop an image here to upscale it ×4", parent)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setMinimumHeight(40)
+        self.setAcceptDrops(True)
+
+    @staticmethod
+    def _path(mime) -> str | None:
+        for url in mime.urls():
+            if url.toLocalFile().lower().endswith(DROP_SUFFIXES):
+                return url.toLocalFile()
+        return None
+
+    def dragEnterEvent(self, e) -> None:
+        if self._path(e.mimeData()):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e) -> None:
+        path = self._path(e.mimeData())
+        if path:
+            e.acceptProposedAction()
+            self.imageDropped.emit(path)
 
 
 class TaskOptionsPanel(QWidget):
@@ -29,8 +60,10 @@ class TaskOptionsPanel(QWidget):
         self.refine_model = QComboBox()
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
+        self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.addRow(self.drop_target)
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Noise level", self.noise_level)
         form.addRow("Refine strength", self.refine_strength)

@@ -161,3 +161,22 @@ def test_autosave_every_minute_only_when_dirty(make_window, tmp_path):
     win.doc.stroke("mask", [(12, 12)], radius=3)
     win.autosave_timer.timeout.emit()
     assert project.load(saved).mask[12, 12] > 0
+
+
+def test_image_dropped_on_the_upscale_target_starts_an_upscale(make_window, qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    seen = []
+    win = make_window(runner=lambda r, ctx, cache: seen.append(r) or fake_runner(r, ctx, cache, step_s=0.002))
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((24, 32, 3), 77, np.uint8)).save(path)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    target = win.task_options.drop_target
+    ev = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    assert target.acceptDrops()
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        target.dropEvent(ev)
+    assert ev.isAccepted() and seen[-1].task == "upscale" and (seen[-1].image == 77).all()
+    assert seen[-1].image.shape == (24, 32, 3) and win.doc.history[-1].images[0].shape == (96, 128, 3)
