@@ -255,7 +255,8 @@ class Document:
         after = {**before, **new}
         if "image" in new:
             h, w = after["image"].shape[:2]
-            after["region"] = raster.fit_region(after["region"], w, h)
+            same = (h, w) == before["image"].shape[:2]
+            after["region"] = raster.fit_region(after["region"], w, h) if same or "region" in new else None
         self._push(StateCommand(text, before, after))
 
     def set_image(self, rgb: np.ndarray, text: str = "open image") -> None:

@@ -39,6 +39,7 @@ class MainWindow(FileActions, QMainWindow):
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
         self.last_region: tuple | None = None
+        self._device_known = False
         self.written: list[Path] = []
         self._started_at = 0.0
         self.setWindowTitle("Latent Canvas")
@@ -57,7 +58,7 @@ class MainWindow(FileActions, QMainWindow):
         self.generate_bar = GenerateBar()
         self.palette = PalettePanel()
         self.history_strip = HistoryStrip()
-        self.device_label = QLabel("device: not started")
+        self.device_label = QLabel()
         self.brush_label = QLabel()
         self._build_docks()
         self._build_actions()
@@ -88,6 +89,12 @@ class MainWindow(FileActions, QMainWindow):
         self.model_panel.refresh()
         self.set_document(self.doc)
         self._brush_changed(self.canvas.brush_radius, self.canvas.brush_hardness)
+        self._show_device_setting()
+
+    def _show_device_setting(self) -> None:
+        """Before the engine reports its device, the status bar names the chosen device and precision."""
+        if not self._device_known:
+            self.device_label.setText(f"device {self.settings.device} · {self.settings.precision} (not started)")
 
     # --- layout ----------------------------------------------------------------------------------------------
     def _build_docks(self) -> None:
@@ -226,6 +233,7 @@ class MainWindow(FileActions, QMainWindow):
         if self.persist_settings:
             save_settings(s)
         self.autosave_timer.start(int(s.autosave_interval_s * 1000))
+        self._show_device_setting()
         self.model_panel.extra_dirs = s.extra_model_dirs()
         self.model_panel.refresh()
 
@@ -280,6 +288,7 @@ class MainWindow(FileActions, QMainWindow):
 
     @guarded
     def on_started(self, ev: api.Started):
+        self._device_known = True
         self.device_label.setText(f"{ev.device or '?'} · {ev.dtype or '?'}" + (f" · {ev.family}" if ev.family else ""))
 
     @guarded

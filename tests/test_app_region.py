@@ -75,7 +75,18 @@ def test_result_is_pasted_back_at_its_region_as_one_undo_step():
     doc.undo()
     assert np.array_equal(doc.image, base) and doc.mask[30, 30] > 0
     doc.apply_result(np.zeros((96, 128, 3), np.uint8), region=doc.region)
-    assert (doc.width, doc.height) == (128, 96) and doc.region is not None and doc.region_fits(doc.region)
+    assert (doc.width, doc.height) == (128, 96) and doc.region is None
+
+
+def test_a_new_image_of_another_size_resets_the_region():
+    doc = Document(64, 64)
+    doc.set_region((16, 16, 32, 32))
+    doc.set_image(_noise(64, 64))
+    assert doc.region == (16, 16, 32, 32)
+    doc.set_image(_noise(40, 200))
+    assert doc.region is None and doc.generation_rect() == (0, 0, 200, 40)
+    doc.undo()
+    assert doc.region == (16, 16, 32, 32)
 
 
 def test_canvas_resize_scales_the_region():

@@ -1,6 +1,7 @@
 """The issue's list, item by item, through the real widgets: zoom, pan, brush keys, task override, seeds, copy
 parameters, progress text, status bar, export, autosave timer."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -101,6 +102,9 @@ def test_task_is_shown_and_the_override_wins(make_window):
 def test_reuse_last_seed_copy_parameters_progress_and_status(make_window, qtbot):
     seen = []
     win = make_window(runner=lambda r, ctx, cache: seen.append(r) or fake_runner(r, ctx, cache, step_s=0.002))
+    assert win.device_label.text() == "device auto · auto (not started)"
+    win.apply_settings(replace(win.settings, device="cpu", precision="bfloat16"))
+    assert win.device_label.text() == "device cpu · bfloat16 (not started)"
     win.doc.set_param("prompt", "a lighthouse")
     win.doc.set_param("steps", 4)
     with qtbot.waitSignal(win.bridge.result, timeout=10000):
@@ -119,6 +123,9 @@ def test_reuse_last_seed_copy_parameters_progress_and_status(make_window, qtbot)
     assert win.prompt_panel.prompt.toPlainText() == "a lighthouse" and win.params_panel.steps.value() == 4
     assert win.params_panel.seed_mode.currentData() == "fixed" and win.params_panel.seed.value() == first % 2**31
     assert win.doc.to_request().seed == first
+    win.history_strip.list.setCurrentRow(1)
+    win.history_strip.discard_button.click()
+    assert len(win.doc.history) == 1 and win.history_strip.list.count() == 1 and win.canvas.preview is None
 
 
 def test_progress_text_names_steps_and_time_left(qtbot):
