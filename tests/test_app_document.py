@@ -1,5 +1,4 @@
 """Document model without Qt: strokes, undo/redo, task inference, requests, project files, recovery."""
-import os
 import subprocess
 import sys
 import zipfile

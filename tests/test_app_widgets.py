@@ -1,6 +1,5 @@
 """Widget tests (pytest-qt, offscreen): canvas tools, generation through the bridge, cancel, failure, drop, files."""
 import functools
-import threading
 import time
 
 import numpy as np
