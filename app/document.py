@@ -267,8 +267,7 @@ class Document:
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
 
     def apply_result(self, rgb: np.ndarray, region=None) -> None:
-        """Commit a generated image (clearing the mask it was inpainted through): pasted back at its generation
-        region when it has that region's size, else it replaces the whole image layer. One undo step."""
+        """Commit a result in one undo step: pasted at its region if it has that size, else as the whole image."""
         rgb = _rgb(rgb)
         h, w = rgb.shape[:2]
         if region is not None and (int(region[3]), int(region[2])) == (h, w) and self.region_fits(region):
@@ -360,8 +359,7 @@ class Document:
         return random.randrange(0, 2**32 - 1)
 
     def to_request(self, settings=None, seed: int | None = None) -> api.Request:
-        """The engine request for the current task, cropped to the generation region; settings
-        (app.settings.AppSettings) adds device, precision, tiling, preview rate and memory budget."""
+        """The engine request for the current task cropped to the region; settings add device, tiling, budget."""
         p, task = self.params, self.task()
         x, y, w, h = self.generation_rect()
         crop = (slice(y, y + h), slice(x, x + w))

@@ -56,8 +56,7 @@ def format_parameters(request, seed: int | None = None) -> str:
 
 
 def merge_parameters(app_text: str, engine_text: str) -> str:
-    """The app's infotext plus what only the engine knows (family, resolved model, output size); the app's seed
-    (per image) and its own keys stay."""
+    """The app's infotext (per-image seed, its own keys) plus the engine's family, resolved model and output size."""
     app_lines, engine_lines = app_text.strip().splitlines(), engine_text.strip().splitlines()
     if not engine_lines or not app_lines or "Steps:" not in engine_lines[-1]:
         return app_text

@@ -58,6 +58,9 @@ class TaskOptionsPanel(QWidget):
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
         self.refine_model = QComboBox()
+        for combo in (self.upscaler, self.refine_model):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.drop_target = UpscaleDropTarget()
