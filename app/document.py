@@ -49,6 +49,7 @@ class Params:
     class_id: int | None = None
     mask_grow: int = 0
     mask_feather: int = 0
+    inpaint_crop: bool = False
     noise_level: int = 20
     upscaler: str = "model"
     refine_strength: float = 0.0
@@ -379,7 +380,7 @@ class Document:
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
             seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
-            mask_feather=int(p.mask_feather), upscaler=p.upscaler, noise_level=int(p.noise_level),
+            mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop), upscaler=p.upscaler, noise_level=int(p.noise_level),
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model)
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision

@@ -16,7 +16,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Seed": ("seed", int), "Model": ("model", str), "Denoising strength": ("strength", float),
         "Task": ("task", str), "Batch size": ("batch_size", int), "Mask grow": ("mask_grow", int),
         "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
-        "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str)}
+        "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
+        "Inpaint crop": ("inpaint_crop", lambda v: v == "True")}
 
 
 def _quote(value: str) -> str:
@@ -45,6 +46,8 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs.append(("Denoising strength", request.strength))
     if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
         pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
+    if request.task == "inpaint" and request.inpaint_crop:
+        pairs.append(("Inpaint crop", True))
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
         if request.refine_strength > 0:

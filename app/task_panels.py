@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHeaderView, QLabel, QSpinBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHeaderView, QLabel, QSpinBox,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.document import Document
@@ -63,6 +63,7 @@ class TaskOptionsPanel(QWidget):
             combo.setMinimumContentsLength(12)
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
+        self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -73,6 +74,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Refine model", self.refine_model)
         form.addRow("Mask grow", self.mask_grow)
         form.addRow("Mask feather", self.mask_feather)
+        form.addRow("", self.inpaint_crop)
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
@@ -81,6 +83,7 @@ class TaskOptionsPanel(QWidget):
             lambda: self.doc.set_param("refine_model", self.refine_model.currentData() or "default"))
         self.mask_grow.valueChanged.connect(lambda v: self.doc.set_param("mask_grow", v))
         self.mask_feather.valueChanged.connect(lambda v: self.doc.set_param("mask_feather", v))
+        self.inpaint_crop.toggled.connect(lambda v: self.doc.set_param("inpaint_crop", v))
 
     def set_models(self, models) -> None:
         """Refine model choices: Automatic plus every readable model that does img2img."""
@@ -99,7 +102,8 @@ class TaskOptionsPanel(QWidget):
             self.refine_model.addItem(p.refine_model, p.refine_model)
         for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
-                     (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather))):
+                     (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
+                     (self.inpaint_crop, p.inpaint_crop)):
             _set(w, v)
         task = doc.task()
         for w in (self.upscaler, self.noise_level, self.refine_strength):
@@ -107,6 +111,7 @@ class TaskOptionsPanel(QWidget):
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")
+        self.inpaint_crop.setEnabled(task == "inpaint")
 
 
 class RegionPromptsPanel(QWidget):

@@ -152,4 +152,6 @@ def test_task_options_survive_project_and_png_round_trips(tmp_path):
     doc.set_image(_noise(48, 64))
     doc.stroke("mask", [(10, 10)], radius=3)
     parsed = parse_parameters(format_parameters(doc.to_request(seed=1)))
-    assert (parsed["mask_grow"], parsed["mask_feather"]) == (6, 3)
+    assert (parsed["mask_grow"], parsed["mask_feather"]) == (6, 3) and "inpaint_crop" not in parsed
+    doc.set_param("inpaint_crop", True)
+    assert parse_parameters(format_parameters(doc.to_request(seed=1)))["inpaint_crop"] is True
