@@ -61,7 +61,7 @@ def randomize_(module, seed: int = 0):
     """Seeded random weights (engine.random_weights), module in eval mode."""
     from engine.random_weights import randomize_ as fill
 
-    return fill(module, seed).eval()
+    return fill(module, seed).eval().requires_grad_(False)
 
 
 def _ldm_yaml(unet, vae) -> dict:
@@ -137,8 +137,8 @@ def part_unet(runs: int, dtypes: list[str], latent: int = 64) -> dict:
     import torch
 
     from engine.families import PRESETS
-    from engine.models.attention import channels_last_
     from engine.models.diffusion_model import UNetModel
+    from engine.models.onednn import cpu_inference_layout_, unpack_convs_
 
     cfg = PRESETS["sd1"].unet
     ours = randomize_(UNetModel(cfg))
@@ -148,9 +148,9 @@ def part_unet(runs: int, dtypes: list[str], latent: int = 64) -> dict:
     t = torch.tensor([981, 981])
     for name in dtypes:
         dt = getattr(torch, name)
-        ours = ours.to(dt)
+        ours = unpack_convs_(ours).to(dt)
         theirs = to_diffusers_unet(cfg, ours)
-        channels_last_(ours)
+        cpu_inference_layout_(ours)
         xs, cs = x.to(dt), ctx.to(dt)
         with torch.inference_mode():
             err = (ours(xs, t, cs) - theirs(xs, t, encoder_hidden_states=cs).sample).abs().max().item()
@@ -277,13 +277,13 @@ def part_ldm(runs: int) -> dict:
     import torch
 
     from engine.families import PRESETS
-    from engine.models.attention import channels_last_
     from engine.models.diffusion_model import UNetModel
+    from engine.models.onednn import cpu_inference_layout_
 
     out = {}
     for fam in LDM_FAMILIES:
         cfg = PRESETS[fam].unet
-        model = channels_last_(randomize_(UNetModel(cfg)))
+        model = cpu_inference_layout_(randomize_(UNetModel(cfg)))
         g = torch.Generator().manual_seed(1)
         x = torch.randn(1, cfg.in_channels, 64, 64, generator=g)
         ctx = torch.randn(1, 92, cfg.context_dim, generator=g) if cfg.context_dim else None
@@ -364,7 +364,8 @@ def table(r: dict) -> str:
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
         f"{meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
         "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
-        "runs its CPU inference layout: channels_last convs, as `LatentDiffusion.optimize_for` sets it at load) "
+        "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, the UNet's conv "
+        "weights pre-packed once into oneDNN's blocked layout) "
         "so the shared machine's load hits both alike (end to end, in two "
         f"separate processes: {meta.get('e2e_runs')} timed run(s) after a "
         "2-step warm-up). Both sides load the same seeded random tensors (diffusers' single-file converters). "

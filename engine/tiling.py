@@ -242,7 +242,8 @@ class _Ctx:
         """conv2d without padding on a (C,h,w) tile, channels-last (4x faster for bf16 on CPU)."""
         w = self.weights.get(id(conv))
         if w is None:
-            w = self.weights[id(conv)] = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+            w = conv.weight.detach()
+            w = self.weights[id(conv)] = (w.to_dense() if w.is_mkldnn else w).contiguous(memory_format=torch.channels_last)
         x = (x if x.ndim == 4 else x[None]).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, conv.bias, stride=stride)[0]
 
@@ -354,14 +355,14 @@ def _attention(attn, x: _Map, ctx: _Ctx, scale: float) -> _Map:
         for y0, y1, x0, x1 in ctx.tiles(x.h, x.w, t):
             hn = norm(ctx.dev(x.read(y0, y1, x0, x1)))[None]
             idx = (torch.arange(y0, y1)[:, None] * x.w + torch.arange(x0, x1)[None, :]).flatten().to(ctx.device)
-            keys[idx] = rearrange(F.conv2d(hn, attn.k.weight, attn.k.bias), "1 c h w -> (h w) c")
-            vals[idx] = rearrange(F.conv2d(hn, attn.v.weight, attn.v.bias), "1 c h w -> (h w) c")
+            keys[idx] = rearrange(ctx.conv(hn, attn.k)[None], "1 c h w -> (h w) c")
+            vals[idx] = rearrange(ctx.conv(hn, attn.v)[None], "1 c h w -> (h w) c")
         for y0, y1, x0, x1 in ctx.tiles(x.h, x.w, t):
             xt = ctx.dev(x.read(y0, y1, x0, x1))
-            q = rearrange(F.conv2d(norm(xt)[None], attn.q.weight, attn.q.bias), "1 c h w -> (h w) c")
+            q = rearrange(ctx.conv(norm(xt), attn.q)[None], "1 c h w -> (h w) c")
             o = _global_attention(q, keys, vals)
             o = rearrange(o, "(h w) c -> 1 c h w", h=y1 - y0)
-            out.write(y0, x0, xt + F.conv2d(o, attn.proj_out.weight, attn.proj_out.bias)[0])
+            out.write(y0, x0, xt + ctx.conv(o, attn.proj_out))
     x.close()
     return out
 

@@ -30,7 +30,8 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
 
 def like_weights(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """x in the memory format of conv's weight (channels_last models take channels_last inputs)."""
-    return x.contiguous(memory_format=memory_format(conv.weight))
+    fmt = conv.__dict__.get("input_format")
+    return x.contiguous(memory_format=fmt or memory_format(conv.weight))
 
 
 def channels_last_(module: nn.Module) -> nn.Module:

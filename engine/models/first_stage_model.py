@@ -8,6 +8,7 @@ from torch import nn
 
 from engine.config import AutoencoderConfig
 from engine.models.attention import Normalize, like_weights, memory_format, residual, silu
+from engine.models.subpixel import upsample_conv
 
 __all__ = ["Normalize", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "Encoder", "Decoder",
            "DiagonalGaussianDistribution", "VectorQuantizer", "AutoencoderKL", "VQModel", "make_first_stage",
@@ -97,8 +98,9 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(x) if self.with_conv else x
+        if self.with_conv:
+            return upsample_conv(x, self.conv)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def _stage(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.attention import channels_last_
+from engine.models.onednn import cpu_inference_layout_, unpack_convs_
 from engine.models.cond_stage_model import make_cond_stage
 from engine.models.diffusion_model import UNetModel
 from engine.models.first_stage_model import make_first_stage
@@ -57,14 +57,16 @@ class LatentDiffusion(nn.Module):
         return next(self.model.parameters()).dtype
 
     def optimize_for(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LatentDiffusion":
-        """Inference layout: on CPU the convs of a wide UNet / autoencoder (>= WIDE_CONV channels) go channels_last."""
+        """Inference layout: on CPU the convs of a wide UNet / autoencoder (>= WIDE_CONV channels) go channels_last,
+        and their conv weights are packed once into oneDNN's blocked layout (the same output to float rounding)."""
+        unpack_convs_(self)
         if dtype is not None:
             self.to(dtype=dtype)
         if torch.device(device).type == "cpu":
             for part in (self.model, self.first_stage_model):
                 widest = max((m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)), default=0)
                 if widest >= self.WIDE_CONV:
-                    channels_last_(part)
+                    cpu_inference_layout_(part, pack=not self.training)
         return self
 
     def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

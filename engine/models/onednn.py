@@ -1,0 +1,66 @@
+"""CPU inference layout: channels_last activations and convolution weights pre-packed once into oneDNN's blocked
+format (what torch.compile's freezing pass does), so no weight reorder runs on every call."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PackedConv2d(nn.Conv2d):
+    """nn.Conv2d whose weight is an opaque oneDNN tensor; state_dict() still yields the plain weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            "none", [], None)
+
+
+def _dense_state_dict(module: nn.Module, state: dict, prefix: str, _meta) -> None:
+    key = prefix + "weight"
+    if key in state and state[key].is_mkldnn:
+        state[key] = state[key].to_dense()
+
+
+def packable() -> bool:
+    return torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
+
+
+def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
+    """Packs every plain zero-padded nn.Conv2d of an inference-only CPU module in place; returns how many."""
+    if not packable():
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            continue
+        w = m.weight.detach()
+        if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad:
+            continue
+        cl = w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        m.__dict__["input_format"] = torch.channels_last if cl else torch.contiguous_format
+        size = [2, m.in_channels, spatial, spatial]
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w.contiguous(), list(m.padding), list(m.stride), list(m.dilation), m.groups, size)
+        m.weight = nn.Parameter(packed, requires_grad=False)
+        m.__class__ = PackedConv2d
+        m._register_state_dict_hook(_dense_state_dict)
+        n += 1
+    return n
+
+
+def unpack_convs_(module: nn.Module) -> nn.Module:
+    """Undoes pack_convs_ (before moving the module to another device or dtype)."""
+    for m in module.modules():
+        if isinstance(m, PackedConv2d):
+            dense = m.weight.to_dense().contiguous(memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
+            m.weight = nn.Parameter(dense, requires_grad=False)
+            m.__class__ = nn.Conv2d
+    return module
+
+
+def cpu_inference_layout_(module: nn.Module, pack: bool = True) -> nn.Module:
+    """channels_last convs plus (for inference) pre-packed conv weights."""
+    module.to(memory_format=torch.channels_last)
+    if pack:
+        pack_convs_(module)
+    return module

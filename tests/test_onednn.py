@@ -1,0 +1,99 @@
+"""Pre-packed oneDNN conv weights: the same outputs (to float rounding), plain state_dict, reversible, applied by optimize_for."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.families import tiny
+from engine.models.attention import like_weights
+from engine.models.diffusion_model import UNetModel
+from engine.models.latent_diffusion import LatentDiffusion
+from engine.models.onednn import PackedConv2d, pack_convs_, packable, unpack_convs_
+from engine.models.subpixel import subpixel_weight, upsample_conv
+from engine.tiling import decode_tiled
+from engine.random_weights import randomize_
+
+pytestmark = pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_unet_matches_and_saves_plain_weights(dtype):
+    unet = randomize_(UNetModel(tiny("sd1").unet), seed=2).to(dtype).eval().requires_grad_(False)
+    unet.to(memory_format=torch.channels_last)
+    plain = {k: v.clone() for k, v in unet.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(2, 4, 16, 16, generator=g).to(dtype), torch.randn(2, 5, 32, generator=g).to(dtype), \
+        torch.tensor([10, 900])
+    with torch.inference_mode():
+        ref = unet(x, t, ctx)
+        n = pack_convs_(unet)
+        out = unet(x, t, ctx)
+        odd = unet(x[..., :12, :8], t, ctx)  # packed for 16x16 inputs, still right at another size
+    assert n == sum(isinstance(m, PackedConv2d) for m in unet.modules()) > 5
+    assert any(p.is_mkldnn for p in unet.parameters())
+    tol = (1e-5 if dtype == torch.float32 else 2e-2) * ref.abs().max().item()
+    torch.testing.assert_close(out, ref, rtol=0, atol=tol)
+    unpack_convs_(unet)
+    assert not any(isinstance(m, PackedConv2d) for m in unet.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(unet(x[..., :12, :8], t, ctx), odd, rtol=0, atol=tol)
+    pack_convs_(unet)
+    saved = unet.state_dict()
+    assert saved.keys() == plain.keys() and all(torch.equal(saved[k], plain[k]) for k in plain)
+
+
+def test_optimize_for_packs_an_inference_model_only(monkeypatch):
+    model = randomize_(LatentDiffusion(tiny("sd1")), seed=1)
+    monkeypatch.setattr(LatentDiffusion, "WIDE_CONV", 1)
+    model.train().optimize_for("cpu")
+    assert not any(isinstance(m, PackedConv2d) for m in model.modules())  # training keeps plain weights
+    model.eval().requires_grad_(False).optimize_for("cpu")
+    assert any(isinstance(m, PackedConv2d) for m in model.model.modules())
+    assert any(isinstance(m, PackedConv2d) for m in model.first_stage_model.modules())
+    z = torch.randn(1, model.first_stage_model.cfg.z_channels, 12, 20)
+    with torch.inference_mode():  # the tiled decoder reads packed weights too
+        torch.testing.assert_close(decode_tiled(model.first_stage_model, z, tile=4), model.first_stage_model.decode(z),
+                                   rtol=0, atol=1e-4)
+    model.optimize_for("cpu", dtype=torch.bfloat16)  # repacks after the cast
+    assert all(p.dtype == torch.bfloat16 for p in model.model.parameters())
+    assert any(isinstance(m, PackedConv2d) for m in model.model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_subpixel_upsample_conv_equals_nearest_then_conv(dtype, packed):
+    g = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1).to(dtype).requires_grad_(False)
+    x = torch.randn(2, 6, 7, 9, generator=g).to(dtype)
+    with torch.inference_mode():
+        ref = conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if packed:
+            pack_convs_(conv)
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = upsample_conv(x, conv)
+    assert out.shape == ref.shape == (2, 5, 14, 18)
+    tol = (1e-5 if dtype == torch.float32 else 3e-2) * ref.abs().max().item()
+    torch.testing.assert_close(out, ref, rtol=0, atol=tol)
+    w = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    w[0, 0, 1, 1] = 1.0  # the centre tap reads x[i, j] in every phase, at the phase's own kernel position
+    k = subpixel_weight(w)[:, 0].tolist()
+    assert k == [[[0, 0], [0, 1]], [[0, 0], [1, 0]], [[0, 1], [0, 0]], [[1, 0], [0, 0]]]
+
+
+def test_subpixel_cache_follows_weight_updates():
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).requires_grad_(False)
+    x = torch.randn(1, 3, 4, 4)
+    first = upsample_conv(x, conv)
+    with torch.no_grad():
+        conv.weight.mul_(2)
+        conv.bias.mul_(2)
+    torch.testing.assert_close(upsample_conv(x, conv), 2 * first)
+
+
+def test_packed_channels_last_model_keeps_taking_channels_last_inputs():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).requires_grad_(False).to(memory_format=torch.channels_last)
+    pack_convs_(conv)
+    assert like_weights(torch.randn(1, 8, 5, 5), conv).is_contiguous(memory_format=torch.channels_last)
+    unpack_convs_(conv)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
