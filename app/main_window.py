@@ -253,7 +253,8 @@ class MainWindow(FileActions, QMainWindow):
     def _model_changed(self, info) -> None:
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
-        self.palette.set_names(info.label_names if info is not None and not info.error else ())
+        ok = info is not None and not info.error
+        self.palette.set_names(info.label_names if ok else (), info.label_colors if ok else ())
         self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)
 

@@ -255,9 +255,11 @@ class PalettePanel(QWidget):
         self.colors = raster.palette(0)
         self.set_names(())
 
-    def set_names(self, names) -> None:
+    def set_names(self, names, colors=()) -> None:
+        """The model's classes; its own colours when it names them (ModelInfo.label_colors), else a generated set."""
         self.names = tuple(names) or tuple(f"class {i}" for i in range(182))
-        self.colors = raster.palette(len(self.names))
+        given = np.asarray(colors, np.uint8).reshape(-1, 3)
+        self.colors = given if len(given) == len(self.names) else raster.palette(len(self.names))
         self.list.clear()
         for i, name in enumerate(self.names):
             pix = QPixmap(14, 14)

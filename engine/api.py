@@ -302,6 +302,7 @@ class ModelInfo:
     family: str = ""
     tasks: tuple[str, ...] = ()
     label_names: tuple[str, ...] = ()
+    label_colors: tuple[tuple[int, int, int], ...] = ()
     parameterization: str = ""
     image_size: int = 0
     error: str = ""
@@ -324,6 +325,7 @@ def inspect_model(path: str) -> ModelInfo:
     from pathlib import Path
 
     from engine.checkpoint import CheckpointError, inspect_file
+    from engine.palette import label_colors
 
     try:
         facts = inspect_file(path)
@@ -335,6 +337,7 @@ def inspect_model(path: str) -> ModelInfo:
         family=facts["family"],
         tasks=tuple(facts["tasks"]),
         label_names=tuple(facts.get("label_names", ())),
+        label_colors=label_colors(tuple(facts.get("label_names", ()))),
         parameterization=facts["parameterization"],
         image_size=facts["image_size"],
     )

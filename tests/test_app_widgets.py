@@ -22,13 +22,14 @@ from app.settings import AppSettings  # noqa: E402
 from engine import api  # noqa: E402
 
 NAMES = ("sky", "tree", "grass", "water", "rock", "sand")
+COLORS = ((150, 195, 230), (30, 110, 40), (80, 135, 50), (40, 105, 125), (110, 105, 105), (205, 185, 135))
 
 
 @pytest.fixture
 def make_window(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("LATENT_CANVAS_DATA_DIR", str(tmp_path / "data"))
     model = api.ModelInfo(path=str(tmp_path / "sem.safetensors"), name="sem", family="semantic_synthesis256",
-                          tasks=("semantic",), label_names=NAMES)
+                          tasks=("semantic",), label_names=NAMES, label_colors=COLORS)
     monkeypatch.setattr(api, "list_models", lambda extra=(): [model])
     monkeypatch.setattr(api, "default_model_for", lambda task: model if task in model.tasks else None)
     windows = []
@@ -105,6 +106,8 @@ def test_box_tool_labels_moves_and_deletes(make_window):
 def test_semantic_brush_and_fill_with_palette(make_window):
     win = make_window()
     assert win.palette.names == NAMES and win.palette.list.count() == len(NAMES)
+    assert [tuple(c) for c in win.palette.colors] == list(COLORS)  # the model's own class colours
+    assert [tuple(c) for c in win.canvas.colors[:len(COLORS)]] == list(COLORS)
     win.palette.search.setText("wat")
     visible = [win.palette.list.item(i).text() for i in range(win.palette.list.count()) if not win.palette.list.item(i).isHidden()]
     assert len(visible) == 1 and "water" in visible[0]

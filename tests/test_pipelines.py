@@ -297,6 +297,8 @@ def test_text_models_paint_with_coco_stuff_names(tiny_models, engine):
 
     info = inspect_model(str(tiny_models("sd2")))
     assert info.label_names[:3] == ("person", "bicycle", "car") and len(info.label_names) == 182
+    assert len(info.label_colors) == 182 and len(set(info.label_colors)) == 182  # distinct colours, one per class
+    assert info.label_colors[:2] == ((128, 0, 0), (0, 128, 0))  # PASCAL VOC colour map from class 1 on
     labels = np.full((32, 32), 123, np.int64)
     ev, _ = run(engine, **request_for(tiny_models("sd2"), "semantic", labels=labels, label_prompts={}))
     assert isinstance(ev, Result), getattr(ev, "detail", "")

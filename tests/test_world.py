@@ -193,3 +193,15 @@ def test_metrics_tolerate_mildly_degraded_renders():
     assert np.mean([M.caption_match(w, s.caption) for w, s in zip(worse, scenes)]) >= 0.9
     assert np.mean([v for w, s in zip(worse, scenes) for v in M.layout_score(w, s.boxes)]) >= 0.9
     assert np.mean([M.pixel_accuracy(w, s.labels) for w, s in zip(worse, scenes)]) >= 0.9
+
+
+def test_world_label_classes_get_the_worlds_own_colours():
+    from engine.api import default_model_for
+    from engine.palette import label_colors
+    from engine.world.scene import REGION_RGB, SEMANTIC_CLASSES
+
+    colors = label_colors(SEMANTIC_CLASSES)
+    assert colors[:len(REGION_RGB)] == tuple(tuple(int(c) for c in rgb) for rgb in REGION_RGB)
+    assert len(set(colors)) == len(SEMANTIC_CLASSES)
+    info = default_model_for("semantic")
+    assert info is not None and info.label_colors == colors
