@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from engine.models.subpixel import upsample_conv
+
 Slices = tuple[slice, slice]
 
 
@@ -302,12 +304,12 @@ def _conv_pass(src: _Map, conv, ctx: _Ctx, mode: str = "same", pre=None, post=No
             elif mode == "down":
                 inp = _read_padded(src, 2 * y0, 2 * y1 + 1, 2 * x0, 2 * x1 + 1, pre, ctx)
             else:
-                ry, rx = (y0 - 1) // 2, (x0 - 1) // 2
-                inp = _read_padded(src, ry, y1 // 2 + 1, rx, x1 // 2 + 1, pre, ctx)
-                inp = F.interpolate(inp, scale_factor=2.0, mode="nearest")
-                oy, ox = y0 - 1 - 2 * ry, x0 - 1 - 2 * rx
-                inp = inp[:, :, oy:oy + y1 - y0 + 2, ox:ox + x1 - x0 + 2]
-            out = ctx.conv(inp, conv, stride=2 if mode == "down" else 1)
+                ly0, lx0 = y0 // 2, x0 // 2
+                inp = _read_padded(src, ly0 - 1, (y1 + 1) // 2 + 1, lx0 - 1, (x1 + 1) // 2 + 1, pre, ctx)
+                out = upsample_conv(inp, conv, padded=True)[0]
+                out = out[:, y0 - 2 * ly0:y1 - 2 * ly0, x0 - 2 * lx0:x1 - 2 * lx0]
+            if mode != "up":
+                out = ctx.conv(inp, conv, stride=2 if mode == "down" else 1)
             if post is not None:
                 out = post(out, y0, y1, x0, x1)
             (sink or dst.write)(y0, x0, out)

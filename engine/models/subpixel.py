@@ -44,16 +44,20 @@ def _fused(conv: nn.Conv2d) -> tuple:
     return weight, bias, packed
 
 
-def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """conv(F.interpolate(x, scale_factor=2, mode='nearest')) for a 3x3, stride-1, padding-1 conv."""
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False) -> torch.Tensor:
+    """conv(F.interpolate(x, scale_factor=2, mode='nearest')) for a 3x3, stride-1, padding-1 conv; `padded`: x
+    already carries a one-pixel halo (a tile of a larger map), which the output then excludes."""
     if torch.is_grad_enabled() and conv.weight.requires_grad:
-        return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return up[..., 2:-2, 2:-2] if padded else up
     weight, bias, packed = _fused(conv)
+    pad = [0, 0] if padded else [1, 1]
     if packed:
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], None)
+        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, [1, 1], [1, 1], 1, "none", [], None)
     else:
-        y = F.conv2d(x, weight, bias, padding=1)
+        y = F.conv2d(x, weight, bias, padding=pad)
     n, _, h, w = x.shape
+    h, w = (h - 2, w - 2) if padded else (h, w)
     c = conv.out_channels
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     out = torch.empty(n, c, 2 * h, 2 * w, dtype=y.dtype, device=y.device, memory_format=fmt)
