@@ -309,6 +309,9 @@ def load(path, device="cpu", dtype=None, parameterization: str | None = None, co
     model.load_state_dict(weights, strict=True, assign=True)
     if "alphas_cumprod" in sd and sd["alphas_cumprod"].shape == (cfg.schedule.timesteps,):
         model.alphas_cumprod = sd["alphas_cumprod"].double()
+    sd.clear()
+    weights.clear()  # the model holds the only references: casting and packing below replace them one by one
+    del expected
     model.source = str(path)
     model.metadata = meta
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

@@ -9,7 +9,6 @@ from torch import nn
 
 from engine.config import UNetConfig
 from engine.models.attention import AttentionBlock, SpatialTransformer, like_weights, residual, silu
-from engine.models.subpixel import upsample_conv
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -54,9 +53,8 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_conv:
-            return upsample_conv(x, self.conv)
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.use_conv else x
 
 
 class Downsample(nn.Module):
