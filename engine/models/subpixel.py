@@ -1,6 +1,6 @@
-"""Nearest 2x upsampling followed by a 3x3 conv (the autoencoder decoders), computed as four 2x2 sub-pixel convs on the low-resolution input
-(Shi et al. 2016, sub-pixel convolution): the same result to float rounding, 16/36 of the multiply-adds and no
-upsampled copy of the input."""
+"""Nearest 2x upsampling followed by a 3x3 conv (the autoencoder decoders), computed as four 2x2 sub-pixel convs
+on the low-resolution input (Shi et al. 2016, sub-pixel convolution): the same result to float rounding, 16/36 of the
+multiply-adds and no upsampled copy of the input."""
 from __future__ import annotations
 
 import torch
