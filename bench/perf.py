@@ -318,12 +318,14 @@ def _ratio(ours, theirs):
     return round(ours / theirs, 3) if ours and theirs else None
 
 
-def table(r: dict) -> str:
-    """docs/perf.md: measure, ours, diffusers, ratio ours/diffusers, target, met."""
+def table(r: dict, chart: list | None = None) -> str:
+    """docs/perf.md: measure, ours, diffusers, ratio ours/diffusers, target, met (and the bars of docs/perf.png)."""
     rows = []
 
     def add(measure, ours, theirs, target, unit="s"):
         ratio = _ratio(ours, theirs)
+        if chart is not None and ratio is not None:
+            chart.append((measure, ratio, target if unit == "s" else 1.0))
         met = "" if ratio is None or target is None else ("yes" if ratio <= target else "no")
         f = lambda v: "–" if v is None else f"{v:.2f} {unit}".strip()  # noqa: E731
         rows.append(f"| {measure} | {f(ours)} | {f(theirs)} | {ratio if ratio is not None else '–'} | "
@@ -462,7 +464,14 @@ def _write(path: Path, results: dict, args) -> None:
     path.write_text(json.dumps(results, indent=1))
     DOCS.parent.mkdir(exist_ok=True)
     full, quick = RESULTS / "perf.json", RESULTS / "perf_quick.json"
-    text = table(json.loads(full.read_text())) if full.exists() else ""
+    chart: list = []
+    text = table(json.loads(full.read_text()), chart) if full.exists() else ""
+    if chart:
+        from bench.plot import ratio_chart
+
+        ratio_chart(chart, DOCS.with_suffix(".png"), "Latent Canvas engine vs diffusers, identical weights and inputs "
+                    f"({results.get('meta', {}).get('date') or 'last full run'})")
+        text = text.replace("\n\n", "\n\n![ours/diffusers ratios](perf.png)\n\n", 1)
     if quick.exists():
         q = json.loads(quick.read_text())
         text += (f"\n## Quick check (`python -m bench perf --quick`, {q.get('meta', {}).get('date', '?')}, median of "
