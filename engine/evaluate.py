@@ -57,8 +57,10 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
 def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim"):
     from engine.api import Box, Request
 
-    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed)
     s = case.scene
+    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed)
+    if task in ("txt2img", "layout"):
+        r.width = r.height = s.image.shape[0]
     if task == "txt2img":
         r.prompt = s.caption
     elif task == "layout":
@@ -91,15 +93,37 @@ def bicubic(low: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
+def _partial(image: np.ndarray, scene) -> dict:
+    """Diagnostics below the headline: share of the scene's objects whose colour (any shape) is among the detected
+    objects (one-to-one), whose colour lies at IoU >= 0.5 of its box, and whether the detected count is right."""
+    from collections import Counter
+
+    from engine.world.detect import detect
+
+    dets = detect(image)
+    objs = scene.objects
+    want, got = Counter(o["colour"] for o in objs), Counter(d.colour for d in dets)
+    colour = sum(min(n, got[c]) for c, n in want.items()) / max(1, len(objs))
+    used, placed = set(), 0
+    for o in objs:
+        best = next((k for k, d in enumerate(dets) if k not in used and d.colour == o["colour"]
+                     and metrics.box_iou(d.box, tuple(o["box"])) >= 0.5), None)
+        if best is not None:
+            used.add(best)
+            placed += 1
+    return {"colour_recall": colour, "colour_box_recall": placed / max(1, len(objs)),
+            "count_ok": float(len(dets) == len(objs))}
+
+
 def score(task: str, case: Case, image: np.ndarray) -> dict:
-    """Per-case scores with engine.world.metrics."""
+    """Per-case scores with engine.world.metrics (headline first, then _partial diagnostics for text and layout)."""
     s = case.scene
     if task == "txt2img":
         return {"caption_match": float(metrics.caption_match(image, s.caption)),
-                "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True))}
+                "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)), **_partial(image, s)}
     if task == "layout":
         hits = metrics.layout_score(image, s.boxes)
-        return {"box_recall": float(np.mean(hits)), "boxes": len(hits)}
+        return {"box_recall": float(np.mean(hits)), "boxes": len(hits), **_partial(image, s)}
     if task == "semantic":
         return {"pixel_accuracy": metrics.pixel_accuracy(image, s.labels)}
     if task == "inpaint":
@@ -191,8 +215,9 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
-             sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True) -> dict:
-    """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance."""
+             sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64) -> dict:
+    """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
+    size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2)."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
@@ -200,11 +225,11 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     path = str(resolve_model(model, task))
-    cases = make_cases(task, n, offset)
+    cases = make_cases(task, n, offset, size)
     engine = Engine()
     try:
         made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler) for c in cases])
-        result = {"model": path, "task": task, "n": n, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
+        result = {"model": path, "task": task, "n": n, "size": size, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
                   "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
         rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
         images = {"model": made}
@@ -223,7 +248,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"{Path(path).stem}-{task}"
+        name = f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "")
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
                  for c in cases]
@@ -237,7 +262,7 @@ def cmd_eval(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
-                   chance=not args.no_chance)
+                   chance=not args.no_chance, size=args.size)
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -253,5 +278,6 @@ def add_command(sub) -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--offset", type=int, default=0, help="first EVAL_SEEDS index")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--size", type=int, default=64, help="scene size in px (e.g. 256: convolutional sampling at 4x)")
     p.add_argument("--no-chance", action="store_true")
     p.set_defaults(func=cmd_eval)
