@@ -32,7 +32,7 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,
                model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False,
-               parameterization: str = "v") -> ModelConfig:
+               parameterization: str = "v", attention: tuple[int, ...] | None = None) -> ModelConfig:
     """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4);
     v-prediction by default (Salimans & Ho 2022): at high noise it regresses the image, which a short run learns."""
     from engine.world import OBJECT_CLASSES, SEMANTIC_CLASSES, VOCAB
@@ -57,7 +57,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
     xattn = key == "crossattn"
     unet = UNetConfig(
         in_channels=in_ch, out_channels=c, model_channels=model_channels, num_res_blocks=1,
-        attention_resolutions=(2,) if tiny else (2, 4), channel_mult=(1, 2) if tiny else (1, 2, 2),
+        attention_resolutions=attention or ((2,) if tiny else (2, 4)), channel_mult=(1, 2) if tiny else (1, 2, 2),
         num_head_channels=32, use_spatial_transformer=xattn, context_dim=context_dim if xattn else None,
         image_size=size // first_stage.factor,
     )
@@ -360,6 +360,56 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
         used = int(fs.quantize.indices(z).unique().numel()) if vq else 0
     out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": float(1 / z.std()),
            "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used}
+    torch.save(out, spec.run_dir / "ae.pt")
+    (spec.run_dir / "ae.json").write_text(json.dumps({k: v for k, v in out.items() if k != "state_dict"}, indent=2))
+    return out
+
+
+def finetune_decoder(spec: RunSpec, ae_path, grad_weight: float = 1.0, noise: float = 0.05, size: int = 64,
+                     eval_n: int = 256) -> dict:
+    """Decoder-only fine-tuning of a trained first stage on its frozen encoder's posterior mode (what LDMs diffuse and
+    sample), with a heavier edge term and latent noise for robustness to imperfect samples. The encoder and
+    scale_factor stay bit-identical, so LDMs trained on ae_path pair with the result unchanged."""
+    from engine.models.first_stage_model import make_first_stage
+    from engine.world import EVAL_SEEDS
+
+    torch.manual_seed(spec.seed)
+    cfg, state, scale = load_ae(ae_path)
+    fs = make_first_stage(cfg)
+    fs.load_state_dict(state)
+    fs.requires_grad_(False)
+    params = [*fs.decoder.parameters(), *fs.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    trainer = Trainer(spec, params, title="decoder fine-tune")
+    restored = trainer.resume()
+    if restored is not None:
+        fs.load_state_dict(restored)
+    rng = np.random.default_rng([spec.seed, trainer.step])
+    pool = data.world_pool(data.train_seeds(rng, spec.pool_size), size)
+    held = data.world_pool(range(EVAL_SEEDS.start, EVAL_SEEDS.start + eval_n), size).images
+    gen = torch.Generator().manual_seed(spec.seed + trainer.step)
+
+    def refresh(step):
+        k = len(pool) // 8
+        j = rng.integers(0, len(pool) - k)
+        pool.images[j:j + k] = data.world_pool(data.train_seeds(rng, k), size).images
+
+    def step_fn(step):
+        x = data.to_tensor(pool.images[rng.integers(0, len(pool), spec.batch)])
+        with torch.no_grad():
+            z = latents(fs, x)
+            z = z + noise * z.std() * torch.randn(z.shape, generator=gen)
+        rec = fs.decode(z)
+        return ((rec - x).abs().mean() + F.mse_loss(rec, x) + grad_weight * gradient_loss(rec, x)
+                + 0.2 * ssim_loss(rec, x))
+
+    fs.decoder.train()
+    trainer.loop(step_fn, fs.state_dict, refresh)
+    fs.eval()
+    out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": scale,
+           "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": 0,
+           "finetuned_from": str(ae_path)}
     torch.save(out, spec.run_dir / "ae.pt")
     (spec.run_dir / "ae.json").write_text(json.dumps({k: v for k, v in out.items() if k != "state_dict"}, indent=2))
     return out

@@ -131,6 +131,32 @@ def build_model(kind: str, ae_path, size: int = 64, vocab: tuple[str, ...] | Non
     return model
 
 
+def init_conditioner(model, kind: str, token_std: float = 1.0, pos_std: float = 0.5) -> None:
+    """Start the text/layout encoder with token and position embeddings at the scale of its blocks' outputs (the
+    x-transformers 0.02 init lets the first, nearly uniform attention over mostly padding wash every token out); for
+    layout tokens, which share ids between 24 classes and 32x32 grid cells, 2-D Fourier features of each cell's
+    coordinates (nearby cells start alike) and colour + shape sums for the class ids."""
+    tr = model.cond_stage_model.transformer
+    g = torch.Generator().manual_seed(0)
+    weight = tr.token_emb.weight
+    with torch.no_grad():
+        tr.pos_emb.emb.weight.normal_(0, pos_std, generator=g)
+        weight.normal_(0, token_std, generator=g)
+        if kind != "layout":
+            return
+        tok = data.layout_tokenizer(model.config.cond.vocab_size)
+        n, dim = tok.sections, weight.shape[1]
+        ids = torch.arange(tok.n_tokens, dtype=torch.float32)
+        xy = torch.stack([ids % n, torch.div(ids, n, rounding_mode="floor")], 1) / (n - 1)
+        ang = xy[:, :, None] * torch.pi * torch.logspace(0, np.log2(n / 2), dim // 4, base=2.0)
+        feats = torch.cat([ang.sin(), ang.cos()], 2).flatten(1)
+        weight[:, : feats.shape[1]] = token_std * np.sqrt(2) * feats
+        words = sorted({w for name in tok.class_names for w in name.split()})
+        vec = dict(zip(words, torch.randn(len(words), dim, generator=g) * token_std / np.sqrt(2)))
+        for i, name in enumerate(tok.class_names):
+            weight[i] = sum(vec[w] for w in name.split())
+
+
 def trainable(model) -> list:
     mods = [model.model]
     cond = getattr(model, "_modules", {}).get("cond_stage_model")
@@ -164,6 +190,9 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
         with torch.no_grad():
             for p, v in zip(params, restored):
                 p.copy_(v)
+    elif kind in ("txt2img", "layout"):
+        init_conditioner(model, kind)
+        trainer.ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng([spec.seed, trainer.step])
     batches = Batches(model, kind, pool, rng, world=images_dir is None)
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
@@ -217,15 +246,27 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
+# What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores),
+# ldm_config overrides, and which first stage ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
+RECIPES = {
+    "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
+    "layout": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
+    "semantic": {"minutes": 13.0, "cfg": {}, "first_stage": "sharp"},
+    "inpaint": {"minutes": 8.0, "cfg": {}, "first_stage": "sharp"},
+    "sr4": {"minutes": 13.0, "cfg": {}, "first_stage": "sharp"},
+}
+
+
 def cmd_train_defaults(args) -> int:
-    """Shared KL-f4 first stage, then the five world LDMs, one after another; resumable run by run."""
+    """Shared KL-f4 first stage (and its decoder fine-tune), then the five world LDMs by RECIPES; resumable run by run."""
+    from engine.train import finetune_decoder
+
     _threads(args)
     runs, out = Path(args.runs), Path(args.out)
     quick = args.quick
-    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0 if quick else args.minutes_per_model,
-                 batch=8 if quick else args.batch, seed=args.seed, lr=args.lr,
-                 pool_size=64 if quick else args.pool, progress=not args.no_progress)
-    ae_path = runs / "ae" / "ae.pt"
+    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch,
+                 seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
+    ae_path, sharp_path = runs / "ae" / "ae.pt", runs / "ae-sharp" / "ae.pt"
     summary = {}
     if not ae_path.exists():
         spec = RunSpec(runs / "ae", **dict(steps, minutes=0.0 if quick else args.ae_minutes, lr=1e-3, batch=16), crop=32)
@@ -233,13 +274,22 @@ def cmd_train_defaults(args) -> int:
         summary["ae"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
         print(json.dumps(summary["ae"]), flush=True)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
+    if not sharp_path.exists() and any(RECIPES[k]["first_stage"] == "sharp" for k in kinds):
+        spec = RunSpec(runs / "ae-sharp", **dict(steps, minutes=0.0 if quick else args.decoder_minutes, lr=3e-4,
+                                                  batch=16, warmup=20))
+        ae = finetune_decoder(spec, ae_path, eval_n=8 if quick else 256)
+        summary["ae-sharp"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
+        print(json.dumps(summary["ae-sharp"]), flush=True)
     for kind in kinds:
         target = out / f"{DEFAULT_NAMES[kind]}.safetensors"
         if target.exists() and not args.overwrite:
             print(f"{target} exists, skipped", flush=True)
             continue
+        recipe = RECIPES[kind]
+        minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
         t0 = time.time()
-        info = train_ldm(kind, RunSpec(runs / kind, **steps), ae_path, target)
+        info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
+                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, target, **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
     (runs / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -282,8 +332,9 @@ def add_commands(sub) -> None:
     _common(p, 0.0)
     p.add_argument("--out", default="resources/models")
     p.add_argument("--runs", default="runs/defaults")
-    p.add_argument("--minutes-per-model", type=float, default=9.0)
-    p.add_argument("--ae-minutes", type=float, default=14.0)
+    p.add_argument("--minutes-per-model", type=float, default=0.0, help="0: each kind's RECIPES minutes")
+    p.add_argument("--ae-minutes", type=float, default=20.0)
+    p.add_argument("--decoder-minutes", type=float, default=10.0, help="decoder fine-tune of the shared first stage")
     p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
     p.add_argument("--only", default=None, help="comma-separated kinds")
     p.add_argument("--overwrite", action="store_true")

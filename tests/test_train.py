@@ -109,3 +109,37 @@ def test_lr_warms_up_then_decays(tmp_path):
     trainer = Trainer(RunSpec(tmp_path, steps=1000, lr=1e-3, warmup=100, progress=False), [torch.nn.Parameter(torch.zeros(1))])
     lrs = [trainer.lr_at(s) for s in (0, 50, 100, 500, 999)]
     assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[4] >= 0.1e-3 - 1e-9
+
+
+def test_layout_encoder_starts_with_coordinate_structure(ae_path):
+    from engine.train_ldm import init_conditioner
+
+    model = build_model("layout", ae_path, size=16, **TINY)
+    init_conditioner(model, "layout")
+    w = model.cond_stage_model.transformer.token_emb.weight.detach()
+    tok = data.layout_tokenizer(model.config.cond.vocab_size)
+    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(w[a], w[b], dim=0))
+    cell = tok.coord_token(0.4, 0.6)
+    assert cos(cell, tok.coord_token(0.43, 0.6)) > cos(cell, tok.coord_token(0.9, 0.1)) + 0.3
+    names = tok.class_names
+    pairs = [(a, b) for a in range(len(names)) for b in range(a)]
+    shares = lambda a, b: bool(set(names[a].split()) & set(names[b].split()))
+    related = np.mean([cos(a, b) for a, b in pairs if shares(a, b)])
+    unrelated = np.mean([cos(a, b) for a, b in pairs if not shares(a, b)])
+    assert related > unrelated + 0.25
+    assert 0.5 < float(w.std()) < 2.0
+
+
+def test_decoder_finetune_keeps_encoder_latents_and_scale(ae_path, tmp_path):
+    from engine.train import finetune_decoder, load_ae
+
+    out = finetune_decoder(RunSpec(tmp_path / "ft", steps=3, batch=2, pool_size=8, progress=False), ae_path,
+                           size=16, eval_n=4)
+    _, before, scale = load_ae(ae_path)
+    after = out["state_dict"]
+    assert out["scale_factor"] == scale and out["steps"] == 3
+    for k, v in before.items():
+        same = torch.equal(v, after[k])
+        assert same if k.startswith(("encoder.", "quant_conv.")) else True
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert (tmp_path / "ft" / "ae.pt").exists()
