@@ -361,10 +361,11 @@ def is_v_prediction(model) -> bool:
 
 def save(model, path, extra_metadata: dict | None = None, dtype=None) -> None:
     """Write a LatentDiffusion module as .safetensors in the original key layout, its config in the metadata."""
+    import torch
     from safetensors.torch import save_file
 
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-          for k, v in model.state_dict().items()}
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().clone(
+          memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     meta = {META_KEY: json.dumps(config_to_dict(model.config))}
     meta.update(extra_metadata or {})
     tmp = Path(str(path) + ".tmp")

@@ -97,3 +97,26 @@ def test_packed_channels_last_model_keeps_taking_channels_last_inputs():
     assert like_weights(torch.randn(1, 8, 5, 5), conv).is_contiguous(memory_format=torch.channels_last)
     unpack_convs_(conv)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_inference_self_attention_shares_one_fused_qkv_matrix(tmp_path):
+    from engine.checkpoint import load, save
+    from engine.models.attention import CrossAttention
+
+    model = randomize_(LatentDiffusion(tiny("sd1")), seed=3).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 32, generator=g), torch.tensor([500])
+    with torch.inference_mode():
+        ref = model.model.diffusion_model(x, t, ctx)
+    model.optimize_for("cpu")
+    selfs = [m for m in model.modules() if isinstance(m, CrossAttention) and m.to_k.in_features == m.to_q.in_features]
+    assert selfs
+    for m in selfs:
+        fused = m._qkv_weight()
+        assert m.to_q.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+        assert m.to_v.weight.data_ptr() == fused.data_ptr() + 2 * m.to_q.weight.numel() * fused.element_size()
+    with torch.inference_mode():
+        torch.testing.assert_close(model.model.diffusion_model(x, t, ctx), ref, rtol=0, atol=1e-6)
+    save(model, tmp_path / "m.safetensors")  # views of one storage still save (safetensors refuses shared memory)
+    again = load(tmp_path / "m.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))

@@ -66,6 +66,20 @@ class CrossAttention(nn.Module):
             self._qkv = (key, torch.cat([w.detach() for w in ws]))
         return self._qkv[1]
 
+    def share_qkv_(self) -> bool:
+        """Self-attention inference: to_q/to_k/to_v weights become views of one fused tensor (no cached copy)."""
+        ws = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        if len({w.shape[1] for w in ws}) != 1 or any(w.requires_grad or w.is_meta for w in ws):
+            return False
+        fused = torch.cat([w.detach() for w in ws])
+        n = ws[0].shape[0]
+        for i, lin in enumerate((self.to_q, self.to_k, self.to_v)):
+            lin.weight = nn.Parameter(fused[i * n:(i + 1) * n], requires_grad=False)
+        self._qkv = ((), None)
+        self._qkv = (tuple((w.data_ptr(), _version(w), w.dtype, w.device)
+                           for w in (self.to_q.weight, self.to_k.weight, self.to_v.weight)), fused)
+        return True
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if context is None:
             w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]) if torch.is_grad_enabled() \

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.attention import CrossAttention
 from engine.models.onednn import cpu_inference_layout_, unpack_convs_
 from engine.models.cond_stage_model import make_cond_stage
 from engine.models.diffusion_model import UNetModel
@@ -57,11 +58,16 @@ class LatentDiffusion(nn.Module):
         return next(self.model.parameters()).dtype
 
     def optimize_for(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LatentDiffusion":
-        """Inference layout: on CPU the convs of a wide UNet / autoencoder (>= WIDE_CONV channels) go channels_last,
-        and their conv weights are packed once into oneDNN's blocked layout (the same output to float rounding)."""
+        """Inference layout: self-attention q/k/v weights become views of one fused matrix; on CPU the convs of a wide
+        UNet / autoencoder (>= WIDE_CONV channels) go channels_last with their weights packed once into oneDNN's
+        blocked layout (the same output to float rounding)."""
         unpack_convs_(self)
         if dtype is not None:
             self.to(dtype=dtype)
+        if not self.training:
+            for m in self.modules():
+                if isinstance(m, CrossAttention) and m.to_k.in_features == m.to_q.in_features:
+                    m.share_qkv_()
         if torch.device(device).type == "cpu":
             for part in (self.model, self.first_stage_model):
                 widest = max((m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)), default=0)
