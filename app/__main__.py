@@ -17,6 +17,7 @@ def parse_args(argv):
     p.add_argument("--prompt", default="a red circle above a blue square on grass")
     p.add_argument("--size", type=int, default=0, help="canvas size for --screenshot (default: keep)")
     p.add_argument("--steps", type=int, default=12, help="steps for --screenshot")
+    p.add_argument("--labels", metavar="PNG", help="for --screenshot: a label map (pixel values = class ids) to paint")
     return p.parse_args(argv)
 
 
@@ -56,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _screenshot_run(win, args, QTimer) -> None:
-    """Fill the prompt, generate with the fake engine, grab the window once the result shows, save, quit."""
+    """Fill the prompt (and a label map), generate, grab the window once the result shows, save, quit."""
     if args.size:
         win.doc.resize(args.size, args.size)
         win.doc.undo_stack.clear()
+    if args.labels:
+        from PIL import Image
+
+        import numpy as np
+
+        win.doc.set_labels(np.asarray(Image.open(args.labels)))
     win.doc.set_param("prompt", args.prompt)
     win.doc.set_param("steps", args.steps)
     win.doc.set_param("seed_mode", "fixed")

@@ -267,6 +267,13 @@ class Document:
         self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
 
+    def set_labels(self, labels: np.ndarray, text: str = "load label map") -> None:
+        """A whole label map (class ids, -1 unpainted) as one undo step, resized nearest-neighbour to the canvas."""
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"a label map must be 2-D, got shape {labels.shape}")
+        self._replace(text, labels=raster.resize_nearest(labels.astype(np.int16), self.width, self.height))
+
     def apply_result(self, rgb: np.ndarray, region=None) -> None:
         """Commit a result in one undo step: pasted at its region if it has that size, else as the whole image."""
         rgb = _rgb(rgb)

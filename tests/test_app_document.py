@@ -234,3 +234,15 @@ def test_settings_persist_and_survive_bad_values(tmp_path):
     assert s.device == "auto" and s.tile_size == 64
     path.write_text("{")
     assert load_settings(path) == AppSettings()
+
+
+def test_whole_label_map_loads_as_one_undo_step():
+    doc = Document(64, 48)
+    labels = np.arange(32 * 24, dtype=np.int64).reshape(24, 32) % 9
+    doc.set_labels(labels)
+    assert doc.labels.shape == (48, 64) and doc.labels[47, 63] == labels[23, 31] and doc.labels[0, 2] == labels[0, 1]
+    assert doc.task() == "semantic" and len(doc.undo_stack.done) == 1
+    doc.undo()
+    assert (doc.labels == -1).all()
+    with pytest.raises(ValueError):
+        doc.set_labels(np.zeros((4, 4, 3)))
