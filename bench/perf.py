@@ -366,7 +366,7 @@ def table(r: dict, chart: list | None = None) -> str:
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
         f"{meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
         "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
-        "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, the UNet's conv "
+        "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, conv "
         "weights pre-packed once into oneDNN's blocked layout) "
         "so the shared machine's load hits both alike (end to end, in two "
         f"separate processes: {meta.get('e2e_runs')} timed run(s) after a "
