@@ -31,6 +31,7 @@ def test_packed_unet_matches_and_saves_plain_weights(dtype):
         out = unet(x, t, ctx)
         odd = unet(x[..., :12, :8], t, ctx)  # packed for 16x16 inputs, still right at another size
     assert n == sum(isinstance(m, PackedConv2d) for m in unet.modules()) > 5
+    assert all(m.kernel_size != (1, 1) for m in unet.modules() if isinstance(m, PackedConv2d))  # 1x1 stay plain
     assert any(p.is_mkldnn for p in unet.parameters())
     tol = (1e-5 if dtype == torch.float32 else 2e-2) * ref.abs().max().item()
     torch.testing.assert_close(out, ref, rtol=0, atol=tol)

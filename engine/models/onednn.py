@@ -26,13 +26,13 @@ def packable() -> bool:
 
 
 def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
-    """Packs every plain zero-padded nn.Conv2d of an inference-only CPU module in place; returns how many."""
+    """Packs every plain zero-padded kxk (k > 1) nn.Conv2d of an inference-only CPU module in place; returns how many."""
     if not packable():
         return 0
     n = 0
     for m in module.modules():
-        if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            continue
+        if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.kernel_size == (1, 1):
+            continue  # 1x1 convs packed for one size run up to 100x slower at others (oneDNN re-plans per call)
         w = m.weight.detach()
         if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad:
             continue

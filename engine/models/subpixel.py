@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.onednn import PackedConv2d, packable
 
 # Output row parity a reads low-res rows (i-1, i) for a=0 and (i, i+1) for a=1; these are the 3x3 taps each sums.
 _TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
@@ -36,12 +35,8 @@ def _fused(conv: nn.Conv2d) -> tuple:
     w = w.to_dense() if w.is_mkldnn else w
     weight = subpixel_weight(w).to(w.dtype).contiguous(memory_format=torch.channels_last)
     bias = None if conv.bias is None else conv.bias.detach().repeat(4)
-    packed = isinstance(conv, PackedConv2d) and packable()
-    if packed:
-        weight = torch.ops.mkldnn._reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 1,
-                                                              [2, w.shape[1], 16, 16])
-    conv.__dict__["_subpixel"] = (key, (weight, bias, packed))
-    return weight, bias, packed
+    conv.__dict__["_subpixel"] = (key, (weight, bias))  # not oneDNN-packed: measured slower for these 2x2 kernels
+    return weight, bias
 
 
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False) -> torch.Tensor:
@@ -50,12 +45,8 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False) -> tor
     if torch.is_grad_enabled() and conv.weight.requires_grad:
         up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return up[..., 2:-2, 2:-2] if padded else up
-    weight, bias, packed = _fused(conv)
-    pad = [0, 0] if padded else [1, 1]
-    if packed:
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, [1, 1], [1, 1], 1, "none", [], None)
-    else:
-        y = F.conv2d(x, weight, bias, padding=pad)
+    weight, bias = _fused(conv)
+    y = F.conv2d(x, weight, bias, padding=0 if padded else 1)
     n, _, h, w = x.shape
     h, w = (h - 2, w - 2) if padded else (h, w)
     c = conv.out_channels
