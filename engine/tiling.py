@@ -306,7 +306,7 @@ def _conv_pass(src: _Map, conv, ctx: _Ctx, mode: str = "same", pre=None, post=No
             else:
                 ly0, lx0 = y0 // 2, x0 // 2
                 inp = _read_padded(src, ly0 - 1, (y1 + 1) // 2 + 1, lx0 - 1, (x1 + 1) // 2 + 1, pre, ctx)
-                out = upsample_conv(inp, conv, padded=True)[0]
+                out = upsample_conv(inp, conv, padded=True, cache=ctx.weights)[0]
                 out = out[:, y0 - 2 * ly0:y1 - 2 * ly0, x0 - 2 * lx0:x1 - 2 * lx0]
             if mode != "up":
                 out = ctx.conv(inp, conv, stride=2 if mode == "down" else 1)

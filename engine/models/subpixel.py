@@ -20,32 +20,26 @@ def subpixel_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.cat(blocks)
 
 
-def _key(t: torch.Tensor) -> tuple:
-    if t.is_mkldnn:
-        return id(t), t.dtype, t.device
-    return t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device
-
-
-def _fused(conv: nn.Conv2d) -> tuple:
-    key = (_key(conv.weight), None if conv.bias is None else _key(conv.bias))
-    cached = conv.__dict__.get("_subpixel")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+def _fused(conv: nn.Conv2d, cache: dict | None) -> tuple:
+    """The 2x2 weights, built per call (no resident copy) unless a caller's cache (a tiled decode) keeps them."""
+    if cache is not None and ("subpixel", id(conv)) in cache:
+        return cache[("subpixel", id(conv))]
     w = conv.weight.detach()
     w = w.to_dense() if w.is_mkldnn else w
     weight = subpixel_weight(w).to(w.dtype).contiguous(memory_format=torch.channels_last)
     bias = None if conv.bias is None else conv.bias.detach().repeat(4)
-    conv.__dict__["_subpixel"] = (key, (weight, bias))  # not oneDNN-packed: measured slower for these 2x2 kernels
+    if cache is not None:
+        cache[("subpixel", id(conv))] = (weight, bias)
     return weight, bias
 
 
-def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False) -> torch.Tensor:
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False, cache: dict | None = None) -> torch.Tensor:
     """conv(F.interpolate(x, scale_factor=2, mode='nearest')) for a 3x3, stride-1, padding-1 conv; `padded`: x
     already carries a one-pixel halo (a tile of a larger map), which the output then excludes."""
     if torch.is_grad_enabled() and conv.weight.requires_grad:
         up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return up[..., 2:-2, 2:-2] if padded else up
-    weight, bias = _fused(conv)
+    weight, bias = _fused(conv, cache)
     y = F.conv2d(x, weight, bias, padding=0 if padded else 1)
     n, _, h, w = x.shape
     h, w = (h - 2, w - 2) if padded else (h, w)
