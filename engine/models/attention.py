@@ -61,7 +61,7 @@ class CrossAttention(nn.Module):
     def _qkv_weight(self) -> torch.Tensor:
         """to_q/to_k/to_v weights stacked for one fused self-attention matmul, cached until any of them changes."""
         ws = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
-        key = tuple((w.data_ptr(), _version(w), w.dtype, w.device) for w in ws)
+        key = self._qkv_key()
         if self._qkv[0] != key:
             self._qkv = (key, torch.cat([w.detach() for w in ws]))
         return self._qkv[1]
@@ -75,10 +75,12 @@ class CrossAttention(nn.Module):
         n = ws[0].shape[0]
         for i, lin in enumerate((self.to_q, self.to_k, self.to_v)):
             lin.weight = nn.Parameter(fused[i * n:(i + 1) * n], requires_grad=False)
-        self._qkv = ((), None)
-        self._qkv = (tuple((w.data_ptr(), _version(w), w.dtype, w.device)
-                           for w in (self.to_q.weight, self.to_k.weight, self.to_v.weight)), fused)
+        self._qkv = (self._qkv_key(), fused)
         return True
+
+    def _qkv_key(self) -> tuple:
+        return tuple((w.data_ptr(), _version(w), w.dtype, w.device)
+                     for w in (self.to_q.weight, self.to_k.weight, self.to_v.weight))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if context is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.attention import memory_format
+
 
 class PackedConv2d(nn.Conv2d):
     """nn.Conv2d whose weight is an opaque oneDNN tensor; state_dict() still yields the plain weight."""
@@ -36,8 +38,7 @@ def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
         w = m.weight.detach()
         if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad:
             continue
-        cl = w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-        m.__dict__["input_format"] = torch.channels_last if cl else torch.contiguous_format
+        m.__dict__["input_format"] = memory_format(w)
         size = [2, m.in_channels, spatial, spatial]
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w.contiguous(), list(m.padding), list(m.stride), list(m.dilation), m.groups, size)
