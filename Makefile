@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 models: $(STAMP)
-	$(BIN)/python -m engine train-defaults --out resources/models
+	$(BIN)/python -m engine train-defaults --out resources/models --jobs 2
 
 package: $(STAMP)
 	$(BIN)/pip install -q pyinstaller

@@ -1,6 +1,7 @@
 """Second stage: eps-prediction latent diffusion on a frozen first stage (Rombach et al. 2022), plus the training CLI."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -257,13 +258,73 @@ RECIPES = {
 }
 
 
+def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]:
+    """Longest-processing-time-first list scheduling (Graham 1969): each kind, longest first, goes to the worker that
+    frees up first; returns every worker's kinds in order and the makespan (wall minutes of the LDM phase)."""
+    loads, plan = [0.0] * max(1, jobs), [[] for _ in range(max(1, jobs))]
+    for kind in sorted(minutes, key=lambda k: (-minutes[k], k)):
+        i = min(range(len(loads)), key=lambda j: (loads[j], j))
+        plan[i].append(kind)
+        loads[i] += minutes[kind]
+    return plan, max(loads)
+
+
+def _worker_cmd(args, kind: str, runs: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", "1",
+           "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
+           "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed), "--pool", str(args.pool),
+           "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
+           "--ae-kind", args.ae_kind, "--no-progress"]
+    return cmd + (["--quick"] if args.quick else [])
+
+
+def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict, int]:
+    """Runs the kinds as `train-defaults --only KIND --jobs 1` worker processes, args.jobs at a time, one thread each,
+    longest first onto whichever worker frees up (the order `lanes` plans); gathers each worker's summary."""
+    import os
+    import subprocess
+
+    minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
+    plan, wall = lanes(minutes, args.jobs)
+    print(json.dumps({"plan": plan, "planned_minutes": wall}), flush=True)
+    queue = sorted(kinds, key=lambda k: (-minutes[k], k))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    running, summary, failed = {}, {}, 0
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            kind = queue.pop(0)
+            (runs / kind).mkdir(parents=True, exist_ok=True)
+            (runs / kind / "summary.json").unlink(missing_ok=True)
+            log = open(runs / kind / "train.log", "w")
+            proc = subprocess.Popen(_worker_cmd(args, kind, runs, out), stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[kind] = (proc, log)
+            print(f"{kind}: started (log {runs / kind / 'train.log'})", flush=True)
+        time.sleep(0.5 if args.quick else 5.0)
+        for kind, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[kind]
+            part = runs / kind / "summary.json"
+            if proc.returncode == 0 and part.exists():
+                summary[kind] = json.loads(part.read_text())[kind]
+                print(json.dumps(summary[kind]), flush=True)
+            else:
+                failed += 1
+                summary[kind] = {"kind": kind, "error": f"exit {proc.returncode}, see {runs / kind / 'train.log'}"}
+                print(json.dumps(summary[kind]), flush=True)
+    return summary, failed
+
+
 def cmd_train_defaults(args) -> int:
-    """Shared KL-f4 first stage (and its decoder fine-tune), then the five world LDMs by RECIPES; resumable run by run."""
+    """Shared KL-f4 first stage (and its decoder fine-tune), then the five world LDMs by RECIPES, `--jobs` worker
+    processes at a time; resumable run by run."""
     from engine.train import finetune_decoder
 
     _threads(args)
     runs, out = Path(args.runs), Path(args.out)
     quick = args.quick
+    t_all = time.time()
     steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch,
                  seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
     ae_path, sharp_path = runs / "ae" / "ae.pt", runs / "ae-sharp" / "ae.pt"
@@ -280,20 +341,32 @@ def cmd_train_defaults(args) -> int:
         ae = finetune_decoder(spec, ae_path, eval_n=8 if quick else 256)
         summary["ae-sharp"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
         print(json.dumps(summary["ae-sharp"]), flush=True)
+    todo = []
     for kind in kinds:
         target = out / f"{DEFAULT_NAMES[kind]}.safetensors"
         if target.exists() and not args.overwrite:
             print(f"{target} exists, skipped", flush=True)
-            continue
+        else:
+            todo.append(kind)
+    parallel, failed = args.jobs > 1 and len(todo) > 1, 0
+    if parallel:
+        part, failed = _train_parallel(args, todo, runs, out)
+        summary.update(part)
+    for kind in [] if parallel else todo:
         recipe = RECIPES[kind]
         minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
         t0 = time.time()
         info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
-                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, target, **recipe["cfg"])
+                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, out / f"{DEFAULT_NAMES[kind]}.safetensors",
+                         **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
-    (runs / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0
+    if not args.summary:
+        summary["wall_minutes"] = round((time.time() - t_all) / 60, 2)
+    path = Path(args.summary) if args.summary else runs / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return 1 if failed else 0
 
 
 def _common(p, minutes: float) -> None:
@@ -338,6 +411,9 @@ def add_commands(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
     p.add_argument("--only", default=None, help="comma-separated kinds")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--jobs", type=int, default=2, help="LDM worker processes at once, one thread each (after the "
+                   "shared first stage), longest kinds first")
+    p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train_defaults)
     try:
         from engine.evaluate import add_command

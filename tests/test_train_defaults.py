@@ -1,0 +1,78 @@
+"""train-defaults --jobs: longest-first scheduling of the LDM kinds onto worker processes, and a tiny end-to-end run."""
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.train import add_commands
+from engine.train_ldm import RECIPES, _worker_cmd, lanes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    add_commands(p.add_subparsers(dest="command"))
+    return p
+
+
+def _best_makespan(minutes: dict, jobs: int) -> float:
+    kinds = list(minutes)
+    best = float("inf")
+    for who in itertools.product(range(jobs), repeat=len(kinds)):
+        loads = [sum(minutes[k] for k, w in zip(kinds, who) if w == j) for j in range(jobs)]
+        best = min(best, max(loads))
+    return best
+
+
+def test_lanes_cover_every_kind_once_and_balance_the_shipped_recipes():
+    minutes = {k: r["minutes"] for k, r in RECIPES.items()}
+    plan, wall = lanes(minutes, 2)
+    assert sorted(k for lane in plan for k in lane) == sorted(minutes)
+    assert wall == max(sum(minutes[k] for k in lane) for lane in plan)
+    assert wall == _best_makespan(minutes, 2)
+    assert wall < sum(minutes.values())
+    for lane in plan:
+        assert [minutes[k] for k in lane] == sorted((minutes[k] for k in lane), reverse=True)
+
+
+def test_lanes_pair_long_with_short_and_degenerate_cases():
+    plan, wall = lanes({"a": 40, "b": 30, "c": 20, "d": 10}, 2)
+    assert wall == 50 and sorted(map(sorted, plan)) == [["a", "d"], ["b", "c"]]
+    assert lanes({"a": 40, "b": 30}, 1) == ([["a", "b"]], 70)
+    plan, wall = lanes({"a": 40, "b": 30}, 4)
+    assert wall == 40 and sum(map(len, plan)) == 2
+
+
+def test_worker_command_is_a_one_kind_one_thread_train_defaults_run(tmp_path):
+    args = _parser().parse_args(["train-defaults", "--quick", "--steps", "3", "--batch", "4", "--runs", str(tmp_path)])
+    assert args.jobs == 2
+    cmd = _worker_cmd(args, "sr4", tmp_path, tmp_path / "models")
+    assert cmd[1:4] == ["-m", "engine", "train-defaults"]
+    sub = _parser().parse_args(cmd[3:])
+    assert (sub.only, sub.jobs, sub.threads, sub.quick, sub.steps, sub.batch) == ("sr4", 1, 1, True, 3, 4)
+    assert Path(sub.summary) == tmp_path / "sr4" / "summary.json" and Path(sub.runs) == tmp_path
+
+
+@pytest.mark.slow
+def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "models"
+    kinds = ["semantic", "sr4", "inpaint"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "engine", "train-defaults", "--quick", "--steps", "2", "--jobs", "2",
+                          "--only", ",".join(kinds), "--runs", str(runs), "--out", str(out), "--no-progress"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((runs / "summary.json").read_text())
+    assert {"ae", "ae-sharp", *kinds} <= set(summary)
+    for kind in kinds:
+        assert summary[kind]["kind"] == kind and summary[kind]["steps"] == 2
+        assert (runs / kind / "train.log").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["world-inpaint.safetensors", "world-semantic.safetensors",
+                                                     "world-sr4.safetensors"]
+    assert '"plan"' in res.stdout
