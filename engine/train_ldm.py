@@ -253,8 +253,8 @@ RECIPES = {
     "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "layout": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "semantic": {"minutes": 13.0, "cfg": {}, "first_stage": "sharp"},
-    "inpaint": {"minutes": 20.0, "cfg": {}, "first_stage": "sharp"},
-    "sr4": {"minutes": 37.0, "cfg": {}, "first_stage": "sharp"},
+    "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
+    "sr4": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
 }
 
 
