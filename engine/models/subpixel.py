@@ -13,11 +13,18 @@ _TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
 
 
 def subpixel_weight(w: torch.Tensor) -> torch.Tensor:
-    """(O, I, 3, 3) -> (4*O, I, 2, 2), blocks ordered by output parity (row, column)."""
-    w = w.double()
-    rows = [torch.stack([w[:, :, list(t)].sum(2) for t in taps], 2) for taps in _TAPS]
-    blocks = [torch.stack([r[..., list(t)].sum(3) for t in taps], 3) for r in rows for taps in _TAPS]
-    return torch.cat(blocks)
+    """(O, I, 3, 3) -> (4*O, I, 2, 2) channels-last, blocks ordered by output parity (row, column); each 2x2 tap sums
+    its 3x3 taps in float32 (float64 for float64) straight into the output, so the build holds no copy of w."""
+    o = w.shape[0]
+    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+    out = torch.empty(4 * o, w.shape[1], 2, 2, dtype=w.dtype, device=w.device, memory_format=torch.channels_last)
+    for a, rows in enumerate(_TAPS):
+        for b, cols in enumerate(_TAPS):
+            block = out[(2 * a + b) * o:(2 * a + b + 1) * o]
+            for i, r in enumerate(rows):
+                for j, c in enumerate(cols):
+                    block[:, :, i, j] = sum(w[:, :, y, x].to(acc) for y in r for x in c)
+    return out
 
 
 def _fused(conv: nn.Conv2d, cache: dict | None) -> tuple:
@@ -26,7 +33,7 @@ def _fused(conv: nn.Conv2d, cache: dict | None) -> tuple:
         return cache[("subpixel", id(conv))]
     w = conv.weight.detach()
     w = w.to_dense() if w.is_mkldnn else w
-    weight = subpixel_weight(w).to(w.dtype).contiguous(memory_format=torch.channels_last)
+    weight = subpixel_weight(w)
     bias = None if conv.bias is None else conv.bias.detach().repeat(4)
     if cache is not None:
         cache[("subpixel", id(conv))] = (weight, bias)
