@@ -96,6 +96,43 @@ class Batches:
         return z0, kw
 
 
+class ScaledScenes:
+    """Multi-scale semantic batches for convolutional sampling (Rombach et al. 2022, sec. 4.3.2): window x window
+    latents of scenes rendered at each of `sizes` px (a whole 128 px scene, random windows of 256 px ones), so the
+    model sees objects up to 4x their 64 px size, larger than its 64 px view, and has to keep one colour per object."""
+
+    def __init__(self, batches: Batches, sizes: tuple[int, ...] = (128, 256), pool_size: int = 256, window: int = 32):
+        self.b, self.rng, self.sizes, self.window = batches, batches.rng, sizes, window
+        self.f = batches.model.config.factor
+        self.labels, self.z = {}, {}
+        for s in sizes:
+            self.labels[s], self.z[s] = self.render(s, pool_size)
+
+    @torch.no_grad()
+    def render(self, size: int, n: int) -> tuple[np.ndarray, torch.Tensor]:
+        pool = data.world_pool(data.train_seeds(self.rng, n), size)
+        z = torch.cat([self.b.model.encode_first_stage(data.to_tensor(pool.images[i:i + 16])) for i in range(0, n, 16)])
+        return pool.labels, z
+
+    def refresh(self, step: int) -> None:
+        """Replace an eighth of each size's pool with newly rendered scenes."""
+        for s in self.sizes:
+            k = max(1, len(self.z[s]) // 8)
+            j = int(self.rng.integers(0, len(self.z[s]) - k + 1))
+            self.labels[s][j:j + k], self.z[s][j:j + k] = self.render(s, k)
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, dict]:
+        """(z0, {"concat": ...}) for n random windows, each from a scene of a random size in `sizes`."""
+        w, f = self.window, self.f
+        zs, labels = [], []
+        for s in self.rng.choice(self.sizes, n):
+            i = int(self.rng.integers(0, len(self.z[s])))
+            y, x = (int(v) for v in self.rng.integers(0, self.z[s].shape[-1] - w + 1, 2))
+            zs.append(self.z[s][i, :, y:y + w, x:x + w])
+            labels.append(self.labels[s][i, f * y:f * (y + w), f * x:f * (x + w)])
+        return torch.stack(zs), {"concat": self.b.model.cond_stage_model.encode(data.one_hot_labels(np.stack(labels)))}
+
+
 MIN_SNR_GAMMA = 5.0
 
 
@@ -167,8 +204,9 @@ def trainable(model) -> list:
 
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
-              captions: str | None = None, size: int = 64, **cfg_kw) -> dict:
-    """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`."""
+              captions: str | None = None, size: int = 64, multiscale: float = 0.0, **cfg_kw) -> dict:
+    """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
+    multiscale: share of each semantic world batch drawn from ScaledScenes (2x/4x larger scenes)."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -199,17 +237,31 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
     model.model.train()
 
-    def step_fn(step):
-        z0, kw = batches(spec.batch)
-        return diffusion_loss(model, z0, kw, gen)
+    scaled = ScaledScenes(batches) if multiscale and kind == "semantic" and images_dir is None else None
+    n_big = int(round(multiscale * spec.batch)) if scaled else 0
 
-    trainer.loop(step_fn, lambda: [p.detach().clone() for p in params], batches.refresh)
+    def step_fn(step):
+        z0, kw = batches(spec.batch - n_big)
+        loss = diffusion_loss(model, z0, kw, gen)
+        if n_big:
+            zb, kwb = scaled(n_big)
+            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen) * n_big) / spec.batch
+        return loss
+
+    def refresh(step):
+        batches.refresh(step)
+        if scaled:
+            scaled.refresh(step)
+
+    trainer.loop(step_fn, lambda: [p.detach().clone() for p in params], refresh)
     trainer.swap_ema()
     model.eval()
     n_params = sum(p.numel() for p in params)
     info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
             "lr": spec.lr, "params_trained": n_params, "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
+    if n_big:
+        info["multiscale"] = {"share": n_big / spec.batch, "sizes": list(scaled.sizes), "window_latent": scaled.window}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(model, out, extra_metadata={"latent_canvas.training": json.dumps(info)}, dtype=torch.float16)
@@ -242,7 +294,8 @@ def cmd_train_ldm(args) -> int:
     kind = args.kind or ("txt2img" if args.captions else "uncond" if args.images else "txt2img")
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
-    info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size)
+    info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
+                     multiscale=args.multiscale)
     print(json.dumps(info))
     return 0
 
@@ -400,6 +453,8 @@ def add_commands(sub) -> None:
     p.add_argument("--captions", default=None, help="JSON {file name: caption}")
     p.add_argument("--out", default=None)
     p.add_argument("--run-dir", default=None)
+    p.add_argument("--multiscale", type=float, default=0.0,
+                   help="semantic: share of each batch from 128/256 px scenes (32x32-latent windows)")
     p.set_defaults(func=cmd_train_ldm)
     p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
     _common(p, 0.0)
