@@ -98,8 +98,8 @@ class Batches:
 
 class ScaledScenes:
     """Multi-scale semantic batches for convolutional sampling (Rombach et al. 2022, sec. 4.3.2): window x window
-    latents of scenes rendered at each of `sizes` px (a whole 128 px scene, random windows of 256 px ones), so the
-    model sees objects up to 4x their 64 px size, larger than its 64 px view, and has to keep one colour per object."""
+    latents of scenes rendered at each of `sizes` px (for a 64 px model: whole 128 px scenes, random windows of 256 px
+    ones), so it sees objects up to 4x their training size, larger than its view, and has to keep one colour per object."""
 
     def __init__(self, batches: Batches, sizes: tuple[int, ...] = (128, 256), pool_size: int = 256, window: int = 32):
         self.b, self.rng, self.sizes, self.window = batches, batches.rng, sizes, window
@@ -237,7 +237,10 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
     model.model.train()
 
-    scaled = ScaledScenes(batches) if multiscale and kind == "semantic" and images_dir is None else None
+    scaled = None
+    if multiscale and kind == "semantic" and images_dir is None:
+        window, pool_n = 2 * size // model.config.factor, min(256, max(4, spec.pool_size // 8))
+        scaled = ScaledScenes(batches, (2 * size, 4 * size), pool_n, window)
     n_big = int(round(multiscale * spec.batch)) if scaled else 0
 
     def step_fn(step):
@@ -305,7 +308,7 @@ def cmd_train_ldm(args) -> int:
 RECIPES = {
     "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "layout": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
-    "semantic": {"minutes": 13.0, "cfg": {}, "first_stage": "sharp"},
+    "semantic": {"minutes": 13.0, "cfg": {"multiscale": 0.5}, "first_stage": "sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
     "sr4": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
 }
