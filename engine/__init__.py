@@ -1,4 +1,7 @@
 """Latent Canvas engine: LDM model families, checkpoint loading, samplers and pipelines (torch, no Qt)."""
+from engine.memory import transparent_hugepages_env
+
+transparent_hugepages_env()
 
 
 def load(path, device="cpu", dtype=None, **kw):

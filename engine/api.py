@@ -15,6 +15,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from engine.memory import lean_allocator
+
 Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
 SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
@@ -184,6 +186,7 @@ class Engine:
     def __init__(self, on_event: Callable[[Event], None] | None = None, runner: Runner | None = None):
         self._on_event = on_event
         self._runner = runner or _default_runner
+        lean_allocator()
         self.events: "queue.Queue[Event]" = queue.Queue()
         self._jobs: "queue.Queue[tuple[int, Request] | None]" = queue.Queue()
         self._cancel: dict[int, threading.Event] = {}
