@@ -319,7 +319,6 @@ def part_ldm(runs: int) -> dict:
 
 
 def worker(part: str, args) -> dict:
-    import engine  # noqa: F401  (first, as in the app: its host-memory settings precede torch's first allocation)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -422,9 +421,9 @@ def _notes(r: dict, lat: int, px: int) -> str:
                  "small-latent steps are far slower than their share of FLOPs (OpenMP barriers wait on descheduled "
                  "threads), so absolute seconds here are not comparable with an idle machine.")
     if size:
-        text += (" Our side runs with the engine's host-memory policy (engine.memory: glibc mmap threshold fixed at"
-                 " 1 MB, as engine.api.Engine sets it on start; torch's transparent huge pages for >= 2 MB tensors,"
-                 " requested by importing engine before torch, which the diffusers side of each process does too).")
+        text += (" Our end-to-end side runs with the engine's host-memory policy (engine.memory: glibc's mmap threshold"
+                 " fixed at 1 MB, as engine.api.Engine sets it on start, so freed maps go back to the OS); every other"
+                 " part runs both sides under glibc's defaults.")
     return text
 
 

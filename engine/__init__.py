@@ -1,7 +1,4 @@
 """Latent Canvas engine: LDM model families, checkpoint loading, samplers and pipelines (torch, no Qt)."""
-from engine.memory import transparent_hugepages_env
-
-transparent_hugepages_env()
 
 
 def load(path, device="cpu", dtype=None, **kw):
