@@ -373,7 +373,7 @@ def table(r: dict, chart: list | None = None) -> str:
         add(f"UNet step at {e.get('size', 0) // 8}x{e.get('size', 0) // 8} latent (same process)",
             g("e2e_ours", "unet_step", "median_s"), g("e2e_diffusers", "unet_step", "median_s"), None)
         add("txt2img peak RSS (separate processes)", g("e2e_ours", "e2e", "peak_rss_mb"),
-            g("e2e_diffusers", "e2e", "peak_rss_mb"), None, "MB")
+            g("e2e_diffusers", "e2e", "peak_rss_mb"), 1.0, "MB")
         ours_o, theirs_o = g("e2e_ours", "overhead"), g("e2e_diffusers", "overhead")
         met = "–" if ours_o is None else ("yes" if ours_o <= TARGET_OVERHEAD else "no")
         rows.append(f"| pipeline overhead = e2e / (steps x step) | {ours_o} | {theirs_o} | – | "
@@ -392,7 +392,7 @@ def table(r: dict, chart: list | None = None) -> str:
         "# Performance: engine vs diffusers on identical random weights", "",
         f"Measured{' ' + meta['date'] if meta.get('date') else ''} by `python -m bench perf` on {meta.get('machine', '?')}, torch {meta.get('torch')}, "
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
-        f"{meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
+        f"{_run_counts(r) or meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
         "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
         "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, conv "
         "weights pre-packed once into oneDNN's blocked layout) "
@@ -519,6 +519,20 @@ def _date(results: dict, path: Path, table_only: bool) -> str | None:
     if results.get("meta", {}).get("date") or not path.exists():
         return results.get("meta", {}).get("date")
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+
+
+def _run_counts(d: dict) -> str:
+    """The timed-run counts the parts actually used (parts may come from separate invocations), e.g. '3-5'."""
+    counts = sorted({len(v["runs_s"]) for part, v in d.items() if part in ("unet", "vae", "ldm")
+                     for v in _leaves(v) if "runs_s" in v})
+    return "" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def _leaves(d: dict):
+    yield d
+    for v in d.values():
+        if isinstance(v, dict):
+            yield from _leaves(v)
 
 
 def _loads(d: dict):
