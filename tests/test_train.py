@@ -143,3 +143,25 @@ def test_decoder_finetune_keeps_encoder_latents_and_scale(ae_path, tmp_path):
         assert same if k.startswith(("encoder.", "quant_conv.")) else True
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert (tmp_path / "ft" / "ae.pt").exists()
+
+
+def test_multiscale_windows_pair_each_latent_window_with_its_label_crop():
+    from types import SimpleNamespace
+
+    from engine.train_ldm import ScaledScenes
+
+    class Coded(ScaledScenes):
+        """Scenes whose latent cell (Y, X) carries the label at pixel (4Y, 4X), so a misaligned crop shows."""
+
+        def render(self, size, n):
+            labels = self.rng.integers(0, 9, (n, size, size))
+            return labels, torch.from_numpy(labels[:, None, ::4, ::4].astype(np.float32)).repeat(1, 3, 1, 1)
+
+    model = SimpleNamespace(config=SimpleNamespace(factor=4), cond_stage_model=SimpleNamespace(encode=lambda t: t))
+    scenes = Coded(SimpleNamespace(rng=np.random.default_rng(0), model=model), (64, 128), pool_size=8, window=8)
+    for step in range(3):
+        z0, kw = scenes(12)
+        assert z0.shape == (12, 3, 8, 8) and kw["concat"].shape == (12, 32, 32)
+        assert torch.equal(z0[:, 0], kw["concat"][:, ::4, ::4].float())
+        scenes.refresh(step)
+    assert {len(v) for v in scenes.z.values()} == {8}
