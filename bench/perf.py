@@ -523,8 +523,8 @@ def _date(results: dict, path: Path, table_only: bool) -> str | None:
 
 def _run_counts(d: dict) -> str:
     """The timed-run counts the parts actually used (parts may come from separate invocations), e.g. '3-5'."""
-    counts = sorted({len(v["runs_s"]) for part, v in d.items() if part in ("unet", "vae", "ldm")
-                     for v in _leaves(v) if "runs_s" in v})
+    counts = sorted({len(leaf["runs_s"]) for part in ("unet", "vae", "ldm") if isinstance(d.get(part), dict)
+                     for leaf in _leaves(d[part]) if "runs_s" in leaf})
     return "" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
@@ -536,11 +536,9 @@ def _leaves(d: dict):
 
 
 def _loads(d: dict):
-    for k, v in d.items():
-        if k == "load":
-            yield v[0]
-        elif isinstance(v, dict):
-            yield from _loads(v)
+    for leaf in _leaves(d):
+        if "load" in leaf:
+            yield leaf["load"][0]
 
 
 if __name__ == "__main__":

@@ -314,11 +314,15 @@ RECIPES = {
 }
 
 
+def _longest_first(minutes: dict[str, float]) -> list[str]:
+    return sorted(minutes, key=lambda k: (-minutes[k], k))
+
+
 def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]:
     """Longest-processing-time-first list scheduling (Graham 1969): each kind, longest first, goes to the worker that
     frees up first; returns every worker's kinds in order and the makespan (wall minutes of the LDM phase)."""
     loads, plan = [0.0] * max(1, jobs), [[] for _ in range(max(1, jobs))]
-    for kind in sorted(minutes, key=lambda k: (-minutes[k], k)):
+    for kind in _longest_first(minutes):
         i = min(range(len(loads)), key=lambda j: (loads[j], j))
         plan[i].append(kind)
         loads[i] += minutes[kind]
@@ -343,7 +347,7 @@ def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict
     minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
     plan, wall = lanes(minutes, args.jobs)
     print(json.dumps({"plan": plan, "planned_minutes": wall}), flush=True)
-    queue = sorted(kinds, key=lambda k: (-minutes[k], k))
+    queue = _longest_first(minutes)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running, summary, failed = {}, {}, 0
     while queue or running:
@@ -397,9 +401,9 @@ def cmd_train_defaults(args) -> int:
         ae = finetune_decoder(spec, ae_path, eval_n=8 if quick else 256)
         summary["ae-sharp"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
         print(json.dumps(summary["ae-sharp"]), flush=True)
+    targets = {kind: out / f"{DEFAULT_NAMES[kind]}.safetensors" for kind in kinds}
     todo = []
-    for kind in kinds:
-        target = out / f"{DEFAULT_NAMES[kind]}.safetensors"
+    for kind, target in targets.items():
         if target.exists() and not args.overwrite:
             print(f"{target} exists, skipped", flush=True)
         else:
@@ -413,8 +417,7 @@ def cmd_train_defaults(args) -> int:
         minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
         t0 = time.time()
         info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
-                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, out / f"{DEFAULT_NAMES[kind]}.safetensors",
-                         **recipe["cfg"])
+                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, targets[kind], **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
     if not args.summary:

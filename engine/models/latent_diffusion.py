@@ -66,7 +66,7 @@ class LatentDiffusion(nn.Module):
             self.to(dtype=dtype)
         if not self.training:
             for m in self.modules():
-                if isinstance(m, CrossAttention) and m.to_k.in_features == m.to_q.in_features:
+                if isinstance(m, CrossAttention):
                     m.share_qkv_()
         if torch.device(device).type == "cpu":
             for part in (self.model, self.first_stage_model):
