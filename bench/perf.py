@@ -162,23 +162,24 @@ def part_unet(runs: int, dtypes: list[str], latent: int = 64) -> dict:
 
 
 def part_vae(runs: int, dtypes: list[str], size: int = 512) -> dict:
-    """KL-f8: decode a size/8 latent to size x size and encode size x size (batch 1; posterior mode)."""
+    """KL-f8: decode a size/8 latent to size x size and encode size x size (batch 1; posterior mode), ours in the
+    engine's CPU inference layout."""
     import torch
 
     from engine.families import PRESETS
-    from engine.models.attention import channels_last_
     from engine.models.first_stage_model import AutoencoderKL
+    from engine.models.onednn import cpu_inference_layout_, unpack_convs_
 
     cfg = PRESETS["sd1"].first_stage
-    ours = randomize_(AutoencoderKL(cfg), seed=3)
+    ours = randomize_(AutoencoderKL(cfg), seed=3).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(2)
     z, img = torch.randn(1, 4, size // 8, size // 8, generator=g), torch.rand(1, 3, size, size, generator=g) * 2 - 1
     out = {"size": size}
     for name in dtypes:
         dt = getattr(torch, name)
-        ours = ours.to(dt)
+        ours = unpack_convs_(ours).to(dt)
         theirs = to_diffusers_vae(cfg, ours)
-        channels_last_(ours)
+        cpu_inference_layout_(ours)  # what LatentDiffusion.optimize_for does to the first stage on CPU
         zs, xs = z.to(dt), img.to(dt)
         with torch.inference_mode():
             err = (ours.decode(zs) - theirs.decode(zs).sample).abs().max().item()

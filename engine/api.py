@@ -291,6 +291,9 @@ def describe_exception(e: BaseException) -> str:
 def _release_memory() -> None:
     import sys
 
+    winograd = sys.modules.get("engine.models.winograd")
+    if winograd is not None:
+        winograd.release_buffers()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

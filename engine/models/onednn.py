@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from engine.models.attention import memory_format
+from engine.models.winograd import WinogradConv2d, eligible
 
 
 class PackedConv2d(nn.Conv2d):
@@ -27,8 +28,9 @@ def packable() -> bool:
     return torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
 
 
-def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
-    """Packs every plain zero-padded kxk (k > 1) nn.Conv2d of an inference-only CPU module in place; returns how many."""
+def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> int:
+    """Packs every plain zero-padded kxk (k > 1) nn.Conv2d of an inference-only CPU module in place, or makes it a
+    WinogradConv2d where winograd.eligible (wide fp32 3x3); returns how many were changed."""
     if not packable():
         return 0
     n = 0
@@ -39,6 +41,11 @@ def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
         if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad:
             continue
         m.__dict__["input_format"] = memory_format(w)
+        if winograd and eligible(m):
+            m.weight = nn.Parameter(w.contiguous(), requires_grad=False)
+            m.__class__ = WinogradConv2d
+            n += 1
+            continue
         size = [2, m.in_channels, spatial, spatial]
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w.contiguous(), list(m.padding), list(m.stride), list(m.dilation), m.groups, size)
@@ -52,7 +59,11 @@ def pack_convs_(module: nn.Module, spatial: int = 16) -> int:
 def unpack_convs_(module: nn.Module) -> nn.Module:
     """Undoes pack_convs_ (before moving the module to another device or dtype)."""
     for m in module.modules():
-        if isinstance(m, PackedConv2d):
+        if isinstance(m, WinogradConv2d):
+            w = m.weight.detach().contiguous(memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
+            m.weight = nn.Parameter(w, requires_grad=False)
+            m.__class__ = nn.Conv2d
+        elif isinstance(m, PackedConv2d):
             dense = m.weight.to_dense().contiguous(memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
             m.weight = nn.Parameter(dense, requires_grad=False)
             m.__class__ = nn.Conv2d

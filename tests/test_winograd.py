@@ -1,0 +1,144 @@
+"""Winograd F(4x4, 3x3) convolution: equal to F.conv2d to fp32 rounding at every size and chunking, used by
+pack_convs_ for wide fp32 3x3 convs only, plain weights in the state_dict, reversible, safe outside inference_mode."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models import winograd
+from engine.models.onednn import PackedConv2d, pack_convs_, packable, unpack_convs_
+from engine.models.winograd import WinogradConv2d, conv3x3, eligible
+
+torch.set_num_threads(1)
+
+
+def _close(out, ref):
+    assert out.shape == ref.shape
+    err = (out - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (2, 5, 7, 9), (3, 4, 1, 1), (1, 6, 4, 13), (2, 3, 21, 6)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_conv3x3_equals_conv2d(shape, bias, layout):
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(h * 31 + w)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=layout)
+    weight = torch.randn(7, c, 3, 3, generator=g)
+    b = torch.randn(7, generator=g) if bias else None
+    with torch.inference_mode():
+        out = conv3x3(x, weight, b)
+    _close(out, F.conv2d(x, weight, b, padding=1))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("min_tiles", [1, 3, 1000])
+def test_row_chunks_give_the_same_result(monkeypatch, min_tiles):
+    monkeypatch.setattr(winograd, "TILE_BYTES", 1)  # one row of tiles per chunk unless MIN_TILES asks for more
+    monkeypatch.setattr(winograd, "MIN_TILES", min_tiles)
+    g = torch.Generator().manual_seed(1)
+    x, weight, b = torch.randn(2, 6, 23, 18, generator=g), torch.randn(5, 6, 3, 3, generator=g), torch.randn(5, generator=g)
+    with torch.no_grad():
+        out = conv3x3(x, weight, b)
+    _close(out, F.conv2d(x, weight, b, padding=1))
+
+
+def test_transform_weight_is_g_g_gt_per_filter():
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    g = torch.tensor(winograd._G, dtype=torch.float64)
+    u = winograd.transform_weight(w.float())
+    assert u.shape == (36, 2, 3)
+    for k in range(3):
+        for c in range(2):
+            torch.testing.assert_close(u[:, c, k].double(), (g @ w[k, c] @ g.T).flatten(), rtol=0, atol=1e-6)
+
+
+def _net(ch: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(4, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                         nn.Conv2d(ch, ch, 3, padding=1, stride=2), nn.Conv2d(ch, ch, 1)).eval().requires_grad_(False)
+
+
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+def test_pack_convs_uses_winograd_for_wide_fp32_3x3_only():
+    net = _net(winograd.MIN_CHANNELS).to(memory_format=torch.channels_last)
+    plain = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(2, 4, 12, 12)
+    with torch.inference_mode():
+        ref = net(x)
+        pack_convs_(net)
+        kinds = [type(m) for m in net]
+        assert kinds == [PackedConv2d, nn.SiLU, WinogradConv2d, PackedConv2d, nn.Conv2d]  # 4 in, stride 2, 1x1
+        _close(net(x), ref)
+    state = net.state_dict()
+    assert state.keys() == plain.keys() and all(torch.equal(state[k], plain[k]) for k in plain)
+    unpack_convs_(net)
+    assert not any(isinstance(m, (WinogradConv2d, PackedConv2d)) for m in net)
+    assert net[2].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+def test_bf16_and_narrow_convs_stay_direct():
+    assert not eligible(nn.Conv2d(winograd.MIN_CHANNELS, winograd.MIN_CHANNELS, 3, padding=1).to(torch.bfloat16))
+    assert not eligible(nn.Conv2d(winograd.MIN_CHANNELS // 2, winograd.MIN_CHANNELS, 3, padding=1))
+    too_big = int((winograd.MAX_WEIGHT / 144) ** 0.5) + 1
+    assert not eligible(nn.Conv2d(too_big, too_big, 3, padding=1))
+    assert eligible(nn.Conv2d(too_big - 2, too_big - 2, 3, padding=1))
+    net = _net(winograd.MIN_CHANNELS).to(torch.bfloat16)
+    pack_convs_(net)
+    assert not any(isinstance(m, WinogradConv2d) for m in net)
+
+
+def test_gradients_and_other_dtypes_fall_back_to_conv2d():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    conv.__class__ = WinogradConv2d
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    with torch.no_grad():
+        _close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+        assert conv.double()(x.double()).dtype == torch.float64
+
+
+def test_buffers_from_inference_mode_work_under_no_grad_and_per_thread():
+    winograd.release_buffers()
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3)
+    with torch.inference_mode():
+        conv3x3(x, w, None)
+    with torch.no_grad():
+        _close(conv3x3(x, w, None), F.conv2d(x, w, padding=1))
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(getattr(winograd._local, "bufs", None)))
+    t.start()
+    t.join()
+    assert seen == [None] and winograd._local.bufs
+    winograd.release_buffers()
+    assert not hasattr(winograd._local, "bufs")
+
+
+def test_engine_frees_the_scratch_buffers_after_each_job():
+    import numpy as np
+
+    from engine.api import Engine, Request, Result
+
+    seen = []
+
+    def runner(request, ctx, cache):
+        seen.append(hasattr(winograd._local, "bufs"))
+        with torch.inference_mode():
+            conv3x3(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3), None)
+        seen.append(hasattr(winograd._local, "bufs"))
+        return Result(ctx.job_id, (np.zeros((8, 8, 3), np.uint8),))
+
+    engine = Engine(runner=runner)
+    try:
+        for _ in range(2):
+            assert isinstance(engine.wait(engine.submit(Request(prompt="x")), 10), Result)
+    finally:
+        engine.shutdown()
+    assert seen == [False, True, False, True]
