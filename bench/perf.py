@@ -298,13 +298,16 @@ def _clock(obj, name: str, spent: dict, key: str) -> None:
 
 
 def part_ldm(runs: int) -> dict:
-    """UNet step of the LDM families without a diffusers twin: 64x64 VQ-f4 latent (256x256 image), batch 1, fp32."""
+    """UNet step of the LDM families without a diffusers twin: 64x64 VQ-f4 latent (256x256 image), batch 1, fp32,
+    under the engine's host-memory policy (no twin shares the process)."""
     import torch
 
     from engine.families import PRESETS
+    from engine.memory import lean_allocator
     from engine.models.diffusion_model import UNetModel
     from engine.models.onednn import cpu_inference_layout_
 
+    lean_allocator()
     out = {}
     for fam in LDM_FAMILIES:
         cfg = PRESETS[fam].unet

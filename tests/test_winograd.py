@@ -94,15 +94,14 @@ def test_bf16_and_narrow_convs_stay_direct():
     assert not any(isinstance(m, WinogradConv2d) for m in net)
 
 
-def test_gradients_and_other_dtypes_fall_back_to_conv2d():
+def test_gradients_and_autocast_fall_back_to_conv2d():
     conv = nn.Conv2d(4, 6, 3, padding=1)
     conv.__class__ = WinogradConv2d
     x = torch.randn(1, 4, 5, 5, requires_grad=True)
     conv(x).sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
-    with torch.no_grad():
-        _close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
-        assert conv.double()(x.double()).dtype == torch.float64
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
 
 
 def test_buffers_from_inference_mode_work_under_no_grad_and_per_thread():
@@ -142,3 +141,26 @@ def test_engine_frees_the_scratch_buffers_after_each_job():
     finally:
         engine.shutdown()
     assert seen == [False, True, False, True]
+
+
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+def test_small_inputs_switch_the_one_weight_copy_to_onednn_and_back():
+    net = _net(winograd.MIN_CHANNELS).to(memory_format=torch.channels_last)
+    conv = net[2]
+    plain = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(1, winograd.MIN_CHANNELS, 8, 8).contiguous(memory_format=torch.channels_last)  # 4 tiles
+    big = torch.randn(2, winograd.MIN_CHANNELS, 16, 16).contiguous(memory_format=torch.channels_last)  # 32 tiles
+    with torch.inference_mode():
+        ref, ref_big = conv(x), conv(big)
+        pack_convs_(net)
+        _close(conv(big), ref_big)
+        assert not conv.weight.is_mkldnn
+        _close(conv(x), ref)
+        assert conv.weight.is_mkldnn
+        state = net.state_dict()
+        _close(conv(big), ref_big)
+        assert not conv.weight.is_mkldnn
+        conv(x)
+    assert all(torch.equal(state[k], plain[k]) for k in plain)
+    unpack_convs_(net)
+    assert type(conv) is nn.Conv2d and not conv.weight.is_mkldnn and torch.equal(conv.weight, plain["2.weight"])

@@ -44,6 +44,7 @@ def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> 
         if winograd and eligible(m):
             m.weight = nn.Parameter(w.contiguous(), requires_grad=False)
             m.__class__ = WinogradConv2d
+            m._register_state_dict_hook(_dense_state_dict)
             n += 1
             continue
         size = [2, m.in_channels, spatial, spatial]
@@ -60,7 +61,9 @@ def unpack_convs_(module: nn.Module) -> nn.Module:
     """Undoes pack_convs_ (before moving the module to another device or dtype)."""
     for m in module.modules():
         if isinstance(m, WinogradConv2d):
-            w = m.weight.detach().contiguous(memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
+            w = m.weight.detach()
+            w = (w.to_dense() if w.is_mkldnn else w).contiguous(
+                memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
             m.weight = nn.Parameter(w, requires_grad=False)
             m.__class__ = nn.Conv2d
         elif isinstance(m, PackedConv2d):

@@ -25,6 +25,7 @@ BB, GG, AA = _kron(_BT, _BT), _kron(_G, _G), _kron(_AT, _AT)  # (36, 36), (36, 9
 TILE_BYTES = 8 << 20   # input-transform chunk (36 x tiles x C floats) aimed at L3
 MAX_WEIGHT = 64 << 20  # transformed weight (36 x C x K floats) built per call into a reused buffer
 MIN_CHANNELS = 128
+MIN_CALL_TILES = 32    # fewer 4x4 output tiles per call: the weight transform outweighs the saving, use oneDNN
 MIN_TILES = 256       # tiles per chunk, so the transformed weight is not re-read too often
 
 _local = threading.local()
@@ -96,9 +97,28 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torc
 
 
 class WinogradConv2d(nn.Conv2d):
-    """nn.Conv2d computed by conv3x3 (Winograd F(4x4, 3x3)) in fp32 inference; anything else goes to F.conv2d."""
+    """nn.Conv2d computed by conv3x3 (Winograd F(4x4, 3x3)) in fp32 inference. Below MIN_CALL_TILES tiles per call
+    its weight switches to oneDNN's packed layout (and back for a larger input), so only one copy is ever held and
+    the state_dict stays plain; gradients, autocast and other dtypes go to F.conv2d."""
+
+    def _layout(self, packed: bool, shape) -> None:
+        if self.weight.is_mkldnn == packed:
+            return
+        with torch.inference_mode(False):
+            w = self.weight.detach()
+            w = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(shape)) if packed \
+                else w.to_dense().contiguous()
+            self.weight = nn.Parameter(w, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() and (
+                x.requires_grad or self.weight.requires_grad):
+            self._layout(False, None)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return conv3x3(x, self.weight, self.bias)
+        n, _, h, w = x.shape
+        small = n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES
+        self._layout(small, x.shape)
+        if not small:
+            return conv3x3(x, self.weight, self.bias)
+        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, [1, 1], [1, 1], [1, 1], 1,
+                                                       "none", [], None)
