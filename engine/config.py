@@ -86,6 +86,7 @@ class CondConfig:
     bias: bool = False
     label_names: tuple[str, ...] = ()
     vocab: tuple[str, ...] = ()
+    empty_layout_uncond: bool = False  # trained with empty-layout dropout: that layout is its CFG unconditional input
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,12 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
     if kind in TEXT_KINDS and not is_layout_model(model):
         return {"context": text_cond(model, [request.prompt] * b)}, {"context": text_cond(model, [request.negative_prompt] * b)}
     if kind == "bert":
-        tokens = layout_tokenizer(model).encode([(bx.label, bx.box) for bx in request.boxes])
-        return {"context": model.get_learned_conditioning(tokens[None].expand(b, -1).to(model.device))}, None
+        tok = layout_tokenizer(model)
+        tokens = tok.encode([(bx.label, bx.box) for bx in request.boxes])
+        cond = {"context": model.get_learned_conditioning(tokens[None].expand(b, -1).to(model.device))}
+        if not cfg.cond.empty_layout_uncond:
+            return cond, None
+        return cond, {"context": model.get_learned_conditioning(tok.encode([])[None].expand(b, -1).to(model.device))}
     if kind == "class":
         cid = 0 if request.class_id is None else int(request.class_id)
         n = cfg.cond.n_classes
@@ -103,16 +107,23 @@ def layout_tile_conditioning(request: Request, model, lh: int, lw: int):
 
     tok = layout_tokenizer(model)
     tokens = tok.encode([(bx.label, bx.box) for bx in request.boxes])
+    empty = tok.encode([])
     cache: dict = {}
+
+    def context(t: torch.Tensor, window) -> torch.Tensor:
+        key = (window, t is empty)
+        if key not in cache:
+            t = tok.with_crop(t, window)[None].expand(request.batch_size, -1).to(model.device)
+            cache[key] = model.get_learned_conditioning(t)
+        return cache[key]
 
     def crop_extra(extra: dict, slices) -> dict:
         sy, sx = slices
         window = (sx.start / lw, sy.start / lh, sx.stop / lw, sy.stop / lh)
-        if window not in cache:
-            t = tok.with_crop(tokens, window)[None].expand(request.batch_size, -1).to(model.device)
-            cache[window] = model.get_learned_conditioning(t)
         out = crop_spatial(extra, slices, (lh, lw))
-        out["cond"] = {**out["cond"], "context": cache[window]}
+        out["cond"] = {**out["cond"], "context": context(tokens, window)}
+        if "uncond" in out:
+            out["uncond"] = {**out["uncond"], "context": context(empty, window)}
         return out
 
     return crop_extra

@@ -45,7 +45,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
         "txt2img": (text, "crossattn", c),
         "layout": (CondConfig(kind="bert", embed_dim=context_dim, n_layer=n_layer, n_heads=heads, vocab_size=1024,
                               max_seq_len=92, use_tokenizer=False, tokenizer="layout",
-                              label_names=tuple(OBJECT_CLASSES)), "crossattn", c),
+                              label_names=tuple(OBJECT_CLASSES), empty_layout_uncond=True), "crossattn", c),
         "semantic": (CondConfig(kind="spatial", n_stages=2, multiplier=0.5, method="bilinear",
                                 in_channels=len(SEMANTIC_CLASSES), out_channels=c, label_names=tuple(SEMANTIC_CLASSES)),
                      "concat", 2 * c),

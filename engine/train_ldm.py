@@ -27,6 +27,7 @@ class Batches:
         self.tok = data.layout_tokenizer(model.config.cond.vocab_size) if kind == "layout" else None
         self.z = self.encode(pool.images)
         self.tokens = self.layout_tokens(pool.boxes) if kind == "layout" else None
+        self.empty = self.tok.encode([]) if kind == "layout" else None
         self.removal = self.removal_pool(len(pool) // 4) if kind == "inpaint" and world else None
 
     @torch.no_grad()
@@ -76,10 +77,14 @@ class Batches:
         z0, kw = self.z[idx], {}
         cond = self.model.cond_stage_model
         if self.kind == "txt2img":
-            caps = ["" if self.rng.random() < TEXT_DROPOUT else self.pool.captions[i] for i in idx]
+            caps = ["" if self.rng.random() < TEXT_DROPOUT else self.pool.captions[i] for i in idx]  # CFG (Ho & Salimans)
             kw["context"] = cond.encode(caps)
         elif self.kind == "layout":
-            kw["context"] = cond.encode(self.tokens[idx])
+            tokens = self.tokens[idx]
+            if self.model.config.cond.empty_layout_uncond:
+                drop = torch.from_numpy(self.rng.random(n) < TEXT_DROPOUT)
+                tokens = torch.where(drop[:, None], self.empty, tokens)
+            kw["context"] = cond.encode(tokens)
         elif self.kind == "semantic":
             kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
         elif self.kind == "sr4":

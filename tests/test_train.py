@@ -165,3 +165,32 @@ def test_multiscale_windows_pair_each_latent_window_with_its_label_crop():
         assert torch.equal(z0[:, 0], kw["concat"][:, ::4, ::4].float())
         scenes.refresh(step)
     assert {len(v) for v in scenes.z.values()} == {8}
+
+
+def test_layout_trains_with_empty_layout_dropout_and_samples_with_it_as_uncond(ae_path):
+    from engine.api import Box, Request
+    from engine.tasks import base_conditioning
+    from engine.train_ldm import TEXT_DROPOUT
+
+    model = build_model("layout", ae_path, size=16, **TINY)
+    assert model.config.cond.empty_layout_uncond
+    rng = np.random.default_rng(0)
+    pool = data.world_pool(data.train_seeds(rng, 8), 16)
+    batches = Batches(model, "layout", pool, rng, world=True)
+    seen = []
+    model.cond_stage_model.encode = lambda t: (seen.append(t.clone()), torch.zeros(len(t), 1, 32))[1]
+    batches(400)
+    empty = (seen[0] == batches.empty).all(1).float().mean().item()
+    assert abs(empty - TEXT_DROPOUT) < 0.05
+    assert not (batches.tokens == batches.empty).all(1).any()
+    del model.cond_stage_model.encode
+
+    req = Request(task="layout", boxes=[Box("red circle", (0.1, 0.1, 0.5, 0.5))], width=16, height=16)
+    with torch.no_grad():
+        cond, uncond = base_conditioning(req, model, 16, 16)
+        expect = model.get_learned_conditioning(batches.empty[None])
+    assert torch.equal(uncond["context"], expect) and not torch.equal(cond["context"], expect)
+    from dataclasses import replace
+
+    model.config = replace(model.config, cond=replace(model.config.cond, empty_layout_uncond=False))
+    assert base_conditioning(req, model, 16, 16)[1] is None  # released layout2img: never trained without boxes
