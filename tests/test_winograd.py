@@ -164,3 +164,30 @@ def test_small_inputs_switch_the_one_weight_copy_to_onednn_and_back():
     assert all(torch.equal(state[k], plain[k]) for k in plain)
     unpack_convs_(net)
     assert type(conv) is nn.Conv2d and not conv.weight.is_mkldnn and torch.equal(conv.weight, plain["2.weight"])
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (2, 5, 7, 9), (1, 3, 1, 1), (1, 4, 5, 2)])
+def test_upsampled_conv3x3_equals_nearest_then_conv2d(shape):
+    g = torch.Generator().manual_seed(shape[2])
+    x, weight, b = torch.randn(*shape, generator=g), torch.randn(6, shape[1], 3, 3, generator=g), torch.randn(6, generator=g)
+    with torch.inference_mode():
+        out = conv3x3(x, weight, b, upsample=True)
+    _close(out, F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, b, padding=1))
+
+
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+def test_decoder_upsample_uses_winograd_on_the_low_resolution_input(monkeypatch):
+    from engine.models.subpixel import upsample_conv
+
+    conv = _net(winograd.MIN_CHANNELS)[2].to(memory_format=torch.channels_last)
+    x = torch.randn(2, winograd.MIN_CHANNELS, 8, 8).contiguous(memory_format=torch.channels_last)
+    small = x[:1, :, :4, :4]  # 4 tiles once upsampled: the sub-pixel path
+    with torch.inference_mode():
+        ref, ref_small = (conv(F.interpolate(t, scale_factor=2.0, mode="nearest")) for t in (x, small))
+        pack_convs_(conv)
+        calls = []
+        monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: (calls.append(k), conv3x3(*a, **k))[1])
+        _close(upsample_conv(x, conv), ref)
+        assert calls == [{"upsample": True}]
+        _close(upsample_conv(small, conv), ref_small)
+        assert len(calls) == 1

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.winograd import WinogradConv2d
+
 
 # Output row parity a reads low-res rows (i-1, i) for a=0 and (i, i+1) for a=1; these are the 3x3 taps each sums.
 _TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
@@ -46,6 +48,10 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, padded: bool = False, cache:
     if torch.is_grad_enabled() and conv.weight.requires_grad:
         up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return up[..., 2:-2, 2:-2] if padded else up
+    if not padded and isinstance(conv, WinogradConv2d):
+        up = conv.upsampled(x)
+        if up is not None:
+            return up
     weight, bias = _fused(conv, cache)
     y = F.conv2d(x, weight, bias, padding=0 if padded else 1)
     n, _, h, w = x.shape

@@ -21,6 +21,11 @@ def _kron(a, b) -> torch.Tensor:
 
 
 BB, GG, AA = _kron(_BT, _BT), _kron(_G, _G), _kron(_AT, _AT)  # (36, 36), (36, 9), (16, 36)
+# A tile's 6 rows of a nearest-2x-upsampled map are rows (0, 1, 1, 2, 2, 3) of a 4-row low-resolution window, so
+# B^T E transforms low-resolution windows directly (the upsampled map is never built).
+_E = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+_BTE = (torch.tensor(_BT, dtype=torch.float64) @ torch.tensor(_E, dtype=torch.float64)).tolist()
+BB_UP = _kron(_BTE, _BTE)  # (36, 16)
 
 TILE_BYTES = 8 << 20   # input-transform chunk (36 x tiles x C floats) aimed at L3
 MAX_WEIGHT = 64 << 20  # transformed weight (36 x C x K floats) built per call into a reused buffer
@@ -62,11 +67,15 @@ def transform_weight(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     return u.view(36, k, c).transpose(1, 2)
 
 
-def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Zero-padded 3x3 stride-1 convolution of x (N, C, H, W) with w (K, C, 3, 3); returns channels_last (N, K, H, W)."""
+def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsample: bool = False) -> torch.Tensor:
+    """Zero-padded 3x3 stride-1 convolution of x (N, C, H, W) with w (K, C, 3, 3), of nearest-2x-upsampled x when
+    `upsample`; returns channels_last (N, K, H, W) or (N, K, 2H, 2W)."""
     n, c, h, wd = x.shape
     k = w.shape[0]
-    th, tw = -(-h // 4), -(-wd // 4)
+    s = 2 if upsample else 1
+    oh, ow = s * h, s * wd
+    th, tw = -(-oh // 4), -(-ow // 4)
+    win, step, bt = (4, 2, BB_UP) if upsample else (6, 4, BB)  # low-res window per tile, its stride, transform
     u = transform_weight(w, _buffer("u", 36 * c * k))
     out = torch.empty(n, 4 * th, 4 * tw, k)
     rows = min(th, max(TILE_BYTES // (36 * 4 * c * n * tw), -(-MIN_TILES // (n * tw)), 1))
@@ -75,14 +84,14 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torc
     for r0 in range(0, th, rows):
         r1 = min(th, r0 + rows)
         p = n * (r1 - r0) * tw
-        xp = _buffer("pad", n * (4 * rows + 2) * (4 * tw + 2) * c).view(n, 4 * rows + 2, 4 * tw + 2, c)
-        top, bottom = 4 * r0 - 1, min(h, 4 * r1 + 1)
+        xp = _buffer("pad", n * (step * rows + 2) * (step * tw + 2) * c).view(n, step * rows + 2, step * tw + 2, c)
+        top, bottom = step * r0 - 1, min(h, step * r1 + 1)
         xp.zero_()
         xp[:, max(0, -top):bottom - top, 1:wd + 1].copy_(src[:, max(0, top):bottom])
-        tiles = xp[:, :4 * (r1 - r0) + 2].unfold(1, 6, 4).unfold(2, 6, 4).permute(4, 5, 0, 1, 2, 3)
-        d = _buffer("dy", 36 * p * max(c, k)).view(-1)[:36 * p * c].view(6, 6, n, r1 - r0, tw, c)
+        tiles = xp[:, :step * (r1 - r0) + 2].unfold(1, win, step).unfold(2, win, step).permute(4, 5, 0, 1, 2, 3)
+        d = _buffer("dy", 36 * p * max(c, k)).view(-1)[:win * win * p * c].view(win, win, n, r1 - r0, tw, c)
         d.copy_(tiles)
-        v = torch.mm(BB, d.view(36, -1), out=_buffer("v", 36 * p * c).view(36, -1)).view(36, p, c)
+        v = torch.mm(bt, d.view(win * win, -1), out=_buffer("v", 36 * p * c).view(36, -1)).view(36, p, c)
         m = torch.bmm(v, u, out=_buffer("m", 36 * p * k).view(36, p, k))
         y = torch.mm(AA, m.view(36, -1), out=_buffer("dy", 36 * p * max(c, k)).view(-1)[:16 * p * k].view(16, -1))
         y = y.view(4, 4, n, r1 - r0, tw, k).permute(2, 3, 0, 4, 1, 5)
@@ -91,8 +100,8 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torc
             dst.copy_(y)
         else:
             torch.add(y, bias, out=dst)
-    if 4 * th != h or 4 * tw != wd:
-        out = out[:, :h, :wd].contiguous()
+    if 4 * th != oh or 4 * tw != ow:
+        out = out[:, :oh, :ow].contiguous()
     return out.permute(0, 3, 1, 2)
 
 
@@ -110,9 +119,20 @@ class WinogradConv2d(nn.Conv2d):
                 else w.to_dense().contiguous()
             self.weight = nn.Parameter(w, requires_grad=False)
 
+    def _direct(self, x: torch.Tensor) -> bool:
+        return x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() and (
+            x.requires_grad or self.weight.requires_grad)
+
+    def upsampled(self, x: torch.Tensor) -> torch.Tensor | None:
+        """self(nearest 2x upsample of x) without building the upsampled map; None where Winograd does not apply."""
+        n, _, h, w = x.shape
+        if self._direct(x) or n * -(-h // 2) * -(-w // 2) < MIN_CALL_TILES:
+            return None
+        self._layout(False, None)
+        return conv3x3(x, self.weight, self.bias, upsample=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() and (
-                x.requires_grad or self.weight.requires_grad):
+        if self._direct(x):
             self._layout(False, None)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         n, _, h, w = x.shape
