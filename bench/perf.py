@@ -277,6 +277,9 @@ def part_e2e(side: str, runs: int, size: int, steps: int) -> dict:
     out["e2e"] = {"median_s": round(statistics.median(times), 3), "runs_s": [round(t, 3) for t in times],
                   "peak_rss_mb": _vm("VmHWM"), "load": [round(x, 2) for x in os.getloadavg()],
                   "unet_calls_s": [round(d["unet"], 3) for d in split], "decode_s": [round(d["decode"], 3) for d in split]}
+    after = _timed(step, runs)  # step timings on both sides of the end-to-end runs, against the machine's drift
+    both = out["unet_step"]["runs_s"] + after["runs_s"]
+    out["unet_step"].update(median_s=round(statistics.median(both), 3), runs_s=both)
     out["overhead"] = round(out["e2e"]["median_s"] / (steps * out["unet_step"]["median_s"]), 3)
     out["overhead_in_run"] = round(statistics.median(t / d["unet"] for t, d in zip(times, split)), 3)
     out["decode_share"] = round(statistics.median(d["decode"] / d["unet"] for d in split), 3)
@@ -398,11 +401,11 @@ def table(r: dict, chart: list | None = None) -> str:
         f"diffusers {meta.get('diffusers')}, {meta.get('threads')} threads, `torch.inference_mode`, median of "
         f"{_run_counts(r) or meta.get('runs')} warm runs after one warm-up, ours and diffusers alternating run by run in one process "
         "(diffusers' modules hold our very values, in diffusers' default contiguous NCHW layout, while our engine "
-        "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, conv "
-        "weights pre-packed once into oneDNN's blocked layout) "
+        "runs its CPU inference layout as `LatentDiffusion.optimize_for` sets it at load: channels_last convs, wide "
+        "fp32 3x3 convs as Winograd F(4x4, 3x3), the other conv weights pre-packed once into oneDNN's blocked layout) "
         "so the shared machine's load hits both alike (end to end, in two "
         f"separate processes: {meta.get('e2e_runs')} timed run(s) after a "
-        "2-step warm-up). Both sides load the same seeded random tensors (diffusers' single-file converters). "
+        "2-step warm-up, the UNet step timed before and after them). Both sides load the same seeded random tensors (diffusers' single-file converters). "
         "Ratio below 1 means we are faster; the step target is ours <= 0.85 x diffusers, the pipeline-overhead "
         "target is e2e <= 1.05 x steps x step time. Peak RSS is VmHWM of each end-to-end subprocess, reset after building (weights included).", "",
         f"**The machine is shared with other engineers** (load average during the parts: "
@@ -427,7 +430,7 @@ def _notes(r: dict, lat: int, px: int) -> str:
     if size:
         text += (" Our end-to-end side runs with the engine's host-memory policy (engine.memory: glibc's mmap threshold"
                  " fixed at 1 MB, as engine.api.Engine sets it on start, so freed maps go back to the OS); every other"
-                 " part runs both sides under glibc's defaults.")
+                 " part with a twin runs both sides under glibc's defaults (the twin-less LDM part under the engine's).")
     return text
 
 
