@@ -365,3 +365,25 @@ def test_tiled_inpaint_skips_tiles_that_miss_the_mask(tiny_models, engine, monke
     assert isinstance(ev, Result), getattr(ev, "detail", "")
     assert calls and all(active < total for active, total in calls) and calls[0][1] == 9
     assert np.array_equal(ev.images[0][mask == 0], img[mask == 0])
+
+
+def test_layout_tiles_guide_with_the_empty_layout_of_their_own_crop(tiny_models):
+    from dataclasses import replace
+
+    import torch
+
+    from engine.checkpoint import load
+    from engine.tasks import layout_tile_conditioning, layout_tokenizer
+
+    model = load(tiny_models("ldm-layout2img"))
+    model.config = replace(model.config, cond=replace(model.config.cond, empty_layout_uncond=True))
+    req = Request(**request_for(tiny_models("ldm-layout2img"), "layout"))
+    crop = layout_tile_conditioning(req, model, 8, 16)
+    blank = torch.zeros(1, 92, 32)
+    right = crop({"cond": {"context": blank}, "uncond": {"context": blank}}, (slice(0, 8), slice(8, 16)))
+    tok = layout_tokenizer(model)
+    with torch.no_grad():
+        expect = model.get_learned_conditioning(tok.with_crop(tok.encode([]), (0.5, 0.0, 1.0, 1.0))[None])
+        full = model.get_learned_conditioning(tok.encode([])[None])
+    assert torch.equal(right["uncond"]["context"], expect) and not torch.equal(expect, full)
+    assert not torch.equal(right["cond"]["context"], expect)
