@@ -191,3 +191,32 @@ def test_decoder_upsample_uses_winograd_on_the_low_resolution_input(monkeypatch)
         assert calls == [{"upsample": True}]
         _close(upsample_conv(small, conv), ref_small)
         assert len(calls) == 1
+
+
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
+def test_optimized_wide_model_matches_its_plain_self_and_decodes_tiled(monkeypatch):
+    import copy
+    from dataclasses import replace
+
+    from engine.families import tiny
+    from engine.models.latent_diffusion import LatentDiffusion
+    from engine.random_weights import randomize_
+    from engine.tiling import decode_tiled
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 32)
+    cfg = tiny("sd1")
+    cfg = replace(cfg, first_stage=replace(cfg.first_stage, ch=32, ch_mult=(1, 2)))
+    plain = randomize_(LatentDiffusion(cfg), seed=5).eval().requires_grad_(False)
+    fast = copy.deepcopy(plain)
+    monkeypatch.setattr(LatentDiffusion, "WIDE_CONV", 1)
+    fast.optimize_for("cpu")
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) >= 4
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, cfg.unet.in_channels, 24, 20, generator=g)
+    ctx, t = torch.randn(2, 5, cfg.unet.context_dim, generator=g), torch.tensor([3, 700])
+    with torch.inference_mode():
+        _close(fast.model.diffusion_model(z, t, ctx), plain.model.diffusion_model(z, t, ctx))
+        lat = torch.randn(1, cfg.first_stage.z_channels, 20, 28, generator=g)
+        ref = plain.first_stage_model.decode(lat)
+        _close(fast.first_stage_model.decode(lat), ref)
+        _close(decode_tiled(fast.first_stage_model, lat, tile=8), ref)
