@@ -270,6 +270,9 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if n_big:
         info["multiscale"] = {"share": n_big / spec.batch, "sizes": list(scaled.sizes), "window_latent": scaled.window}
+    facts = Path(ae_path).with_name("ae.json")
+    if facts.exists():
+        info["first_stage"] = {k: v for k, v in json.loads(facts.read_text()).items() if k != "config"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(model, out, extra_metadata={"latent_canvas.training": json.dumps(info)}, dtype=torch.float16)

@@ -1,4 +1,5 @@
 """Training: KL / VQ autoencoder losses fall, LDM loss falls, resume continues, saved files load strictly."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,9 @@ def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_p
     with safe_open(str(out), "pt") as f:
         assert set(f.keys()) == set(keys)
         assert f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").dtype == torch.float16
+        facts = json.loads(f.metadata()["latent_canvas.training"])
+    assert facts["steps"] == 5 and facts["first_stage"]["scale_factor"] == model.config.scale_factor
+    assert "config" not in facts["first_stage"]
     assert model.config.cond.tokenizer == "layout" and model.config.family == "world-layout"
     assert model.config.first_stage.kind == "kl" and model.config.scale_factor > 0 and model.config.parameterization == "v"
     from engine.families import tasks_for
