@@ -6,16 +6,26 @@ import torch
 from torch import nn
 
 from engine.models.attention import memory_format
-from engine.models.winograd import WinogradConv2d, eligible
 
 
 class PackedConv2d(nn.Conv2d):
     """nn.Conv2d whose weight is an opaque oneDNN tensor; state_dict() still yields the plain weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            "none", [], None)
+        return packed_conv(x, self)
+
+
+def packed_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(x) for a conv whose weight is already in oneDNN's packed layout."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "none", [], None)
+
+
+def reorder_weight(w: torch.Tensor, conv: nn.Conv2d, size) -> torch.Tensor:
+    """w in oneDNN's blocked layout for conv's geometry, planned for inputs of `size`."""
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        w.contiguous(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(size))
 
 
 def _dense_state_dict(module: nn.Module, state: dict, prefix: str, _meta) -> None:
@@ -31,6 +41,8 @@ def packable() -> bool:
 def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> int:
     """Packs every plain zero-padded kxk (k > 1) nn.Conv2d of an inference-only CPU module in place, or makes it a
     WinogradConv2d where winograd.eligible (wide fp32 3x3); returns how many were changed."""
+    from engine.models.winograd import WinogradConv2d, eligible
+
     if not packable():
         return 0
     n = 0
@@ -47,10 +59,7 @@ def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> 
             m._register_state_dict_hook(_dense_state_dict)
             n += 1
             continue
-        size = [2, m.in_channels, spatial, spatial]
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w.contiguous(), list(m.padding), list(m.stride), list(m.dilation), m.groups, size)
-        m.weight = nn.Parameter(packed, requires_grad=False)
+        m.weight = nn.Parameter(reorder_weight(w, m, [2, m.in_channels, spatial, spatial]), requires_grad=False)
         m.__class__ = PackedConv2d
         m._register_state_dict_hook(_dense_state_dict)
         n += 1
@@ -59,16 +68,14 @@ def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> 
 
 def unpack_convs_(module: nn.Module) -> nn.Module:
     """Undoes pack_convs_ (before moving the module to another device or dtype)."""
+    from engine.models.winograd import WinogradConv2d
+
     for m in module.modules():
-        if isinstance(m, WinogradConv2d):
+        if isinstance(m, (PackedConv2d, WinogradConv2d)):
             w = m.weight.detach()
             w = (w.to_dense() if w.is_mkldnn else w).contiguous(
                 memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
             m.weight = nn.Parameter(w, requires_grad=False)
-            m.__class__ = nn.Conv2d
-        elif isinstance(m, PackedConv2d):
-            dense = m.weight.to_dense().contiguous(memory_format=m.__dict__.pop("input_format", torch.contiguous_format))
-            m.weight = nn.Parameter(dense, requires_grad=False)
             m.__class__ = nn.Conv2d
     return module
 

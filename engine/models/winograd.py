@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.onednn import packed_conv, reorder_weight
+
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -86,14 +88,17 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsampl
         p = n * (r1 - r0) * tw
         xp = _buffer("pad", n * (step * rows + 2) * (step * tw + 2) * c).view(n, step * rows + 2, step * tw + 2, c)
         top, bottom = step * r0 - 1, min(h, step * r1 + 1)
-        xp.zero_()
-        xp[:, max(0, -top):bottom - top, 1:wd + 1].copy_(src[:, max(0, top):bottom])
+        first, last = max(0, -top), bottom - top
+        for edge in (xp[:, :first], xp[:, last:], xp[:, first:last, 0], xp[:, first:last, wd + 1:]):
+            edge.zero_()  # the zero padding; the interior is overwritten below
+        xp[:, first:last, 1:wd + 1].copy_(src[:, max(0, top):bottom])
         tiles = xp[:, :step * (r1 - r0) + 2].unfold(1, win, step).unfold(2, win, step).permute(4, 5, 0, 1, 2, 3)
-        d = _buffer("dy", 36 * p * max(c, k)).view(-1)[:win * win * p * c].view(win, win, n, r1 - r0, tw, c)
+        dy = _buffer("dy", 36 * p * max(c, k))  # the tiles, then (once transformed) the output transform
+        d = dy[:win * win * p * c].view(win, win, n, r1 - r0, tw, c)
         d.copy_(tiles)
         v = torch.mm(bt, d.view(win * win, -1), out=_buffer("v", 36 * p * c).view(36, -1)).view(36, p, c)
         m = torch.bmm(v, u, out=_buffer("m", 36 * p * k).view(36, p, k))
-        y = torch.mm(AA, m.view(36, -1), out=_buffer("dy", 36 * p * max(c, k)).view(-1)[:16 * p * k].view(16, -1))
+        y = torch.mm(AA, m.view(36, -1), out=dy[:16 * p * k].view(16, -1))
         y = y.view(4, 4, n, r1 - r0, tw, k).permute(2, 3, 0, 4, 1, 5)
         dst = grid[:, r0:r1]
         if bias is None:
@@ -115,9 +120,8 @@ class WinogradConv2d(nn.Conv2d):
             return
         with torch.inference_mode(False):
             w = self.weight.detach()
-            w = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, list(shape)) if packed \
-                else w.to_dense().contiguous()
-            self.weight = nn.Parameter(w, requires_grad=False)
+            self.weight = nn.Parameter(reorder_weight(w, self, shape) if packed else w.to_dense().contiguous(),
+                                       requires_grad=False)
 
     def _direct(self, x: torch.Tensor) -> bool:
         return x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() and (
@@ -138,7 +142,4 @@ class WinogradConv2d(nn.Conv2d):
         n, _, h, w = x.shape
         small = n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES
         self._layout(small, x.shape)
-        if not small:
-            return conv3x3(x, self.weight, self.bias)
-        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, [1, 1], [1, 1], [1, 1], 1,
-                                                       "none", [], None)
+        return packed_conv(x, self) if small else conv3x3(x, self.weight, self.bias)
