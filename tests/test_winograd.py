@@ -220,3 +220,58 @@ def test_optimized_wide_model_matches_its_plain_self_and_decodes_tiled(monkeypat
         ref = plain.first_stage_model.decode(lat)
         _close(fast.first_stage_model.decode(lat), ref)
         _close(decode_tiled(fast.first_stage_model, lat, tile=8), ref)
+
+
+@pytest.mark.parametrize("offset", [0.0, 40.0])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_group_norm_silu_prologue_equals_the_unfused_modules(offset, layout):
+    g = torch.Generator().manual_seed(7)
+    norm = nn.GroupNorm(4, 8, eps=1e-6)
+    conv = WinogradConv2d(8, 6, 3, padding=1)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g), norm.bias.normal_(generator=g)
+    x = (torch.randn(2, 8, 19, 22, generator=g) * 2 + offset).contiguous(memory_format=layout)
+    with torch.inference_mode():
+        scale, shift = winograd.group_norm_affine(x, norm)
+        ref = F.group_norm(x.double(), 4, norm.weight.double(), norm.bias.double(), 1e-6)
+        torch.testing.assert_close(x * scale[:, :, None, None] + shift[:, :, None, None], ref.float(), rtol=0, atol=1e-4)
+        out = conv.normed(x, norm)
+        _close(out, F.conv2d(F.silu(ref).float(), conv.weight, conv.bias, padding=1))
+
+
+def test_group_norm_silu_prologue_falls_back_where_winograd_does_not_apply():
+    norm, conv = nn.GroupNorm(2, 4), WinogradConv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)  # 4 tiles < MIN_CALL_TILES: oneDNN or F.conv2d, on the modules' own output
+    with torch.inference_mode():
+        ref = F.conv2d(F.silu(norm(x)), conv.weight, conv.bias, padding=1)
+        _close(conv.normed(x, norm), ref)
+    x = torch.randn(1, 4, 40, 40, requires_grad=True)
+    out = conv.normed(x, norm)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_outputs_are_recycled_only_once_nobody_holds_them():
+    if winograd._storage_use_count is None:
+        pytest.skip("this torch has no storage use count")
+    winograd.release_buffers()
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 4, 16, 16, generator=g), torch.randn(4, 4, 3, 3, generator=g)
+    with torch.inference_mode():
+        a = conv3x3(x, w, None)
+        kept = a[:, :2]  # a view keeps the storage in use after `a` itself is gone
+        ptr = a.data_ptr()
+        del a
+        b = conv3x3(x, w, None)
+        assert b.data_ptr() != ptr
+        ref = kept.clone()
+        del kept
+        c = conv3x3(2 * x, w, None)
+        assert c.data_ptr() == ptr  # the first output's storage, free again, is reused ...
+        torch.testing.assert_close(b[:, :2], ref)  # ... and never the one still held
+        _close(c, F.conv2d(2 * x, w, None, padding=1))
+        del b, c
+        small = conv3x3(x[:, :, :8, :8], w, None)
+        assert small.data_ptr() == ptr  # a larger free output serves a smaller one
+    winograd.release_buffers()
+    assert not hasattr(winograd._local, "outputs")

@@ -17,6 +17,12 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
+def normed_conv(norm: nn.GroupNorm, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv(silu(norm(x))); convs that offer `normed` (Winograd ones) fold the GroupNorm + SiLU into their input."""
+    fused = getattr(conv, "normed", None)
+    return fused(x, norm) if fused is not None else conv(silu(norm(x)))
+
+
 def residual(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x + h, reusing h's storage when no autograd graph is being recorded."""
     return h.add_(x) if not torch.is_grad_enabled() and h.shape == x.shape else x + h

@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from engine.config import AutoencoderConfig
-from engine.models.attention import Normalize, like_weights, memory_format, residual, silu
+from engine.models.attention import Normalize, like_weights, memory_format, normed_conv, residual, silu
 from engine.models.subpixel import upsample_conv
 
 __all__ = ["Normalize", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "Encoder", "Decoder",
@@ -39,8 +39,8 @@ class ResnetBlock(nn.Module):
         return self.conv_shortcut(x) if hasattr(self, "conv_shortcut") else self.nin_shortcut(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(silu(self.norm1(x)))
-        h = self.conv2(silu(self.norm2(h)))
+        h = normed_conv(self.norm1, self.conv1, x)
+        h = normed_conv(self.norm2, self.conv2, h)
         return residual(h, self.shortcut(x))
 
 

@@ -48,9 +48,42 @@ def _buffer(name: str, numel: int) -> torch.Tensor:
     return buf[:numel]
 
 
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _use_count(t: torch.Tensor) -> int:
+    return _storage_use_count(t.untyped_storage()._cdata)
+
+
+_ALONE = _use_count(torch.empty(1)) if _storage_use_count is not None else None  # one tensor (+ the probe's handle)
+
+
+def _unused(t: torch.Tensor) -> bool:
+    return _use_count(t) == _ALONE
+
+
+def _output(numel: int) -> torch.Tensor:
+    """A float32 output tensor of numel elements, carved from the smallest of this thread's earlier outputs that is
+    large enough and whose storage nobody else holds any more (fresh pages cost a page fault each on first touch);
+    where none fits, the unused ones are freed and a new one is kept."""
+    if _storage_use_count is None:
+        return torch.empty(numel)
+    pool = _local.__dict__.setdefault("outputs", [])
+    free = [t for t in pool if _unused(t)]
+    fits = [t for t in free if t.numel() >= numel]
+    if fits:
+        return min(fits, key=torch.Tensor.numel)[:numel]
+    pool[:] = [t for t in pool if not any(t is f for f in free)]
+    with torch.inference_mode(False):
+        t = torch.empty(numel)
+    pool.append(t)
+    return t
+
+
 def release_buffers() -> None:
-    """Frees this thread's scratch buffers (after a job)."""
+    """Frees this thread's scratch buffers and recycled outputs (after a job)."""
     _local.__dict__.pop("bufs", None)
+    _local.__dict__.pop("outputs", None)
 
 
 def eligible(conv: nn.Conv2d) -> bool:
@@ -69,9 +102,37 @@ def transform_weight(w: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     return u.view(36, k, c).transpose(1, 2)
 
 
-def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsample: bool = False) -> torch.Tensor:
+def group_norm_affine(x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as a per-sample, per-channel affine map (scale, shift), each (N, C): channel sums and sums of squares
+    about each channel's first value (against cancellation), chunk by chunk in a reused buffer, combined in float64."""
+    n, c = x.shape[:2]
+    g = norm.num_groups
+    flat = x.permute(0, 2, 3, 1).reshape(n, -1, c)
+    pivot = flat[:, :1]
+    s1 = torch.zeros(n, c, dtype=torch.float64)
+    s2 = torch.zeros(n, c, dtype=torch.float64)
+    step = max(1, (1 << 18) // c)
+    for i in range(0, flat.shape[1], step):
+        part = flat[:, i:i + step]
+        d = torch.sub(part, pivot, out=_buffer("sq", part.numel()).view(part.shape))
+        s1 += d.sum(1)
+        s2 += d.square_().sum(1)
+    count = flat.shape[1] * (c // g)
+    m1 = s1.view(n, g, -1)
+    shift = pivot.reshape(n, g, -1).double()
+    mean = (m1 + shift * flat.shape[1]).sum(2, keepdim=True) / count
+    # sum over the group of (x - mean)^2 from each channel's sums about its pivot p: s2 + 2 (p - mean) s1 + N (p - mean)^2
+    delta = shift - mean
+    var = ((s2.view(n, g, -1) + 2 * delta * m1 + flat.shape[1] * delta.square()).sum(2, keepdim=True) / count).clamp_min(0)
+    scale = (var + norm.eps).rsqrt() * norm.weight.view(g, -1)
+    return scale.view(n, c).float(), (norm.bias.view(g, -1) - mean * scale).view(n, c).float()
+
+
+def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsample: bool = False,
+            pre: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Zero-padded 3x3 stride-1 convolution of x (N, C, H, W) with w (K, C, 3, 3), of nearest-2x-upsampled x when
-    `upsample`; returns channels_last (N, K, H, W) or (N, K, 2H, 2W)."""
+    `upsample`, of silu(x * scale + shift) when `pre` = (scale, shift), each (N, C) (a fused GroupNorm + SiLU
+    prologue, applied chunk by chunk as the padded input is filled); returns channels_last (N, K, H, W) or (N, K, 2H, 2W)."""
     n, c, h, wd = x.shape
     k = w.shape[0]
     s = 2 if upsample else 1
@@ -79,7 +140,7 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsampl
     th, tw = -(-oh // 4), -(-ow // 4)
     win, step, bt = (4, 2, BB_UP) if upsample else (6, 4, BB)  # low-res window per tile, its stride, transform
     u = transform_weight(w, _buffer("u", 36 * c * k))
-    out = torch.empty(n, 4 * th, 4 * tw, k)
+    out = _output(n * 16 * th * tw * k).view(n, 4 * th, 4 * tw, k)
     rows = min(th, max(TILE_BYTES // (36 * 4 * c * n * tw), -(-MIN_TILES // (n * tw)), 1))
     grid = out.view(n, th, 4, tw, 4, k)
     src = x.permute(0, 2, 3, 1)
@@ -91,7 +152,12 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, upsampl
         first, last = max(0, -top), bottom - top
         for edge in (xp[:, :first], xp[:, last:], xp[:, first:last, 0], xp[:, first:last, wd + 1:]):
             edge.zero_()  # the zero padding; the interior is overwritten below
-        xp[:, first:last, 1:wd + 1].copy_(src[:, max(0, top):bottom])
+        interior, rows_in = xp[:, first:last, 1:wd + 1], src[:, max(0, top):bottom]
+        if pre is None:
+            interior.copy_(rows_in)
+        else:
+            torch.addcmul(pre[1][:, None, None], rows_in, pre[0][:, None, None], out=interior)
+            F.silu(interior, inplace=True)
         tiles = xp[:, :step * (r1 - r0) + 2].unfold(1, win, step).unfold(2, win, step).permute(4, 5, 0, 1, 2, 3)
         dy = _buffer("dy", 36 * p * max(c, k))  # the tiles, then (once transformed) the output transform
         d = dy[:win * win * p * c].view(win, win, n, r1 - r0, tw, c)
@@ -134,6 +200,14 @@ class WinogradConv2d(nn.Conv2d):
             return None
         self._layout(False, None)
         return conv3x3(x, self.weight, self.bias, upsample=True)
+
+    def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        """self(silu(norm(x))) with the GroupNorm + SiLU folded into the Winograd input fill where it applies."""
+        n, _, h, w = x.shape
+        if self._direct(x) or n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES or norm.weight is None or x.dtype != norm.weight.dtype:
+            return self(F.silu(norm(x), inplace=not torch.is_grad_enabled()))
+        self._layout(False, None)
+        return conv3x3(x, self.weight, self.bias, pre=group_norm_affine(x, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._direct(x):
