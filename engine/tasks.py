@@ -1,6 +1,7 @@
 """Per-task planning: conditioning, start latent, denoiser wrappers and paste-back for each of the five tasks."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
@@ -19,8 +20,27 @@ def is_layout_model(model) -> bool:
     return model.config.cond.kind == "bert" and model.config.cond.tokenizer == "layout"
 
 
+TEXT_CACHE = 8
+
+
 def text_cond(model, prompts: list[str]) -> torch.Tensor:
-    return model.get_learned_conditioning(prompts)
+    """The text encoder's context for prompts: each distinct prompt encoded once, and the last TEXT_CACHE kept per
+    model, device, dtype and weight version (a re-run prompt, or the usual empty negative prompt, skips the encoder,
+    like A1111's cached c/uc)."""
+    cache = model.__dict__.setdefault("_text_cache", OrderedDict())
+    params = model.cond_stage_model.parameters() if model.cond_stage_model is not None else ()
+    where = (str(model.device), str(model.dtype), sum(t._version for t in params))
+    enc = {}
+    for p in dict.fromkeys(prompts):
+        key = (p, *where)
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = model.get_learned_conditioning([p])
+            while len(cache) > TEXT_CACHE:
+                cache.popitem(last=False)
+        enc[p] = cache[key]
+    return torch.cat([enc[p] for p in prompts])
 
 
 def layout_tokenizer(model):

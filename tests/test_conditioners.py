@@ -216,3 +216,33 @@ def test_identity_and_first_stage():
         torch.testing.assert_close(m.encode(x), fs.conv(x))
     with pytest.raises(ValueError):
         make_cond_stage(CondConfig(kind="first_stage"))
+
+
+@pytest.mark.parametrize("family", ["sd1", "ldm-txt2img-1p4b"])
+def test_text_conditioning_is_cached_per_prompt_and_weight_version(family, monkeypatch):
+    from engine import tasks
+    from engine.families import tiny
+    from engine.models.latent_diffusion import LatentDiffusion
+    from engine.random_weights import randomize_
+
+    model = randomize_(LatentDiffusion(tiny(family)), seed=1).eval()
+    calls = []
+    encode = model.get_learned_conditioning
+    model.get_learned_conditioning = lambda c: calls.append(list(c)) or encode(c)
+    with torch.inference_mode():
+        first = tasks.text_cond(model, ["a red circle"] * 3)
+        assert calls == [["a red circle"]]  # one encoder pass for a batch of the same prompt
+        torch.testing.assert_close(first, encode(["a red circle"] * 3))
+        torch.testing.assert_close(tasks.text_cond(model, ["a red circle"]), first[:1], rtol=0, atol=0)
+        tasks.text_cond(model, [""])
+        assert calls == [["a red circle"], [""]]
+    with torch.no_grad():
+        next(model.cond_stage_model.parameters()).add_(0.5)  # changed weights: no stale context
+    with torch.inference_mode():
+        changed = tasks.text_cond(model, ["a red circle"])
+    assert len(calls) == 3 and not torch.equal(changed, first[:1])
+    monkeypatch.setattr(tasks, "TEXT_CACHE", 2)
+    with torch.inference_mode():
+        for p in ("a", "b", "c", "a"):
+            tasks.text_cond(model, [p])
+    assert calls[3:] == [["a"], ["b"], ["c"], ["a"]]  # "a" fell out of a two-entry cache
