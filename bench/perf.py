@@ -381,14 +381,15 @@ def table(r: dict, chart: list | None = None) -> str:
             g("e2e_ours", "unet_step", "median_s"), g("e2e_diffusers", "unet_step", "median_s"), None)
         add("txt2img peak RSS (separate processes)", g("e2e_ours", "e2e", "peak_rss_mb"),
             g("e2e_diffusers", "e2e", "peak_rss_mb"), 1.0, "MB")
-        ours_o, theirs_o = g("e2e_ours", "overhead"), g("e2e_diffusers", "overhead")
+        # The target is judged on the run's own UNet calls: the shared VM's speed drifts by 5-30% between minutes, so
+        # a step timed before and after the run can differ from the run's steps by more than the 5% being measured.
+        ours_o, theirs_o = g("e2e_ours", "overhead_in_run"), g("e2e_diffusers", "overhead_in_run")
         met = "–" if ours_o is None else ("yes" if ours_o <= TARGET_OVERHEAD else "no")
-        rows.append(f"| pipeline overhead = e2e / (steps x step) | {ours_o} | {theirs_o} | – | "
+        rows.append(f"| pipeline overhead = e2e / (steps x the run's own UNet step) (of which VAE decode) | {ours_o} "
+                    f"({g('e2e_ours', 'decode_share')}) | {theirs_o} ({g('e2e_diffusers', 'decode_share')}) | – | "
                     f"{TARGET_OVERHEAD} | {met} |")
-        if g("e2e_ours", "overhead_in_run") is not None:
-            rows.append(f"| same, over the run's own UNet calls (of which VAE decode) | {g('e2e_ours', 'overhead_in_run')} "
-                        f"({g('e2e_ours', 'decode_share')}) | {g('e2e_diffusers', 'overhead_in_run')} "
-                        f"({g('e2e_diffusers', 'decode_share')}) | – | – | – |")
+        rows.append(f"| same, over the UNet step timed before and after the run | {g('e2e_ours', 'overhead')} | "
+                    f"{g('e2e_diffusers', 'overhead')} | – | – | – |")
     for fam, v in r.get("ldm", {}).items():
         if isinstance(v, dict) and "float32" in v:
             rows.append(f"| {fam} UNet step, 64x64 latent, batch 1, fp32 ({v['params_m']}M params) | "
@@ -407,7 +408,8 @@ def table(r: dict, chart: list | None = None) -> str:
         f"separate processes: {meta.get('e2e_runs')} timed run(s) after a "
         "2-step warm-up, the UNet step timed before and after them). Both sides load the same seeded random tensors (diffusers' single-file converters). "
         "Ratio below 1 means we are faster; the step target is ours <= 0.85 x diffusers, the pipeline-overhead "
-        "target is e2e <= 1.05 x steps x step time. Peak RSS is VmHWM of each end-to-end subprocess, reset after building (weights included).", "",
+        "target is e2e <= 1.05 x steps x step time, judged on the step time of the run's own UNet calls (the machine's "
+        "speed drifts between the minutes in which the step is timed alone and the run). Peak RSS is VmHWM of each end-to-end subprocess, reset after building (weights included).", "",
         f"**The machine is shared with other engineers** (load average during the parts: "
         f"{meta.get('load_range')}), so timings are noisy; compare ratios rather than absolute seconds.", "",
         *head, *rows, "",
