@@ -204,7 +204,8 @@ class WinogradConv2d(nn.Conv2d):
     def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
         """self(silu(norm(x))) with the GroupNorm + SiLU folded into the Winograd input fill where it applies."""
         n, _, h, w = x.shape
-        if self._direct(x) or n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES or norm.weight is None or x.dtype != norm.weight.dtype:
+        small = n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES
+        if self._direct(x) or small or norm.weight is None or x.dtype != norm.weight.dtype:
             return self(F.silu(norm(x), inplace=not torch.is_grad_enabled()))
         self._layout(False, None)
         return conv3x3(x, self.weight, self.bias, pre=group_norm_affine(x, norm))
