@@ -239,6 +239,7 @@ def test_group_norm_silu_prologue_equals_the_unfused_modules(offset, layout):
         _close(out, F.conv2d(F.silu(ref).float(), conv.weight, conv.bias, padding=1))
 
 
+@pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
 def test_group_norm_silu_prologue_falls_back_where_winograd_does_not_apply():
     norm, conv = nn.GroupNorm(2, 4), WinogradConv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 8, 8)  # 4 tiles < MIN_CALL_TILES: oneDNN or F.conv2d, on the modules' own output
