@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.attention import silu
 from engine.models.onednn import packed_conv, reorder_weight
 
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -69,11 +70,10 @@ def _output(numel: int) -> torch.Tensor:
     if _storage_use_count is None:
         return torch.empty(numel)
     pool = _local.__dict__.setdefault("outputs", [])
-    free = [t for t in pool if _unused(t)]
-    fits = [t for t in free if t.numel() >= numel]
+    fits = [t for t in pool if t.numel() >= numel and _unused(t)]
     if fits:
         return min(fits, key=torch.Tensor.numel)[:numel]
-    pool[:] = [t for t in pool if not any(t is f for f in free)]
+    pool[:] = [t for t in pool if not _unused(t)]
     with torch.inference_mode(False):
         t = torch.empty(numel)
     pool.append(t)
@@ -119,10 +119,10 @@ def group_norm_affine(x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor
         s2 += d.square_().sum(1)
     count = flat.shape[1] * (c // g)
     m1 = s1.view(n, g, -1)
-    shift = pivot.reshape(n, g, -1).double()
-    mean = (m1 + shift * flat.shape[1]).sum(2, keepdim=True) / count
+    pivots = pivot.reshape(n, g, -1).double()
+    mean = (m1 + pivots * flat.shape[1]).sum(2, keepdim=True) / count
     # sum over the group of (x - mean)^2 from each channel's sums about its pivot p: s2 + 2 (p - mean) s1 + N (p - mean)^2
-    delta = shift - mean
+    delta = pivots - mean
     var = ((s2.view(n, g, -1) + 2 * delta * m1 + flat.shape[1] * delta.square()).sum(2, keepdim=True) / count).clamp_min(0)
     scale = (var + norm.eps).rsqrt() * norm.weight.view(g, -1)
     return scale.view(n, c).float(), (norm.bias.view(g, -1) - mean * scale).view(n, c).float()
@@ -193,20 +193,23 @@ class WinogradConv2d(nn.Conv2d):
         return x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled() and (
             x.requires_grad or self.weight.requires_grad)
 
+    @staticmethod
+    def _small(x: torch.Tensor, tile: int = 4) -> bool:
+        """Fewer than MIN_CALL_TILES output tiles, counted on x with `tile` input pixels per tile side."""
+        n, _, h, w = x.shape
+        return n * -(-h // tile) * -(-w // tile) < MIN_CALL_TILES
+
     def upsampled(self, x: torch.Tensor) -> torch.Tensor | None:
         """self(nearest 2x upsample of x) without building the upsampled map; None where Winograd does not apply."""
-        n, _, h, w = x.shape
-        if self._direct(x) or n * -(-h // 2) * -(-w // 2) < MIN_CALL_TILES:
+        if self._direct(x) or self._small(x, tile=2):
             return None
         self._layout(False, None)
         return conv3x3(x, self.weight, self.bias, upsample=True)
 
     def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
         """self(silu(norm(x))) with the GroupNorm + SiLU folded into the Winograd input fill where it applies."""
-        n, _, h, w = x.shape
-        small = n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES
-        if self._direct(x) or small or norm.weight is None or x.dtype != norm.weight.dtype:
-            return self(F.silu(norm(x), inplace=not torch.is_grad_enabled()))
+        if self._direct(x) or self._small(x) or norm.weight is None or x.dtype != norm.weight.dtype:
+            return self(silu(norm(x)))
         self._layout(False, None)
         return conv3x3(x, self.weight, self.bias, pre=group_norm_affine(x, norm))
 
@@ -214,7 +217,6 @@ class WinogradConv2d(nn.Conv2d):
         if self._direct(x):
             self._layout(False, None)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        n, _, h, w = x.shape
-        small = n * -(-h // 4) * -(-w // 4) < MIN_CALL_TILES
+        small = self._small(x)
         self._layout(small, x.shape)
         return packed_conv(x, self) if small else conv3x3(x, self.weight, self.bias)
