@@ -17,7 +17,7 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Task": ("task", str), "Batch size": ("batch_size", int), "Mask grow": ("mask_grow", int),
         "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
-        "Inpaint crop": ("inpaint_crop", lambda v: v == "True")}
+        "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True")}
 
 
 def _quote(value: str) -> str:
@@ -50,6 +50,8 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs.append(("Inpaint crop", True))
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
+        if request.upscaler != "esrgan":
+            pairs.append(("Colour fix", request.colour_fix))
         if request.refine_strength > 0:
             pairs += [("Refine strength", request.refine_strength), ("Refine model", _quote(str(request.refine_model)))]
     if request.label_prompts:

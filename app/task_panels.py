@@ -54,6 +54,9 @@ class TaskOptionsPanel(QWidget):
             self.upscaler.addItem(text, value)
         self.noise_level = QSpinBox(minimum=0, maximum=350, singleStep=5)
         self.noise_level.setToolTip("Noise added to the low-resolution input (SD x4 upscaler); 0 keeps it exact")
+        self.colour_fix = QCheckBox("Colour fix (keep the input's colours)")
+        self.colour_fix.setToolTip("Replace the result's broad colours and shading with the input's, keeping its new "
+                                   "detail (StableSR's colour fix)")
         self.refine_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
@@ -70,6 +73,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow(self.drop_target)
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Noise level", self.noise_level)
+        form.addRow("", self.colour_fix)
         form.addRow("Refine strength", self.refine_strength)
         form.addRow("Refine model", self.refine_model)
         form.addRow("Mask grow", self.mask_grow)
@@ -78,6 +82,7 @@ class TaskOptionsPanel(QWidget):
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
+        self.colour_fix.toggled.connect(lambda v: self.doc.set_param("colour_fix", v))
         self.refine_strength.valueChanged.connect(lambda v: self.doc.set_param("refine_strength", v))
         self.refine_model.currentIndexChanged.connect(
             lambda: self.doc.set_param("refine_model", self.refine_model.currentData() or "default"))
@@ -100,7 +105,7 @@ class TaskOptionsPanel(QWidget):
         self.doc, p = doc, doc.params
         if self.refine_model.findData(p.refine_model) < 0 and p.refine_model != "default":
             self.refine_model.addItem(p.refine_model, p.refine_model)
-        for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)),
+        for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
                      (self.inpaint_crop, p.inpaint_crop)):
@@ -108,6 +113,7 @@ class TaskOptionsPanel(QWidget):
         task = doc.task()
         for w in (self.upscaler, self.noise_level, self.refine_strength):
             w.setEnabled(task == "upscale")
+        self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")

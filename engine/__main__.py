@@ -42,6 +42,8 @@ def add_generate(sub) -> None:
     p.add_argument("--mask-grow", type=int, default=None)
     p.add_argument("--mask-feather", type=int, default=None)
     p.add_argument("--tiles", default=None, choices=["auto", "on", "off"])
+    p.add_argument("--no-colour-fix", dest="colour_fix", action="store_const", const=False, default=None,
+                   help="upscale: keep the model's own colours instead of the input's")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--from", dest="from_png", default=None, help="reproduce a PNG made by Latent Canvas")
@@ -53,7 +55,7 @@ FIELDS = {  # CLI flag -> Request field
     "model": "model", "task": "task", "prompt": "prompt", "negative": "negative_prompt", "class_id": "class_id",
     "steps": "steps", "sampler": "sampler", "cfg": "cfg_scale", "eta": "eta", "seed": "seed", "width": "width",
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
-    "mask_feather": "mask_feather", "device": "device", "dtype": "dtype",
+    "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -69,6 +69,7 @@ class Request:
     inpaint_crop: bool = False
     upscaler: str = "model"
     noise_level: int = 20
+    colour_fix: bool = True
     refine_strength: float = 0.0
     refine_model: str = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"

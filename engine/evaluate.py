@@ -54,11 +54,13 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
     return out
 
 
-def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim"):
+def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim",
+                colour_fix: bool = True):
     from engine.api import Box, Request
 
     s = case.scene
-    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed)
+    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed,
+                colour_fix=colour_fix)
     if task in ("txt2img", "layout"):
         r.width = r.height = s.image.shape[0]
     if task == "txt2img":
@@ -215,9 +217,11 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
-             sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64) -> dict:
+             sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64,
+             colour_fix: bool = True) -> dict:
     """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
-    size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2)."""
+    size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2);
+    colour_fix: the upscale task's Request.colour_fix."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
@@ -228,9 +232,11 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     cases = make_cases(task, n, offset, size)
     engine = Engine()
     try:
-        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler) for c in cases])
+        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix) for c in cases])
         result = {"model": path, "task": task, "n": n, "size": size, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
                   "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
+        if task == "upscale":
+            result["colour_fix"] = colour_fix
         rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
         images = {"model": made}
         if ceiling:
@@ -239,7 +245,8 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         if chance:
             with tempfile.TemporaryDirectory() as tmp:
                 rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
-                images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler) for c in cases])
+                images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix)
+                                                     for c in cases])
             rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
     finally:
         engine.shutdown()
@@ -262,7 +269,7 @@ def cmd_eval(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
-                   chance=not args.no_chance, size=args.size)
+                   chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix)
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -280,4 +287,5 @@ def add_command(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=64, help="scene size in px (e.g. 256: convolutional sampling at 4x)")
     p.add_argument("--no-chance", action="store_true")
+    p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.set_defaults(func=cmd_eval)

@@ -370,6 +370,8 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
     }
     if request.task == "img2img":
         pairs["Denoising strength"] = request.strength
+    if request.task == "upscale" and request.upscaler != "esrgan":
+        pairs["Colour fix"] = request.colour_fix
     if request.eta:
         pairs["Eta"] = request.eta
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from engine.api import EngineError, Request
 from engine.guidance import MaskBlendDenoiser, Region, RegionalDenoiser
-from engine.images import composite, grow_and_feather, mask_bbox, resize_nearest, resize_rgb
+from engine.images import colour_fix, composite, grow_and_feather, mask_bbox, resize_nearest, resize_rgb
 from engine.pipelines import Plan, to_tensor
 
 TEXT_KINDS = ("clip", "openclip", "bert")
@@ -242,8 +242,9 @@ def plan_upscale(request: Request, model, h: int, w: int) -> Plan:
     lh, lw = h // cfg.factor, w // cfg.factor
     low = resize_rgb(request.image, lw, lh) if request.image.shape[:2] != (lh, lw) else request.image
     x = to_tensor(low, model.device, model.dtype).expand(b, -1, -1, -1)
+    finish = (lambda img: colour_fix(img, request.image)) if request.colour_fix else None
     if cfg.conditioning_key != "hybrid-adm":
-        return Plan({"concat": model.get_learned_conditioning(x)}, None, h, w)
+        return Plan({"concat": model.get_learned_conditioning(x)}, None, h, w, finish=finish)
     from engine.config import ScheduleConfig
     from engine.schedules import alphas_cumprod
 
@@ -257,4 +258,4 @@ def plan_upscale(request: Request, model, h: int, w: int) -> Plan:
     y = torch.full((b,), level, dtype=torch.long, device=model.device)
     cond = {"context": text_cond(model, [request.prompt] * b), "concat": aug, "y": y}
     uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
-    return Plan(cond, uncond, h, w)
+    return Plan(cond, uncond, h, w, finish=finish)

@@ -209,9 +209,11 @@ def trainable(model) -> list:
 
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
-              captions: str | None = None, size: int = 64, multiscale: float = 0.0, **cfg_kw) -> dict:
+              captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
+              **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
-    multiscale: share of each semantic world batch drawn from ScaledScenes (2x/4x larger scenes)."""
+    multiscale: share of each semantic world batch drawn from ScaledScenes (2x/4x larger scenes);
+    min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss)."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -250,10 +252,10 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
 
     def step_fn(step):
         z0, kw = batches(spec.batch - n_big)
-        loss = diffusion_loss(model, z0, kw, gen)
+        loss = diffusion_loss(model, z0, kw, gen, min_snr)
         if n_big:
             zb, kwb = scaled(n_big)
-            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen) * n_big) / spec.batch
+            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen, min_snr) * n_big) / spec.batch
         return loss
 
     def refresh(step):
@@ -266,7 +268,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     model.eval()
     n_params = sum(p.numel() for p in params)
     info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
-            "lr": spec.lr, "params_trained": n_params, "final_loss": float(np.mean(trainer.losses[-100:])),
+            "lr": spec.lr, "min_snr": min_snr, "params_trained": n_params, "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if n_big:
         info["multiscale"] = {"share": n_big / spec.batch, "sizes": list(scaled.sizes), "window_latent": scaled.window}
@@ -306,7 +308,7 @@ def cmd_train_ldm(args) -> int:
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
-                     multiscale=args.multiscale)
+                     multiscale=args.multiscale, min_snr=args.min_snr)
     print(json.dumps(info))
     return 0
 
@@ -469,6 +471,7 @@ def add_commands(sub) -> None:
     p.add_argument("--run-dir", default=None)
     p.add_argument("--multiscale", type=float, default=0.0,
                    help="semantic: share of each batch from 128/256 px scenes (32x32-latent windows)")
+    p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="Min-SNR loss weighting gamma (0: plain loss)")
     p.set_defaults(func=cmd_train_ldm)
     p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
     _common(p, 0.0)

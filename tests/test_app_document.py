@@ -222,6 +222,10 @@ def test_parameters_chunk_round_trip(tmp_path):
     write_png(png, np.zeros((4, 4, 3), np.uint8), text)
     assert read_png_parameters(png) == text
     assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+    doc.set_param("colour_fix", False)
+    up = doc.to_request(seed=1)
+    up.task = "upscale"
+    assert up.colour_fix is False and parse_parameters(format_parameters(up))["colour_fix"] is False
 
 
 def test_settings_persist_and_survive_bad_values(tmp_path):

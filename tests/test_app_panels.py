@@ -44,8 +44,13 @@ def test_task_options_panel_sets_the_request_and_an_app_png_restores_them(make_w
     win.doc.set_image(_noise(96, 128))
     win.params_panel.upscale.setChecked(True)
     assert win.doc.task() == "upscale" and opts.noise_level.isEnabled() and not opts.refine_model.isEnabled()
+    assert opts.colour_fix.isEnabled() and opts.colour_fix.isChecked()
+    opts.colour_fix.setChecked(False)
+    assert win.doc.to_request(win.settings).colour_fix is False
+    opts.colour_fix.setChecked(True)
     opts.noise_level.setValue(120)
     opts.upscaler.setCurrentIndex(opts.upscaler.findData("esrgan"))
+    assert not opts.colour_fix.isEnabled()
     opts.refine_strength.setValue(0.3)
     assert opts.refine_model.isEnabled()
     req = win.doc.to_request(win.settings)

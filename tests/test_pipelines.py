@@ -98,6 +98,36 @@ def test_pixels_outside_the_grown_feathered_mask_are_exact(family, tiny_models, 
         assert not np.array_equal(ev.images[0][MASK > 0], IMG[MASK > 0])
 
 
+def test_colour_fix_takes_broad_colour_from_the_reference_and_keeps_fine_detail():
+    import cv2
+
+    from engine.images import colour_fix
+
+    low = (RNG.rand(16, 16, 3) * 200 + 20).astype(np.uint8)
+    base = cv2.resize(low, (64, 64), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    detail = np.where((np.indices((64, 64)).sum(0) % 2)[..., None] == 1, 12.0, -12.0).astype(np.float32)
+    shifted = np.clip(base + detail + np.array([25.0, -15.0, 10.0], np.float32), 0, 255).astype(np.uint8)
+    out = colour_fix(shifted, low).astype(np.float32)
+    err = lambda a: np.abs((a - base - detail).mean(axis=(0, 1)))  # noqa: E731
+    assert err(shifted.astype(np.float32)).min() > 9 and err(out).max() < 1.5
+    kept = ((out - base) * detail).mean() / (detail * detail).mean()
+    assert 0.9 < kept < 1.1
+    assert np.array_equal(colour_fix(shifted, low, sigma=0), shifted)
+
+
+@pytest.mark.parametrize("family", ["ldm-bsr-sr", "sd-x4-upscaler"])
+def test_upscale_colour_fix_follows_the_input(family, tiny_models, engine):
+    import cv2
+
+    broad = lambda a: cv2.GaussianBlur(a.astype(np.float32), (0, 0), 6.0)  # noqa: E731
+    want = broad(cv2.resize(IMG[:8, :16], (64, 32), interpolation=cv2.INTER_CUBIC))
+    runs = {fix: run(engine, **request_for(tiny_models(family), "upscale", colour_fix=fix))[0] for fix in (True, False)}
+    assert all(isinstance(ev, Result) for ev in runs.values()), [getattr(e, "detail", "") for e in runs.values()]
+    err = {fix: np.abs(broad(ev.images[0]) - want).mean() for fix, ev in runs.items()}
+    assert err[True] < 0.5 * err[False]
+    assert "Colour fix: True" in runs[True].parameters and "Colour fix: False" in runs[False].parameters
+
+
 def test_inpaint_crop_pastes_back(tiny_models, engine):
     img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
     mask = np.zeros((96, 96), np.uint8)
