@@ -17,7 +17,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Task": ("task", str), "Batch size": ("batch_size", int), "Mask grow": ("mask_grow", int),
         "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
-        "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True")}
+        "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
+        "Hires": ("hires", str), "Hires strength": ("hires_strength", float)}
 
 
 def _quote(value: str) -> str:
@@ -48,6 +49,8 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
     if request.task == "inpaint" and request.inpaint_crop:
         pairs.append(("Inpaint crop", True))
+    if request.task in ("txt2img", "layout", "semantic"):
+        pairs += [("Hires", request.hires), ("Hires strength", request.hires_strength)]
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
         if request.upscaler != "esrgan":

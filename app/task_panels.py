@@ -10,6 +10,8 @@ from app.document import Document
 from app.panels import _set
 
 UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
+HIRES = (("two passes when larger than the model (auto)", "auto"), ("always two passes", "on"),
+         ("one pass (convolutional sampling)", "off"))
 DROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -57,6 +59,13 @@ class TaskOptionsPanel(QWidget):
         self.colour_fix = QCheckBox("Colour fix (keep the input's colours)")
         self.colour_fix.setToolTip("Replace the result's broad colours and shading with the input's, keeping its new "
                                    "detail (StableSR's colour fix)")
+        self.hires = QComboBox()
+        for text, value in HIRES:
+            self.hires.addItem(text, value)
+        self.hires.setToolTip("On canvases larger than the model's training size, compose at that size first, then "
+                              "enlarge and repaint at full size (hires fix)")
+        self.hires_strength = QDoubleSpinBox(minimum=0.05, maximum=1.0, singleStep=0.05, decimals=2)
+        self.hires_strength.setToolTip("How much the full-size pass repaints the enlarged composition")
         self.refine_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
@@ -71,6 +80,8 @@ class TaskOptionsPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow(self.drop_target)
+        form.addRow("Large canvas", self.hires)
+        form.addRow("Second pass strength", self.hires_strength)
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Noise level", self.noise_level)
         form.addRow("", self.colour_fix)
@@ -83,6 +94,8 @@ class TaskOptionsPanel(QWidget):
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
         self.colour_fix.toggled.connect(lambda v: self.doc.set_param("colour_fix", v))
+        self.hires.currentIndexChanged.connect(lambda: self.doc.set_param("hires", self.hires.currentData()))
+        self.hires_strength.valueChanged.connect(lambda v: self.doc.set_param("hires_strength", v))
         self.refine_strength.valueChanged.connect(lambda v: self.doc.set_param("refine_strength", v))
         self.refine_model.currentIndexChanged.connect(
             lambda: self.doc.set_param("refine_model", self.refine_model.currentData() or "default"))
@@ -106,6 +119,7 @@ class TaskOptionsPanel(QWidget):
         if self.refine_model.findData(p.refine_model) < 0 and p.refine_model != "default":
             self.refine_model.addItem(p.refine_model, p.refine_model)
         for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
+                     (self.hires, p.hires), (self.hires_strength, float(p.hires_strength)),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
                      (self.inpaint_crop, p.inpaint_crop)):
@@ -114,6 +128,8 @@ class TaskOptionsPanel(QWidget):
         for w in (self.upscaler, self.noise_level, self.refine_strength):
             w.setEnabled(task == "upscale")
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
+        self.hires.setEnabled(task in ("txt2img", "layout", "semantic"))
+        self.hires_strength.setEnabled(task in ("txt2img", "layout", "semantic") and p.hires != "off")
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")

@@ -49,7 +49,7 @@ class Request:
     task: Task = "txt2img"
     prompt: str = ""
     negative_prompt: str = ""
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # txt2img/layout/semantic: start from it at `strength` (img2img under that input)
     mask: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
     labels: np.ndarray | None = None
@@ -70,6 +70,8 @@ class Request:
     upscaler: str = "model"
     noise_level: int = 20
     colour_fix: bool = True
+    hires: Literal["auto", "on", "off"] = "auto"  # two passes (hires fix); auto: canvas over 2.25x the training area
+    hires_strength: float = 0.5
     refine_strength: float = 0.0
     refine_model: str = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -55,12 +55,12 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
 
 
 def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim",
-                colour_fix: bool = True):
+                colour_fix: bool = True, hires: str = "auto"):
     from engine.api import Box, Request
 
     s = case.scene
     r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed,
-                colour_fix=colour_fix)
+                colour_fix=colour_fix, hires=hires)
     if task in ("txt2img", "layout"):
         r.width = r.height = s.image.shape[0]
     if task == "txt2img":
@@ -218,10 +218,11 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
              sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64,
-             colour_fix: bool = True) -> dict:
+             colour_fix: bool = True, hires: str = "auto") -> dict:
     """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
     size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2);
-    colour_fix: the upscale task's Request.colour_fix."""
+    colour_fix: the upscale task's Request.colour_fix; hires: Request.hires ('auto' makes 4x the training size two
+    passes, 'off' samples it in one)."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
@@ -232,11 +233,14 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     cases = make_cases(task, n, offset, size)
     engine = Engine()
     try:
-        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix) for c in cases])
+        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires)
+                                for c in cases])
         result = {"model": path, "task": task, "n": n, "size": size, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
                   "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
         if task == "upscale":
             result["colour_fix"] = colour_fix
+        if size != 64:
+            result["hires"] = hires
         rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
         images = {"model": made}
         if ceiling:
@@ -245,8 +249,8 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         if chance:
             with tempfile.TemporaryDirectory() as tmp:
                 rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
-                images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix)
-                                                     for c in cases])
+                images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix,
+                                                                 hires) for c in cases])
             rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
     finally:
         engine.shutdown()
@@ -255,7 +259,8 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "")
+        name = (f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "") + ("-onepass" if hires == "off" else "")
+                + ("-nofix" if task == "upscale" and not colour_fix else ""))
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
                  for c in cases]
@@ -269,7 +274,8 @@ def cmd_eval(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
-                   chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix)
+                   chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
+                   hires=args.hires)
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -287,5 +293,7 @@ def add_command(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=64, help="scene size in px (e.g. 256: convolutional sampling at 4x)")
     p.add_argument("--no-chance", action="store_true")
+    p.add_argument("--hires", default="auto", choices=["auto", "on", "off"],
+                   help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling)")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.set_defaults(func=cmd_eval)

@@ -59,7 +59,7 @@ def resize_rgb(a: np.ndarray, width: int, height: int) -> np.ndarray:
 
     if a.shape[1] == width and a.shape[0] == height:
         return a
-    return np.asarray(Image.fromarray(a).resize((width, height), Image.Resampling.LANCZOS))
+    return np.array(Image.fromarray(a).resize((width, height), Image.Resampling.LANCZOS))
 
 
 def grow_and_feather(mask: np.ndarray, grow: int = 0, feather: int = 0) -> np.ndarray:

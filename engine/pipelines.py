@@ -220,9 +220,12 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
         return run_esrgan(request, ctx, cache, t0)
     device, dtype = pick_device(request)
     model = get_model(request, cache, device, dtype)
-    ctx.emit(Started(ctx.job_id, device=str(device), dtype=str(dtype).replace("torch.", ""), family=model.config.family))
     validate(request, model)
     h, w = output_size(request, model)
+    first = first_pass_size(request, model, h, w)
+    if first is not None:
+        return run_two_pass(request, ctx, cache, t0, first, (h, w), model)
+    ctx.emit(Started(ctx.job_id, device=str(device), dtype=str(dtype).replace("torch.", ""), family=model.config.family))
     with torch.inference_mode():
         try:
             plan = make_plan(request, model, h, w)
@@ -233,6 +236,45 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
             raise EngineError(str(e)) from None
     seeds = seeds_for(request)
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
+
+
+HIRES_TASKS = ("txt2img", "layout", "semantic")
+
+
+def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
+    """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
+    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto')."""
+    if request.hires == "off" or request.task not in HIRES_TASKS or request.image is not None:
+        return None
+    native = model.config.image_size
+    if request.hires == "auto" and h * w <= 2.25 * native * native:
+        return None
+    m = model.config.factor * 2 ** (len(model.config.unet.channel_mult) - 1)
+    k = min(1.0, native / (h * w) ** 0.5)
+    h0, w0 = (max(m, int(round(v * k / m)) * m) for v in (h, w))
+    return None if (h0, w0) == (h, w) else (h0, w0)
+
+
+def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, first: tuple[int, int],
+                 size: tuple[int, int], model) -> Result:
+    """A1111's hires fix: compose at about the model's training size, enlarge (Lanczos), then img2img at the canvas
+    size under the same prompt, boxes or label map (convolutional sampling from the enlarged composition)."""
+    from dataclasses import replace
+
+    from engine.images import resize_nearest, resize_rgb
+
+    if not 0.0 < request.hires_strength <= 1.0:
+        raise EngineError(f"hires strength must be in (0, 1], got {request.hires_strength}")
+    (h0, w0), (h, w) = first, size
+    labels = None if request.labels is None else resize_nearest(request.labels, w0, h0)
+    small = run_request(replace(request, width=w0, height=h0, labels=labels, hires="off"), ctx, cache)
+    out = []
+    for img, seed in zip(small.images, small.seeds):
+        sub = replace(request, image=resize_rgb(img, w, h), strength=request.hires_strength, width=w, height=h,
+                      batch_size=1, seed=seed, hires="off")
+        out.append(run_request(sub, ctx, cache).images[0])
+    text = parameters_text(request, model, h, w) + f", Hires strength: {request.hires_strength}, First pass: {w0}x{h0}"
+    return Result(ctx.job_id, tuple(out), text, small.seeds, time.perf_counter() - t0)
 
 
 def upscale_and_refine(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
@@ -368,7 +410,7 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         "Steps": request.steps, "Sampler": request.sampler, "CFG scale": request.cfg_scale, "Seed": request.seed,
         "Size": f"{w}x{h}", "Model": Path(model.source).stem, "Family": model.config.family, "Task": request.task,
     }
-    if request.task == "img2img":
+    if request.task == "img2img" or (request.task in HIRES_TASKS and request.image is not None):
         pairs["Denoising strength"] = request.strength
     if request.task == "upscale" and request.upscaler != "esrgan":
         pairs["Colour fix"] = request.colour_fix

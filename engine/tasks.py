@@ -165,7 +165,7 @@ def plan(request: Request, model, h: int, w: int) -> Plan:
     if text_model and request.task in ("layout", "semantic"):
         regions = regions_for(request, model, h, w)
         p.wrap.append(lambda den, noise: RegionalDenoiser(den, regions))
-    if request.task == "img2img":
+    if request.task == "img2img" or (request.image is not None and request.task in ("txt2img", "layout", "semantic")):
         image = resize_rgb(request.image, w, h)
         p.init = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
         p.init = p.init.expand(request.batch_size, -1, -1, -1)

@@ -222,6 +222,8 @@ def test_parameters_chunk_round_trip(tmp_path):
     write_png(png, np.zeros((4, 4, 3), np.uint8), text)
     assert read_png_parameters(png) == text
     assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+    doc.set_param("hires_strength", 0.4)
+    assert (parse_parameters(format_parameters(doc.to_request(seed=1)))["hires_strength"]) == 0.4
     doc.set_param("colour_fix", False)
     up = doc.to_request(seed=1)
     up.task = "upscale"

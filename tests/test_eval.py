@@ -75,17 +75,19 @@ def test_text_model_draws_the_prompted_colours_above_chance(task, results):
     assert res["scores"]["model"]["colour_recall"] >= COLOUR_RECALL[task]
 
 
-# Convolutional sampling (paper sec. 4.3.2): 4x the training size must keep the score within 0.1. Layout is left out
-# while its 64 px box recall is 0.00 (0.00 at both sizes would pass without meaning anything).
+# Convolutional sampling (paper sec. 4.3.2): 4x the training size must keep the score within 0.1. The app's default
+# there is two passes (Request.hires 'auto': compose at 64 px, enlarge, repaint at 256 px); 'off' samples 256 px from
+# noise in one pass. Layout is left out while its 64 px box recall is 0.00 (0.00 at both sizes would mean nothing).
 CONV_SIZE, CONV_TOLERANCE = 256, 0.1
-CONV_MISSED = {"semantic": "measured pixel accuracy 0.77 at 256 px vs 0.93 at 64 px (8 scenes, gap 0.16; 0.27 before "
-                           "multi-scale training)"}
+CONV_MISSED = {("semantic", "off"): "measured pixel accuracy 0.77 at 256 px in one pass vs 0.93 at 64 px (8 scenes, "
+                                    "gap 0.16; 0.27 before multi-scale training); two passes: 0.98"}
 
 
-@pytest.mark.parametrize("task", [pytest.param(t, marks=[pytest.mark.xfail(strict=False, reason=CONV_MISSED[t])]
-                                               if t in CONV_MISSED else []) for t in ("semantic",)])
-def test_convolutional_sampling_at_4x_keeps_the_score(task, results):
+@pytest.mark.parametrize("task,hires", [
+    pytest.param(t, h, marks=[pytest.mark.xfail(strict=False, reason=CONV_MISSED[t, h])] if (t, h) in CONV_MISSED else [])
+    for t in ("semantic",) for h in ("auto", "off")])
+def test_convolutional_sampling_at_4x_keeps_the_score(task, hires, results):
     small = _run(task, results)["scores"]["model"][HEADLINE[task]]
     big = evaluate(str(_bundled(task)), task, n=8, out=None, steps=10, cfg_scale=3.0, chance=False, ceiling=False,
-                   size=CONV_SIZE)["scores"]["model"][HEADLINE[task]]
+                   size=CONV_SIZE, hires=hires)["scores"]["model"][HEADLINE[task]]
     assert big >= small - CONV_TOLERANCE, (small, big)

@@ -128,6 +128,30 @@ def test_upscale_colour_fix_follows_the_input(family, tiny_models, engine):
     assert "Colour fix: True" in runs[True].parameters and "Colour fix: False" in runs[False].parameters
 
 
+def test_large_canvas_composes_at_the_training_size_then_repaints_at_full_size(tiny_models, engine):
+    from engine.images import resize_nearest, resize_rgb
+
+    path = tiny_models("ldm-semantic")
+    labels = np.zeros((128, 128), np.int64)
+    labels[40:100, 20:90] = 3
+    base = request_for(path, "semantic", width=128, height=128, labels=labels, label_prompts={}, seed=4)
+    ev, events = run(engine, **base)
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert ev.images[0].shape == (128, 128, 3) and "First pass: 32x32, Hires strength" not in ev.parameters
+    assert "Hires strength: 0.5, First pass: 32x32" in ev.parameters
+    assert len([e for e in events if isinstance(e, Started)]) == 2
+    first, _ = run(engine, **dict(base, width=32, height=32, labels=resize_nearest(labels, 32, 32), hires="off"))
+    second, _ = run(engine, **dict(base, image=resize_rgb(first.images[0], 128, 128), strength=0.5, hires="off"))
+    assert np.array_equal(ev.images[0], second.images[0])
+    one, events = run(engine, **dict(base, hires="off"))
+    assert len([e for e in events if isinstance(e, Started)]) == 1 and "First pass" not in one.parameters
+    assert not np.array_equal(one.images[0], ev.images[0])
+    small, events = run(engine, **dict(base, width=48, height=48, labels=labels[:48, :48]))
+    assert len([e for e in events if isinstance(e, Started)]) == 1, "auto: 2.25x the training area at most is one pass"
+    bad, _ = run(engine, **dict(base, hires_strength=0.0))
+    assert isinstance(bad, Failed) and "hires strength" in bad.message
+
+
 def test_inpaint_crop_pastes_back(tiny_models, engine):
     img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
     mask = np.zeros((96, 96), np.uint8)
