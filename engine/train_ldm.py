@@ -320,7 +320,7 @@ RECIPES = {
     "layout": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.5}, "first_stage": "sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
-    "sr4": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
+    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "sharp"},
 }
 
 

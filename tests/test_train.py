@@ -107,6 +107,23 @@ def test_min_snr_weighting_down_weights_low_noise_steps(ae_path):
     assert 0 < weighted < plain
 
 
+def test_unbounded_min_snr_gamma_is_the_eps_loss_of_the_paper(ae_path):
+    """v loss x min(SNR, gamma)/(SNR + 1) with gamma -> inf is the eps MSE (L_simple) of the eps the v output implies."""
+    torch.manual_seed(0)
+    model = build_model("sr4", ae_path, size=16, **TINY)
+    batches = Batches(model, "sr4", data.world_pool(range(8), 16, 4), np.random.default_rng(0), world=False)
+    z0, kw = batches(8)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        t = torch.randint(0, model.config.schedule.timesteps, (8,), generator=g)
+        ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
+        eps = torch.randn(z0.shape, generator=g)
+        zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
+        eps_hat = ac.sqrt() * model.model(zt, t, **kw) + (1 - ac).sqrt() * zt
+        simple = diffusion_loss(model, z0, kw, torch.Generator().manual_seed(3), min_snr=1e9)
+    assert torch.allclose(simple, (eps_hat - eps).pow(2).mean(), rtol=1e-4)
+
+
 def test_lr_warms_up_then_decays(tmp_path):
     from engine.train import Trainer
 
