@@ -11,6 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from app.project import atomic_write
+from engine.api import HIRES_TASKS
 
 KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
         "Seed": ("seed", int), "Model": ("model", str), "Denoising strength": ("strength", float),
@@ -49,7 +50,7 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
     if request.task == "inpaint" and request.inpaint_crop:
         pairs.append(("Inpaint crop", True))
-    if request.task in ("txt2img", "layout", "semantic"):
+    if request.task in HIRES_TASKS:
         pairs += [("Hires", request.hires), ("Hires strength", request.hires_strength)]
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]

@@ -20,6 +20,7 @@ from engine.memory import lean_allocator
 Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
 SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
+HIRES_TASKS = ("txt2img", "layout", "semantic")  # made in two passes on large canvases; a start image makes them img2img
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import EngineError, JobContext, Request, Result, Started, TASKS
+from engine.api import HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser
@@ -238,9 +238,6 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
 
 
-HIRES_TASKS = ("txt2img", "layout", "semantic")
-
-
 def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
     """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
     None for one pass ('off', other tasks, or under 2.25x the training area in 'auto')."""
@@ -410,7 +407,7 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         "Steps": request.steps, "Sampler": request.sampler, "CFG scale": request.cfg_scale, "Seed": request.seed,
         "Size": f"{w}x{h}", "Model": Path(model.source).stem, "Family": model.config.family, "Task": request.task,
     }
-    if request.task == "img2img" or (request.task in HIRES_TASKS and request.image is not None):
+    if request.image is not None and request.task in ("img2img", *HIRES_TASKS):
         pairs["Denoising strength"] = request.strength
     if request.task == "upscale" and request.upscaler != "esrgan":
         pairs["Colour fix"] = request.colour_fix

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import EngineError, Request
+from engine.api import HIRES_TASKS, EngineError, Request
 from engine.guidance import MaskBlendDenoiser, Region, RegionalDenoiser
 from engine.images import colour_fix, composite, grow_and_feather, mask_bbox, resize_nearest, resize_rgb
 from engine.pipelines import Plan, to_tensor
@@ -165,7 +165,7 @@ def plan(request: Request, model, h: int, w: int) -> Plan:
     if text_model and request.task in ("layout", "semantic"):
         regions = regions_for(request, model, h, w)
         p.wrap.append(lambda den, noise: RegionalDenoiser(den, regions))
-    if request.task == "img2img" or (request.image is not None and request.task in ("txt2img", "layout", "semantic")):
+    if request.image is not None and request.task in ("img2img", *HIRES_TASKS):
         image = resize_rgb(request.image, w, h)
         p.init = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
         p.init = p.init.expand(request.batch_size, -1, -1, -1)
