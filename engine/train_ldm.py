@@ -268,7 +268,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     model.eval()
     n_params = sum(p.numel() for p in params)
     info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
-            "lr": spec.lr, "min_snr": min_snr, "params_trained": n_params, "final_loss": float(np.mean(trainer.losses[-100:])),
+            "lr": spec.lr, "min_snr": min_snr, "threads": torch.get_num_threads(), "params_trained": n_params,
+            "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if n_big:
         info["multiscale"] = {"share": n_big / spec.batch, "sizes": list(scaled.sizes), "window_latent": scaled.window}
@@ -313,14 +314,15 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
-# What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores),
-# ldm_config overrides, and which first stage ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
+# What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
+# "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
+# ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "layout": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
     "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.5}, "first_stage": "sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
-    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "sharp"},
+    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "sharp", "threads": 2},
 }
 
 
@@ -339,8 +341,16 @@ def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]
     return plan, max(loads)
 
 
-def _worker_cmd(args, kind: str, runs: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", "1",
+def schedule(minutes: dict[str, float], threads: dict[str, int], jobs: int) -> tuple[list[list[str]], list[str], float]:
+    """`lanes` for the one-thread kinds, then each kind that wants more threads alone, longest first; with the
+    planned wall minutes of both phases. With one job everything is one lane."""
+    solo = [k for k in _longest_first(minutes) if jobs > 1 and threads.get(k, 1) > 1]
+    plan, wall = lanes({k: m for k, m in minutes.items() if k not in solo}, jobs)
+    return plan, solo, wall + sum(minutes[k] for k in solo)
+
+
+def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> list[str]:
+    cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
            "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
            "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed), "--pool", str(args.pool),
            "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
@@ -349,26 +359,39 @@ def _worker_cmd(args, kind: str, runs: Path, out: Path) -> list[str]:
 
 
 def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict, int]:
-    """Runs the kinds as `train-defaults --only KIND --jobs 1` worker processes, args.jobs at a time, one thread each,
-    longest first onto whichever worker frees up (the order `lanes` plans); gathers each worker's summary."""
+    """Runs the kinds as `train-defaults --only KIND --jobs 1` worker processes in the order `schedule` plans: the
+    one-thread kinds args.jobs at a time, longest first onto whichever worker frees up, then each kind whose recipe
+    asks for more threads alone with them (at most args.jobs); gathers each worker's summary."""
+    minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
+    threads = {k: RECIPES[k].get("threads", 1) for k in kinds}
+    plan, solo, wall = schedule(minutes, threads, args.jobs)
+    print(json.dumps({"plan": plan, "then": solo, "planned_minutes": wall}), flush=True)
+    summary, failed = _run_workers(args, [k for k in _longest_first(minutes) if k not in solo], args.jobs, 1, runs, out)
+    for kind in solo:
+        part, bad = _run_workers(args, [kind], 1, min(threads[kind], args.jobs), runs, out)
+        summary.update(part)
+        failed += bad
+    return summary, failed
+
+
+def _run_workers(args, queue: list[str], width: int, threads: int, runs: Path, out: Path) -> tuple[dict, int]:
+    """Worker processes for the queued kinds, `width` at a time with `threads` threads each."""
     import os
     import subprocess
 
-    minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
-    plan, wall = lanes(minutes, args.jobs)
-    print(json.dumps({"plan": plan, "planned_minutes": wall}), flush=True)
-    queue = _longest_first(minutes)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    queue = list(queue)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running, summary, failed = {}, {}, 0
     while queue or running:
-        while queue and len(running) < args.jobs:
+        while queue and len(running) < width:
             kind = queue.pop(0)
             (runs / kind).mkdir(parents=True, exist_ok=True)
             (runs / kind / "summary.json").unlink(missing_ok=True)
             log = open(runs / kind / "train.log", "w")
-            proc = subprocess.Popen(_worker_cmd(args, kind, runs, out), stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(_worker_cmd(args, kind, runs, out, threads), stdout=log, stderr=subprocess.STDOUT,
+                                    env=env)
             running[kind] = (proc, log)
-            print(f"{kind}: started (log {runs / kind / 'train.log'})", flush=True)
+            print(f"{kind}: started, {threads} thread(s) (log {runs / kind / 'train.log'})", flush=True)
         time.sleep(0.5 if args.quick else 5.0)
         for kind, (proc, log) in list(running.items()):
             if proc.poll() is None:
@@ -378,11 +401,10 @@ def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict
             part = runs / kind / "summary.json"
             if proc.returncode == 0 and part.exists():
                 summary[kind] = json.loads(part.read_text())[kind]
-                print(json.dumps(summary[kind]), flush=True)
             else:
                 failed += 1
                 summary[kind] = {"kind": kind, "error": f"exit {proc.returncode}, see {runs / kind / 'train.log'}"}
-                print(json.dumps(summary[kind]), flush=True)
+            print(json.dumps(summary[kind]), flush=True)
     return summary, failed
 
 
@@ -391,7 +413,7 @@ def cmd_train_defaults(args) -> int:
     processes at a time; resumable run by run."""
     from engine.train import finetune_decoder
 
-    _threads(args)
+    torch.set_num_threads(max(1, args.threads, args.jobs))  # the first stage has the machine to itself
     runs, out = Path(args.runs), Path(args.out)
     quick = args.quick
     t_all = time.time()
@@ -425,6 +447,7 @@ def cmd_train_defaults(args) -> int:
     for kind in [] if parallel else todo:
         recipe = RECIPES[kind]
         minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
+        torch.set_num_threads(max(1, args.threads if args.jobs == 1 else min(recipe.get("threads", 1), args.jobs)))
         t0 = time.time()
         info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
                          sharp_path if recipe["first_stage"] == "sharp" else ae_path, targets[kind], **recipe["cfg"])

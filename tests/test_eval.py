@@ -16,8 +16,8 @@ MISSED = {
     "txt2img": "measured caption match 0.12 (8 scenes; 0.03 on 32, ceiling 1.00, its KL-f4 first-stage ceiling 0.66, chance 0.00)",
     "layout": "measured box recall 0.00 (8 scenes, colour recall 0.54; 0.00 on 32, ceiling 1.00, its KL-f4 first-stage "
               "ceiling 0.81, chance 0.00)",
-    "upscale": "measured PSNR gain +1.37 dB over bicubic with the colour fix (8 scenes; +1.47 on 32, +0.75 without the "
-               "fix, first-stage ceiling +4.9, chance -8.2)",
+    "upscale": "measured PSNR gain +1.45 dB over bicubic with the colour fix (8 scenes, DDIM 10; +1.54 on 32 at DDIM 20, "
+               "+0.84 without the fix, first-stage ceiling +4.9, chance -8.2)",
 }
 # Below the headline: share of prompted colours drawn (chance 0.40 on 32 scenes: noise is full of coloured specks).
 COLOUR_RECALL = {"txt2img": 0.6}

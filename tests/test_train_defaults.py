@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_ldm import RECIPES, _worker_cmd, lanes
+from engine.train_ldm import RECIPES, _worker_cmd, lanes, schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,23 @@ def test_lanes_pair_long_with_short_and_degenerate_cases():
     assert wall == 40 and sum(map(len, plan)) == 2
 
 
+def test_schedule_runs_threaded_recipes_alone_after_the_lanes():
+    plan, solo, wall = schedule({"a": 40, "b": 30, "c": 20, "d": 10}, {"b": 2}, 2)
+    assert solo == ["b"] and sorted(map(sorted, plan)) == [["a"], ["c", "d"]] and wall == 40 + 30
+    plan, solo, wall = schedule({"a": 40, "b": 30}, {"b": 2}, 1)
+    assert (plan, solo, wall) == ([["a", "b"]], [], 70)
+
+
+def test_shipped_schedule_fits_the_three_hour_budget_with_every_kind_once():
+    minutes = {k: r["minutes"] for k, r in RECIPES.items()}
+    threads = {k: r.get("threads", 1) for k, r in RECIPES.items()}
+    plan, solo, wall = schedule(minutes, threads, 2)
+    assert sorted([k for lane in plan for k in lane] + solo) == sorted(minutes)
+    assert solo == [k for k in sorted(minutes, key=lambda k: -minutes[k]) if threads[k] > 1]
+    args = _parser().parse_args(["train-defaults"])
+    assert args.ae_minutes + args.decoder_minutes + wall <= 170
+
+
 def test_worker_command_is_a_one_kind_one_thread_train_defaults_run(tmp_path):
     args = _parser().parse_args(["train-defaults", "--quick", "--steps", "3", "--batch", "4", "--runs", str(tmp_path)])
     assert args.jobs == 2
@@ -57,6 +74,7 @@ def test_worker_command_is_a_one_kind_one_thread_train_defaults_run(tmp_path):
     sub = _parser().parse_args(cmd[3:])
     assert (sub.only, sub.jobs, sub.threads, sub.quick, sub.steps, sub.batch) == ("sr4", 1, 1, True, 3, 4)
     assert Path(sub.summary) == tmp_path / "sr4" / "summary.json" and Path(sub.runs) == tmp_path
+    assert _parser().parse_args(_worker_cmd(args, "sr4", tmp_path, tmp_path, threads=2)[3:]).threads == 2
 
 
 @pytest.mark.slow
@@ -73,6 +91,7 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
     for kind in kinds:
         assert summary[kind]["kind"] == kind and summary[kind]["steps"] == 2
         assert (runs / kind / "train.log").exists()
+        assert summary[kind]["threads"] == min(2, RECIPES[kind].get("threads", 1))
     assert sorted(p.name for p in out.iterdir()) == ["world-inpaint.safetensors", "world-semantic.safetensors",
                                                      "world-sr4.safetensors"]
     assert '"plan"' in res.stdout
