@@ -307,6 +307,24 @@ class Document:
     def generation_rect(self) -> tuple[int, int, int, int]:
         return self.region or (0, 0, self.width, self.height)
 
+    def is_blank(self) -> bool:
+        """Nothing made, painted, drawn, opened or undoable yet (parameters aside)."""
+        return not (self.can_undo or self.can_redo or self.history or self.has_image or self.boxes or self.path
+                    or self.mask.any() or (self.labels >= 0).any())
+
+    def start_size(self, width: int, height: int) -> bool:
+        """Size a blank canvas for its model (no undo step: there is nothing to go back to); False if not blank."""
+        if not self.is_blank():
+            return False
+        if (int(width), int(height)) != (self.width, self.height):
+            self.width, self.height = int(width), int(height)
+            self.image = np.full((self.height, self.width, 3), 255, np.uint8)
+            self.mask = np.zeros((self.height, self.width), np.uint8)
+            self.labels = np.full((self.height, self.width), -1, np.int16)
+            self.region = None
+            self.notify("size", "image", "mask", "labels", "region")
+        return True
+
     def resize(self, width: int, height: int) -> None:
         """Canvas size (the txt2img output size): every layer resampled, nearest neighbour."""
         width, height = int(width), int(height)

@@ -254,6 +254,9 @@ class MainWindow(FileActions, QMainWindow):
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         ok = info is not None and not info.error
+        if ok and api.suggested_size(info.image_size):
+            side = api.suggested_size(info.image_size)
+            self.doc.start_size(side, side)
         self.palette.set_names(info.label_names if ok else (), info.label_colors if ok else ())
         self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)

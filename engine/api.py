@@ -353,6 +353,14 @@ def inspect_model(path: str) -> ModelInfo:
     )
 
 
+def suggested_size(image_size: int) -> int:
+    """Side of a new canvas for a model trained at image_size px: that size (SD1 512, SD2-v 768, LDM 256), or up to
+    4x it for models trained below 256 px (the bundled 64 px models: 256, composed in two passes); 0 if unknown."""
+    if image_size <= 0:
+        return 0
+    return max(image_size, min(4 * image_size, 256))
+
+
 def default_model_for(task: str) -> ModelInfo | None:
     """The bundled model that serves a task best (the one whose family lists the task earliest)."""
     from pathlib import Path

@@ -47,6 +47,21 @@ def test_mask_stroke_is_one_undo_step_and_redo_restores():
     assert np.array_equal(doc.mask, painted)
 
 
+def test_a_blank_canvas_is_sized_without_an_undo_step_and_a_used_one_is_not():
+    doc = Document(512, 512)
+    seen = []
+    doc.subscribe(seen.append)
+    assert doc.is_blank() and doc.start_size(256, 192)
+    assert (doc.width, doc.height) == (256, 192) and doc.image.shape == (192, 256, 3) and doc.labels.shape == (192, 256)
+    assert not doc.can_undo and not doc.dirty and "size" in seen
+    doc.stroke("mask", [(10, 10), (40, 10)], radius=3)
+    doc.undo()
+    assert doc.can_redo and not doc.is_blank() and not doc.start_size(64, 64) and doc.width == 256
+    doc = Document(64, 64)
+    doc.add_box("red circle", (0, 0, 10, 10))
+    assert not doc.is_blank() and not doc.start_size(128, 128)
+
+
 def test_label_stroke_fill_and_undo():
     doc = Document(32, 32)
     doc.stroke("labels", [(0, 16), (31, 16)], radius=2, value=7)

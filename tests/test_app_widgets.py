@@ -58,6 +58,21 @@ def at(canvas, x, y) -> QPoint:
     return canvas.to_widget(x, y).toPoint()
 
 
+def test_a_blank_canvas_takes_its_models_size_until_the_user_sizes_it(make_window, tmp_path):
+    assert [api.suggested_size(s) for s in (0, 32, 64, 256, 512, 768)] == [0, 128, 256, 256, 512, 768]
+    win = make_window()
+    sd = api.ModelInfo(path=str(tmp_path / "sd.safetensors"), name="sd", family="sd1", tasks=("txt2img",), image_size=512)
+    win.doc.set_param("model", sd.path)
+    win._model_changed(sd)
+    assert (win.doc.width, win.doc.height) == (512, 512) and not win.doc.can_undo
+    assert (win.params_panel.width_.value(), win.params_panel.height_.value()) == (512, 512)
+    win._model_changed(api.ModelInfo(path=sd.path, name="small", family="world-txt2img", tasks=("txt2img",), image_size=64))
+    assert (win.doc.width, win.doc.height) == (256, 256)
+    win.doc.resize(320, 192)
+    win._model_changed(sd)
+    assert (win.doc.width, win.doc.height) == (320, 192)
+
+
 def drag(canvas, points, button=Qt.MouseButton.LeftButton):
     QTest.mousePress(canvas, button, Qt.KeyboardModifier.NoModifier, at(canvas, *points[0]))
     for p in points[1:]:
