@@ -35,6 +35,7 @@ class MainWindow(FileActions, QMainWindow):
         self.persist_settings = persist_settings
         self.recovery = recovery
         self.doc = Document(512, 512)
+        self._auto_size = (self.doc.width, self.doc.height)
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
@@ -254,9 +255,9 @@ class MainWindow(FileActions, QMainWindow):
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         ok = info is not None and not info.error
-        if ok and api.suggested_size(info.image_size):
-            side = api.suggested_size(info.image_size)
-            self.doc.start_size(side, side)
+        side = api.suggested_size(info.image_size) if ok else 0
+        if side and (self.doc.width, self.doc.height) == self._auto_size and self.doc.start_size(side, side):
+            self._auto_size = (side, side)
         self.palette.set_names(info.label_names if ok else (), info.label_colors if ok else ())
         self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)

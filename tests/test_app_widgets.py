@@ -34,7 +34,7 @@ def make_window(qtbot, tmp_path, monkeypatch):
     monkeypatch.setattr(api, "default_model_for", lambda task: model if task in model.tasks else None)
     windows = []
 
-    def make(runner=None, **settings):
+    def make(runner=None, sized=True, **settings):
         win = MainWindow(runner=runner or functools.partial(fake_runner, step_s=0.005),
                          settings=AppSettings(outputs_dir=str(tmp_path / "out"), **settings),
                          recovery=project.Recovery(tmp_path / "rec"), persist_settings=False)
@@ -43,8 +43,9 @@ def make_window(qtbot, tmp_path, monkeypatch):
         with qtbot.waitActive(win):
             win.show()
             win.activateWindow()
-        win.doc.resize(128, 96)
-        win.doc.undo_stack.clear()
+        if sized:
+            win.doc.resize(128, 96)
+            win.doc.undo_stack.clear()
         win.canvas.fit()
         windows.append(win)
         return win
@@ -60,17 +61,20 @@ def at(canvas, x, y) -> QPoint:
 
 def test_a_blank_canvas_takes_its_models_size_until_the_user_sizes_it(make_window, tmp_path):
     assert [api.suggested_size(s) for s in (0, 32, 64, 256, 512, 768)] == [0, 128, 256, 256, 512, 768]
-    win = make_window()
-    sd = api.ModelInfo(path=str(tmp_path / "sd.safetensors"), name="sd", family="sd1", tasks=("txt2img",), image_size=512)
+    win = make_window(sized=False)
+    sd = api.ModelInfo(path=str(tmp_path / "sd.safetensors"), name="sd", family="sd2", tasks=("txt2img",), image_size=768)
     win.doc.set_param("model", sd.path)
     win._model_changed(sd)
-    assert (win.doc.width, win.doc.height) == (512, 512) and not win.doc.can_undo
-    assert (win.params_panel.width_.value(), win.params_panel.height_.value()) == (512, 512)
+    assert (win.doc.width, win.doc.height) == (768, 768) and not win.doc.can_undo
+    assert (win.params_panel.width_.value(), win.params_panel.height_.value()) == (768, 768)
     win._model_changed(api.ModelInfo(path=sd.path, name="small", family="world-txt2img", tasks=("txt2img",), image_size=64))
     assert (win.doc.width, win.doc.height) == (256, 256)
     win.doc.resize(320, 192)
     win._model_changed(sd)
     assert (win.doc.width, win.doc.height) == (320, 192)
+    win.new_document()
+    win._model_changed(sd)
+    assert (win.doc.width, win.doc.height) == (320, 192) and win.doc.is_blank()
 
 
 def drag(canvas, points, button=Qt.MouseButton.LeftButton):
