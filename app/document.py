@@ -84,10 +84,7 @@ class Document:
     """Image, mask and semantic label layers plus layout boxes, generation parameters and results history."""
 
     def __init__(self, width: int = 512, height: int = 512):
-        self.width, self.height = int(width), int(height)
-        self.image = np.full((self.height, self.width, 3), 255, np.uint8)
-        self.mask = np.zeros((self.height, self.width), np.uint8)
-        self.labels = np.full((self.height, self.width), -1, np.int16)
+        self._blank_layers(width, height)
         self.boxes: list[LayoutBox] = []
         self.region: tuple[int, int, int, int] | None = None
         self.has_image = False
@@ -317,13 +314,16 @@ class Document:
         if not self.is_blank():
             return False
         if (int(width), int(height)) != (self.width, self.height):
-            self.width, self.height = int(width), int(height)
-            self.image = np.full((self.height, self.width, 3), 255, np.uint8)
-            self.mask = np.zeros((self.height, self.width), np.uint8)
-            self.labels = np.full((self.height, self.width), -1, np.int16)
+            self._blank_layers(width, height)
             self.region = None
             self.notify("size", "image", "mask", "labels", "region")
         return True
+
+    def _blank_layers(self, width: int, height: int) -> None:
+        self.width, self.height = int(width), int(height)
+        self.image = np.full((self.height, self.width, 3), 255, np.uint8)
+        self.mask = np.zeros((self.height, self.width), np.uint8)
+        self.labels = np.full((self.height, self.width), -1, np.int16)
 
     def resize(self, width: int, height: int) -> None:
         """Canvas size (the txt2img output size): every layer resampled, nearest neighbour."""

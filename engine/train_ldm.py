@@ -341,6 +341,11 @@ def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]
     return plan, max(loads)
 
 
+def recipe_threads(kind: str, jobs: int) -> int:
+    """Threads of a kind's run under `--jobs`: its recipe's `threads` (1 if unset), at most the jobs' cores."""
+    return max(1, min(RECIPES[kind].get("threads", 1), jobs))
+
+
 def schedule(minutes: dict[str, float], threads: dict[str, int], jobs: int) -> tuple[list[list[str]], list[str], float]:
     """`lanes` for the one-thread kinds, then each kind that wants more threads alone, longest first; with the
     planned wall minutes of both phases. With one job everything is one lane."""
@@ -363,12 +368,11 @@ def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict
     one-thread kinds args.jobs at a time, longest first onto whichever worker frees up, then each kind whose recipe
     asks for more threads alone with them (at most args.jobs); gathers each worker's summary."""
     minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
-    threads = {k: RECIPES[k].get("threads", 1) for k in kinds}
-    plan, solo, wall = schedule(minutes, threads, args.jobs)
+    plan, solo, wall = schedule(minutes, {k: recipe_threads(k, args.jobs) for k in kinds}, args.jobs)
     print(json.dumps({"plan": plan, "then": solo, "planned_minutes": wall}), flush=True)
     summary, failed = _run_workers(args, [k for k in _longest_first(minutes) if k not in solo], args.jobs, 1, runs, out)
     for kind in solo:
-        part, bad = _run_workers(args, [kind], 1, min(threads[kind], args.jobs), runs, out)
+        part, bad = _run_workers(args, [kind], 1, recipe_threads(kind, args.jobs), runs, out)
         summary.update(part)
         failed += bad
     return summary, failed
@@ -447,7 +451,7 @@ def cmd_train_defaults(args) -> int:
     for kind in [] if parallel else todo:
         recipe = RECIPES[kind]
         minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
-        torch.set_num_threads(max(1, args.threads if args.jobs == 1 else min(recipe.get("threads", 1), args.jobs)))
+        torch.set_num_threads(max(1, args.threads) if args.jobs == 1 else recipe_threads(kind, args.jobs))
         t0 = time.time()
         info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
                          sharp_path if recipe["first_stage"] == "sharp" else ae_path, targets[kind], **recipe["cfg"])
