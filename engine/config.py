@@ -87,6 +87,7 @@ class CondConfig:
     label_names: tuple[str, ...] = ()
     vocab: tuple[str, ...] = ()
     empty_layout_uncond: bool = False  # trained with empty-layout dropout: that layout is its CFG unconditional input
+    layout_raster: bool = False  # hybrid layout model: LayoutTokenizer.raster of the boxes is also concatenated
 
 
 @dataclass(frozen=True)

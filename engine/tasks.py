@@ -63,9 +63,15 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
         tok = layout_tokenizer(model)
         tokens = tok.encode([(bx.label, bx.box) for bx in request.boxes])
         cond = {"context": model.get_learned_conditioning(tokens[None].expand(b, -1).to(model.device))}
-        if not cfg.cond.empty_layout_uncond:
-            return cond, None
-        return cond, {"context": model.get_learned_conditioning(tok.encode([])[None].expand(b, -1).to(model.device))}
+        uncond = None
+        if cfg.cond.empty_layout_uncond:
+            uncond = {"context": model.get_learned_conditioning(tok.encode([])[None].expand(b, -1).to(model.device))}
+        if cfg.cond.layout_raster:
+            raster = tok.raster([(bx.label, bx.box) for bx in request.boxes], h // cfg.factor, w // cfg.factor)
+            cond["concat"] = raster[None].expand(b, -1, -1, -1).to(model.device)
+            if uncond is not None:
+                uncond["concat"] = torch.zeros_like(cond["concat"])
+        return cond, uncond
     if kind == "class":
         cid = 0 if request.class_id is None else int(request.class_id)
         n = cfg.cond.n_classes

@@ -335,6 +335,18 @@ class LayoutTokenizer:
             tokens += self.crop_tokens(crop)
         return torch.tensor(tokens, dtype=torch.long)
 
+    def raster(self, boxes: Sequence, h: int, w: int) -> torch.Tensor:
+        """Per-class box coverage on an h x w grid (n_classes, h, w): each cell's covered area fraction, the largest
+        over a class's boxes: the concat half of a hybrid layout model's conditioning, boxes drawn as a label map."""
+        out = torch.zeros(self.n_classes, h, w)
+        cells_y, cells_x = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+        for label, (x0, y0, x1, y1), _ in (self._parse(b) for b in boxes):
+            c = self.class_id(label)
+            cy = (torch.clamp(cells_y + 1, max=y1 * h) - torch.clamp(cells_y, min=y0 * h)).clamp(0, 1)
+            cx = (torch.clamp(cells_x + 1, max=x1 * w) - torch.clamp(cells_x, min=x0 * w)).clamp(0, 1)
+            out[c] = torch.maximum(out[c], cy[:, None] * cx[None, :])
+        return out
+
     @staticmethod
     def _rescale(box: Rect, frame: Rect) -> Rect:
         fx0, fy0, fx1, fy1 = frame

@@ -81,10 +81,16 @@ class Batches:
             kw["context"] = cond.encode(caps)
         elif self.kind == "layout":
             tokens = self.tokens[idx]
+            drop = torch.zeros(n, dtype=torch.bool)
             if self.model.config.cond.empty_layout_uncond:
                 drop = torch.from_numpy(self.rng.random(n) < TEXT_DROPOUT)
                 tokens = torch.where(drop[:, None], self.empty, tokens)
             kw["context"] = cond.encode(tokens)
+            if self.model.config.cond.layout_raster:
+                h, w = z0.shape[-2:]
+                kw["concat"] = torch.stack([torch.zeros(self.tok.n_classes, h, w) if d else
+                                            self.tok.raster(self.pool.boxes[i][: self.tok.max_objects], h, w)
+                                            for i, d in zip(idx, drop.tolist())])
         elif self.kind == "semantic":
             kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
         elif self.kind == "sr4":

@@ -93,3 +93,19 @@ def test_layout_errors_and_custom_classes():
     assert t.tolist() == [1, 0, 255] + [255] * 9 + [0, 255]
     with pytest.raises(ValueError):
         own.encode([("Car", (0, 0, 1, 1))])
+
+
+def test_layout_raster_is_each_cells_covered_area_per_class():
+    tok = tk.LayoutTokenizer(["square", "circle"], n_tokens=256, max_objects=4)
+    r = tok.raster([("circle", (0.25, 0.25, 0.75, 0.5)), ("square", (0.0, 0.0, 0.375, 0.125)),
+                    ("circle", (0.5, 0.25, 1.0, 0.5))], 4, 4)
+    assert r.shape == (2, 4, 4)
+    expect_circle = torch.zeros(4, 4)
+    expect_circle[1, 1:] = 1.0
+    assert torch.equal(r[1], expect_circle)
+    expect_square = torch.zeros(4, 4)
+    expect_square[0, :2] = torch.tensor([0.5, 0.25])
+    assert torch.allclose(r[0], expect_square)
+    assert tok.raster([], 3, 5).abs().sum() == 0
+    with pytest.raises(ValueError, match="unicorn"):
+        tok.raster([("unicorn", (0, 0, 1, 1))], 4, 4)

@@ -215,3 +215,57 @@ def test_layout_trains_with_empty_layout_dropout_and_samples_with_it_as_uncond(a
 
     model.config = replace(model.config, cond=replace(model.config.cond, empty_layout_uncond=False))
     assert base_conditioning(req, model, 16, 16)[1] is None  # released layout2img: never trained without boxes
+
+
+def test_hybrid_layout_model_gets_its_boxes_as_a_map_and_the_empty_map_as_uncond(ae_path, tmp_path):
+    from engine.api import Box, Request
+    from engine.tasks import base_conditioning, layout_tokenizer
+
+    model = build_model("layout", ae_path, size=16, raster=True, **TINY)
+    cfg = model.config
+    tok = layout_tokenizer(model)
+    assert cfg.conditioning_key == "hybrid" and cfg.cond.layout_raster
+    assert cfg.unet.in_channels == cfg.unet.out_channels + tok.n_classes
+    rng = np.random.default_rng(0)
+    pool = data.world_pool(data.train_seeds(rng, 8), 16)
+    batches = Batches(model, "layout", pool, rng, world=True)
+    seen = []
+    model.cond_stage_model.encode = lambda t: (seen.append(t.clone()), torch.zeros(len(t), 1, 32))[1]
+    z0, kw = batches(200)
+    del model.cond_stage_model.encode
+    dropped = (seen[0] == batches.empty).all(1)
+    assert kw["concat"].shape == (200, tok.n_classes, *z0.shape[-2:])
+    assert (kw["concat"][dropped] == 0).all() and (kw["concat"][~dropped].flatten(1).amax(1) > 0).all()
+    tokens = seen[0][~dropped]
+    for t, r in zip(tokens[:20], kw["concat"][~dropped][:20]):
+        drawn = {int(c) for c in t[:-2:3] if c != tok.pad}
+        assert {int(c) for c in torch.nonzero(r.flatten(1).amax(1) > 0).flatten()} == drawn
+
+    req = Request(task="layout", boxes=[Box("red circle", (0.0, 0.0, 0.5, 1.0))], width=16, height=16)
+    with torch.no_grad():
+        cond, uncond = base_conditioning(req, model, 16, 16)
+    red_circle = tok.class_id("red circle")
+    assert cond["concat"].shape == (1, tok.n_classes, 4, 4) and (uncond["concat"] == 0).all()
+    assert (cond["concat"][0, red_circle, :, :2] == 1).all() and cond["concat"][0, :, :, 2:].abs().sum() == 0
+
+    out = tmp_path / "hybrid.safetensors"
+    train_ldm("layout", RunSpec(tmp_path / "run", steps=2, batch=2, pool_size=8, progress=False), ae_path, out,
+              size=16, raster=True, **TINY)
+    loaded = load(out)
+    assert loaded.config.conditioning_key == "hybrid" and loaded.config.cond.layout_raster
+
+    import threading
+
+    from engine.api import JobContext, TileSettings
+    from engine.pipelines import run_request
+    from engine.tasks import layout_tile_conditioning
+
+    crop = layout_tile_conditioning(req, model, 4, 4)
+    tile = crop({"cond": cond, "uncond": uncond}, (slice(0, 4), slice(1, 3)))
+    assert torch.equal(tile["cond"]["concat"], cond["concat"][..., :, 1:3]) and (tile["uncond"]["concat"] == 0).all()
+    events = []
+    for tiles in ("off", "on"):
+        job = Request(model=str(out), task="layout", boxes=req.boxes, width=32, height=32, steps=2, seed=1,
+                      tiles=TileSettings(mode=tiles, tile=4, overlap=1))
+        res = run_request(job, JobContext(1, events.append, threading.Event(), 1e9), {})
+        assert res.images[0].shape == (32, 32, 3)
