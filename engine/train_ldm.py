@@ -315,7 +315,7 @@ def cmd_train_ldm(args) -> int:
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
-                     multiscale=args.multiscale, min_snr=args.min_snr)
+                     multiscale=args.multiscale, min_snr=args.min_snr, **({"raster": True} if args.raster else {}))
     print(json.dumps(info))
     return 0
 
@@ -505,6 +505,8 @@ def add_commands(sub) -> None:
     p.add_argument("--multiscale", type=float, default=0.0,
                    help="semantic: share of each batch from 128/256 px scenes (32x32-latent windows)")
     p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="Min-SNR loss weighting gamma (0: plain loss)")
+    p.add_argument("--raster", action="store_true",
+                   help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")
     p.set_defaults(func=cmd_train_ldm)
     p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
     _common(p, 0.0)

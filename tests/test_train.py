@@ -269,3 +269,17 @@ def test_hybrid_layout_model_gets_its_boxes_as_a_map_and_the_empty_map_as_uncond
                       tiles=TileSettings(mode=tiles, tile=4, overlap=1))
         res = run_request(job, JobContext(1, events.append, threading.Event(), 1e9), {})
         assert res.images[0].shape == (32, 32, 3)
+
+
+def test_train_ldm_cli_raster_flag_makes_a_hybrid_layout_file(ae_path, tmp_path):
+    from engine.__main__ import main
+
+    def train(name, *extra):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["train-ldm", "--kind", "layout", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool",
+                     "8", "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / name), "--no-progress",
+                     *extra]) == 0
+        return load(out).config
+
+    assert train("hybrid", "--raster").conditioning_key == "hybrid"
+    assert train("plain").conditioning_key == "crossattn"
