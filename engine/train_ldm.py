@@ -71,6 +71,17 @@ class Batches:
         if self.removal is not None and step % (4 * 100) == 0:
             self.removal = self.removal_pool(len(self.removal["z"]))
 
+    def layout_kw(self, tokens: torch.Tensor, empty: torch.Tensor, rasters: list | None) -> dict:
+        """Context (and a hybrid model's box map) for layout token rows; with empty-layout dropout a tenth of them
+        become the empty layout with an empty map, the unconditional input of classifier-free guidance."""
+        drop = torch.zeros(len(tokens), dtype=torch.bool)
+        if self.model.config.cond.empty_layout_uncond:
+            drop = torch.from_numpy(self.rng.random(len(tokens)) < TEXT_DROPOUT)
+        kw = {"context": self.model.cond_stage_model.encode(torch.where(drop[:, None], empty, tokens))}
+        if rasters is not None:
+            kw["concat"] = torch.where(drop[:, None, None, None], 0.0, torch.stack(rasters))
+        return kw
+
     def __call__(self, n: int) -> tuple[torch.Tensor, dict]:
         """(clean latents z0, UNet keyword inputs) for n samples; gradients flow into the conditioner."""
         idx = self.rng.integers(0, len(self.pool), n)
@@ -80,17 +91,10 @@ class Batches:
             caps = ["" if self.rng.random() < TEXT_DROPOUT else self.pool.captions[i] for i in idx]  # CFG (Ho & Salimans)
             kw["context"] = cond.encode(caps)
         elif self.kind == "layout":
-            tokens = self.tokens[idx]
-            drop = torch.zeros(n, dtype=torch.bool)
-            if self.model.config.cond.empty_layout_uncond:
-                drop = torch.from_numpy(self.rng.random(n) < TEXT_DROPOUT)
-                tokens = torch.where(drop[:, None], self.empty, tokens)
-            kw["context"] = cond.encode(tokens)
-            if self.model.config.cond.layout_raster:
-                h, w = z0.shape[-2:]
-                kw["concat"] = torch.stack([torch.zeros(self.tok.n_classes, h, w) if d else
-                                            self.tok.raster(self.pool.boxes[i][: self.tok.max_objects], h, w)
-                                            for i, d in zip(idx, drop.tolist())])
+            h, w = z0.shape[-2:]
+            boxes = [self.pool.boxes[i][: self.tok.max_objects] for i in idx]
+            rasters = [self.tok.raster(b, h, w) for b in boxes] if self.model.config.cond.layout_raster else None
+            kw = self.layout_kw(self.tokens[idx], self.empty.expand(n, -1), rasters)
         elif self.kind == "semantic":
             kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
         elif self.kind == "sr4":
@@ -108,9 +112,10 @@ class Batches:
 
 
 class ScaledScenes:
-    """Multi-scale semantic batches for convolutional sampling (Rombach et al. 2022, sec. 4.3.2): window x window
-    latents of scenes rendered at each of `sizes` px (for a 64 px model: whole 128 px scenes, random windows of 256 px
-    ones), so it sees objects up to 4x their training size, larger than its view, and has to keep one colour per object."""
+    """Multi-scale semantic or layout batches for convolutional sampling (Rombach et al. 2022, sec. 4.3.2): window x
+    window latents of scenes rendered at each of `sizes` px (for a 64 px model: whole 128 px scenes, random windows of
+    256 px ones), so it sees objects up to 4x their training size, larger than its view, and has to keep one colour per
+    object. Layout windows keep the scene's boxes with the window as crop tokens, as tiled sampling gives them."""
 
     def __init__(self, batches: Batches, sizes: tuple[int, ...] = (128, 256), pool_size: int = 256, window: int = 32):
         self.b, self.rng, self.sizes, self.window = batches, batches.rng, sizes, window
@@ -123,7 +128,7 @@ class ScaledScenes:
     def render(self, size: int, n: int) -> tuple[np.ndarray, torch.Tensor]:
         pool = data.world_pool(data.train_seeds(self.rng, n), size)
         z = torch.cat([self.b.model.encode_first_stage(data.to_tensor(pool.images[i:i + 16])) for i in range(0, n, 16)])
-        return pool.labels, z
+        return (pool.boxes if self.b.kind == "layout" else pool.labels), z
 
     def refresh(self, step: int) -> None:
         """Replace an eighth of each size's pool with newly rendered scenes."""
@@ -135,13 +140,31 @@ class ScaledScenes:
     def __call__(self, n: int) -> tuple[torch.Tensor, dict]:
         """(z0, {"concat": ...}) for n random windows, each from a scene of a random size in `sizes`."""
         w, f = self.window, self.f
-        zs, labels = [], []
+        zs, parts = [], []
         for s in self.rng.choice(self.sizes, n):
             i = int(self.rng.integers(0, len(self.z[s])))
-            y, x = (int(v) for v in self.rng.integers(0, self.z[s].shape[-1] - w + 1, 2))
+            side = self.z[s].shape[-1]
+            y, x = (int(v) for v in self.rng.integers(0, side - w + 1, 2))
             zs.append(self.z[s][i, :, y:y + w, x:x + w])
-            labels.append(self.labels[s][i, f * y:f * (y + w), f * x:f * (x + w)])
-        return torch.stack(zs), {"concat": self.b.model.cond_stage_model.encode(data.one_hot_labels(np.stack(labels)))}
+            if self.b.kind == "layout":
+                parts.append(window_layout(self.b, self.labels[s][i], side, y, x, w))
+            else:
+                parts.append(self.labels[s][i, f * y:f * (y + w), f * x:f * (x + w)])
+        if self.b.kind == "layout":
+            tokens, empty, rasters = zip(*parts)
+            rasters = list(rasters) if self.b.model.config.cond.layout_raster else None
+            return torch.stack(zs), self.b.layout_kw(torch.stack(tokens), torch.stack(empty), rasters)
+        return torch.stack(zs), {"concat": self.b.model.cond_stage_model.encode(data.one_hot_labels(np.stack(parts)))}
+
+
+def window_layout(batches: Batches, boxes: list, side: int, y: int, x: int, w: int):
+    """A w x w latent window at (y, x) of a side x side scene: its box tokens with the window as crop tokens, the
+    empty layout with the same crop tokens, and the window of the scene's box map."""
+    tok = batches.tok
+    boxes = boxes[: tok.max_objects]
+    window = (x / side, y / side, (x + w) / side, (y + w) / side)
+    return (tok.with_crop(tok.encode(boxes), window), tok.with_crop(batches.empty, window),
+            tok.raster(boxes, side, side)[:, y:y + w, x:x + w])
 
 
 MIN_SNR_GAMMA = 5.0
@@ -218,7 +241,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
               **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
-    multiscale: share of each semantic world batch drawn from ScaledScenes (2x/4x larger scenes);
+    multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
     min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss)."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
@@ -251,7 +274,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     model.model.train()
 
     scaled = None
-    if multiscale and kind == "semantic" and images_dir is None:
+    if multiscale and kind in ("semantic", "layout") and images_dir is None:
         window, pool_n = 2 * size // model.config.factor, min(256, max(4, spec.pool_size // 8))
         scaled = ScaledScenes(batches, (2 * size, 4 * size), pool_n, window)
     n_big = int(round(multiscale * spec.batch)) if scaled else 0
@@ -503,7 +526,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--multiscale", type=float, default=0.0,
-                   help="semantic: share of each batch from 128/256 px scenes (32x32-latent windows)")
+                   help="semantic, layout: share of each batch from 128/256 px scenes (32x32-latent windows)")
     p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="Min-SNR loss weighting gamma (0: plain loss)")
     p.add_argument("--raster", action="store_true",
                    help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")

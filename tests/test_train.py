@@ -179,7 +179,8 @@ def test_multiscale_windows_pair_each_latent_window_with_its_label_crop():
             return labels, torch.from_numpy(labels[:, None, ::4, ::4].astype(np.float32)).repeat(1, 3, 1, 1)
 
     model = SimpleNamespace(config=SimpleNamespace(factor=4), cond_stage_model=SimpleNamespace(encode=lambda t: t))
-    scenes = Coded(SimpleNamespace(rng=np.random.default_rng(0), model=model), (64, 128), pool_size=8, window=8)
+    scenes = Coded(SimpleNamespace(rng=np.random.default_rng(0), model=model, kind="semantic"), (64, 128), pool_size=8,
+                   window=8)
     for step in range(3):
         z0, kw = scenes(12)
         assert z0.shape == (12, 3, 8, 8) and kw["concat"].shape == (12, 32, 32)
@@ -283,3 +284,30 @@ def test_train_ldm_cli_raster_flag_makes_a_hybrid_layout_file(ae_path, tmp_path)
 
     assert train("hybrid", "--raster").conditioning_key == "hybrid"
     assert train("plain").conditioning_key == "crossattn"
+
+
+def test_multiscale_layout_windows_carry_their_crop_and_the_window_of_the_box_map(ae_path):
+    from engine.train_ldm import ScaledScenes, window_layout
+
+    model = build_model("layout", ae_path, size=16, raster=True, **TINY)
+    rng = np.random.default_rng(0)
+    batches = Batches(model, "layout", data.world_pool(data.train_seeds(rng, 4), 16), rng, world=True)
+    tok = batches.tok
+    boxes = [("red circle", (0.1, 0.2, 0.6, 0.7)), ("blue star", (0.55, 0.5, 0.95, 0.9))]
+    tokens, empty, raster = window_layout(batches, boxes, 16, 4, 8, 8)
+    window = (0.5, 0.25, 1.0, 0.75)
+    assert torch.equal(tokens, tok.with_crop(tok.encode(boxes), window))
+    assert torch.equal(empty, tok.with_crop(tok.encode([]), window))
+    inside = [(label, tuple(np.clip(((x0 - 0.5) * 2, (y0 - 0.25) * 2, (x1 - 0.5) * 2, (y1 - 0.25) * 2), 0, 1)))
+              for label, (x0, y0, x1, y1) in boxes]
+    assert torch.allclose(raster, tok.raster(inside, 8, 8)) and raster.sum() > 0
+
+    scenes = ScaledScenes(batches, (32, 64), pool_size=4, window=8)
+    seen = []
+    model.cond_stage_model.encode = lambda t: (seen.append(t.clone()), torch.zeros(len(t), 1, 32))[1]
+    z0, kw = scenes(100)
+    del model.cond_stage_model.encode
+    assert z0.shape == (100, 3, 8, 8) and kw["concat"].shape == (100, tok.n_classes, 8, 8)
+    empty_rows = (seen[0][:, :-2] == tok.pad).all(1)
+    assert 0 < empty_rows.sum() < 30 and (kw["concat"][empty_rows] == 0).all()
+    assert (seen[0][:, -2] != tok.coord_token(0, 0)).any()
