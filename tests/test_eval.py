@@ -15,8 +15,8 @@ THRESHOLDS = {"txt2img": 0.8, "layout": 0.8, "semantic": 0.85, "inpaint": 0.8, "
 MISSED = {
     "txt2img": "measured caption match 0.00 (8 scenes, colour recall 0.90; 0.03 on 32, ceiling 1.00, its KL-f4 first-stage "
                "ceiling 0.66, chance 0.00)",
-    "layout": "measured box recall 0.00 (8 scenes, colour recall 0.54; 0.00 on 32, ceiling 1.00, its KL-f4 first-stage "
-              "ceiling 0.81, chance 0.00)",
+    "layout": "measured box recall 0.43 (8 scenes, colour at IoU >= 0.5 1.00: boxes are obeyed, shapes not always; "
+              "0.41 on 32, ceiling 1.00, its KL-f4 first-stage ceiling 0.81, chance 0.00)",
     "upscale": "measured PSNR gain +1.45 dB over bicubic with the colour fix (8 scenes, DDIM 10; +1.54 on 32 at DDIM 20, "
                "+0.84 without the fix, first-stage ceiling +4.9, chance -8.2)",
 }
@@ -75,6 +75,11 @@ def test_bundled_model_meets_threshold(task, results):
 def test_text_model_draws_the_prompted_colours_above_chance(task, results):
     res = _run(task, results)
     assert res["scores"]["model"]["colour_recall"] >= COLOUR_RECALL[task]
+
+
+def test_layout_model_draws_each_boxs_colour_in_its_box(results):
+    """Share of boxes holding an object of the box's colour at IoU >= 0.5 (chance 0.03 on 32 scenes)."""
+    assert _run("layout", results)["scores"]["model"]["colour_box_recall"] >= 0.8
 
 
 # Convolutional sampling (paper sec. 4.3.2): 4x the training size must keep the score within 0.1. The app's default
