@@ -21,12 +21,12 @@ DEFAULT_NAMES = {"txt2img": "world-txt2img", "layout": "world-layout", "semantic
                  "inpaint": "world-inpaint", "sr4": "world-sr4"}
 
 
-def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str = "kl") -> AutoencoderConfig:
-    """The small f4 first stage: 3 latent channels, no attention; KL (default) or VQ with n_embed codes."""
+def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str = "kl", z: int = 3) -> AutoencoderConfig:
+    """The small f4 first stage: z latent channels (3 by default), no attention; KL (default) or VQ with n_embed codes."""
     if kind == "kl":
-        return AutoencoderConfig(kind="kl", embed_dim=3, z_channels=3, double_z=True, resolution=resolution, ch=ch,
+        return AutoencoderConfig(kind="kl", embed_dim=z, z_channels=z, double_z=True, resolution=resolution, ch=ch,
                                  ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=0)
-    return AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, double_z=False, resolution=resolution, ch=ch,
+    return AutoencoderConfig(kind="vq", embed_dim=z, z_channels=z, double_z=False, resolution=resolution, ch=ch,
                              ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=n_embed)
 
 
