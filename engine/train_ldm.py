@@ -120,12 +120,12 @@ class ScaledScenes:
     def __init__(self, batches: Batches, sizes: tuple[int, ...] = (128, 256), pool_size: int = 256, window: int = 32):
         self.b, self.rng, self.sizes, self.window = batches, batches.rng, sizes, window
         self.f = batches.model.config.factor
-        self.labels, self.z = {}, {}
+        self.sources, self.z = {}, {}  # per size: label maps (semantic) or box lists (layout)
         for s in sizes:
-            self.labels[s], self.z[s] = self.render(s, pool_size)
+            self.sources[s], self.z[s] = self.render(s, pool_size)
 
     @torch.no_grad()
-    def render(self, size: int, n: int) -> tuple[np.ndarray, torch.Tensor]:
+    def render(self, size: int, n: int) -> tuple[np.ndarray | list, torch.Tensor]:
         pool = data.world_pool(data.train_seeds(self.rng, n), size)
         z = torch.cat([self.b.model.encode_first_stage(data.to_tensor(pool.images[i:i + 16])) for i in range(0, n, 16)])
         return (pool.boxes if self.b.kind == "layout" else pool.labels), z
@@ -135,10 +135,10 @@ class ScaledScenes:
         for s in self.sizes:
             k = max(1, len(self.z[s]) // 8)
             j = int(self.rng.integers(0, len(self.z[s]) - k + 1))
-            self.labels[s][j:j + k], self.z[s][j:j + k] = self.render(s, k)
+            self.sources[s][j:j + k], self.z[s][j:j + k] = self.render(s, k)
 
     def __call__(self, n: int) -> tuple[torch.Tensor, dict]:
-        """(z0, {"concat": ...}) for n random windows, each from a scene of a random size in `sizes`."""
+        """(z0, UNet keyword inputs) for n random windows, each from a scene of a random size in `sizes`."""
         w, f = self.window, self.f
         zs, parts = [], []
         for s in self.rng.choice(self.sizes, n):
@@ -147,9 +147,9 @@ class ScaledScenes:
             y, x = (int(v) for v in self.rng.integers(0, side - w + 1, 2))
             zs.append(self.z[s][i, :, y:y + w, x:x + w])
             if self.b.kind == "layout":
-                parts.append(window_layout(self.b, self.labels[s][i], side, y, x, w))
+                parts.append(window_layout(self.b, self.sources[s][i], side, y, x, w))
             else:
-                parts.append(self.labels[s][i, f * y:f * (y + w), f * x:f * (x + w)])
+                parts.append(self.sources[s][i, f * y:f * (y + w), f * x:f * (x + w)])
         if self.b.kind == "layout":
             tokens, empty, rasters = zip(*parts)
             rasters = list(rasters) if self.b.model.config.cond.layout_raster else None
