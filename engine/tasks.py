@@ -61,13 +61,13 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
         return {"context": text_cond(model, [request.prompt] * b)}, {"context": text_cond(model, [request.negative_prompt] * b)}
     if kind == "bert":
         tok = layout_tokenizer(model)
-        tokens = tok.encode([(bx.label, bx.box) for bx in request.boxes])
-        cond = {"context": model.get_learned_conditioning(tokens[None].expand(b, -1).to(model.device))}
+        boxes = [(bx.label, bx.box) for bx in request.boxes]
+        cond = {"context": model.get_learned_conditioning(tok.encode(boxes)[None].expand(b, -1).to(model.device))}
         uncond = None
         if cfg.cond.empty_layout_uncond:
             uncond = {"context": model.get_learned_conditioning(tok.encode([])[None].expand(b, -1).to(model.device))}
         if cfg.cond.layout_raster:
-            raster = tok.raster([(bx.label, bx.box) for bx in request.boxes], h // cfg.factor, w // cfg.factor)
+            raster = tok.raster(boxes, h // cfg.factor, w // cfg.factor)
             cond["concat"] = raster[None].expand(b, -1, -1, -1).to(model.device)
             if uncond is not None:
                 uncond["concat"] = torch.zeros_like(cond["concat"])

@@ -92,8 +92,9 @@ class Batches:
             kw["context"] = cond.encode(caps)
         elif self.kind == "layout":
             h, w = z0.shape[-2:]
-            boxes = [self.pool.boxes[i][: self.tok.max_objects] for i in idx]
-            rasters = [self.tok.raster(b, h, w) for b in boxes] if self.model.config.cond.layout_raster else None
+            rasters = None
+            if self.model.config.cond.layout_raster:
+                rasters = [self.tok.raster(self.pool.boxes[i][: self.tok.max_objects], h, w) for i in idx]
             kw = self.layout_kw(self.tokens[idx], self.empty.expand(n, -1), rasters)
         elif self.kind == "semantic":
             kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
