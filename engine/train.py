@@ -116,8 +116,8 @@ def kl_forward(fs, x: torch.Tensor):
     return fs.decode(post.sample()), kl, None
 
 
-def ae_loss(fs, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """L1 + L2 + multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term."""
+def ae_loss(fs, x: torch.Tensor, edge: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """L1 + L2 + edge x multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term."""
     if fs.cfg.kind == "kl":
         rec, reg, idx = kl_forward(fs, x)
         reg_w = KL_WEIGHT
@@ -127,7 +127,7 @@ def ae_loss(fs, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     l1 = (rec - x).abs().mean()
     l2 = F.mse_loss(rec, x)
     grad, ssim = gradient_loss(rec, x), ssim_loss(rec, x)
-    loss = l1 + l2 + 0.5 * grad + 0.2 * ssim + reg_w * reg
+    loss = l1 + l2 + edge * grad + 0.2 * ssim + reg_w * reg
     return loss, {"l1": l1.item(), "reg": reg.item(), "idx": idx}
 
 
@@ -305,8 +305,9 @@ class Trainer:
 
 
 def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: str | None = None,
-             size: int = 64, eval_n: int = 256) -> dict:
-    """Trains the VQ first stage; writes run_dir/ae.pt ({config, state_dict, scale_factor, psnr}) and returns it."""
+             size: int = 64, eval_n: int = 256, edge: float = 0.5) -> dict:
+    """Trains the KL or VQ first stage (edge: weight of the gradient term in `ae_loss`); writes run_dir/ae.pt
+    ({config, state_dict, scale_factor, psnr}) and returns it."""
     from engine.models.first_stage_model import make_first_stage
     from engine.world import EVAL_SEEDS
 
@@ -347,7 +348,7 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
             y, x0 = rng.integers(0, imgs.shape[1] - spec.crop + 1, 2)
             imgs = imgs[:, y:y + spec.crop, x0:x0 + spec.crop]
         x = data.to_tensor(imgs)
-        loss, info = ae_loss(fs, x)
+        loss, info = ae_loss(fs, x, edge)
         if vq:
             usage += torch.bincount(info["idx"].flatten(), minlength=cfg.n_embed)
             if step % 50 == 49 and step < 0.8 * min(spec.steps, 10**6):
@@ -363,7 +364,8 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
         z = torch.cat([latents(fs, data.to_tensor(held[i:i + 64])) for i in range(0, len(held), 64)])
         used = int(fs.quantize.indices(z).unique().numel()) if vq else 0
     out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": float(1 / z.std()),
-           "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used}
+           "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used,
+           "edge": edge}
     torch.save(out, spec.run_dir / "ae.pt")
     (spec.run_dir / "ae.json").write_text(json.dumps({k: v for k, v in out.items() if k != "state_dict"}, indent=2))
     return out

@@ -42,6 +42,28 @@ def test_autoencoder_loss_falls_and_regularizer_gets_gradients(kind):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
+def test_edge_weight_scales_the_gradient_term_alone():
+    from engine.train import gradient_loss, vq_forward
+
+    torch.manual_seed(0)
+    fs = make_first_stage(ae_config(n_embed=64, resolution=16, kind="vq", z=4)).eval()
+    x = data.to_tensor(data.world_pool(range(4), 16).images)
+    with torch.no_grad():
+        loss = {w: ae_loss(fs, x, edge=w)[0].item() for w in (0.0, 0.5, 2.0)}
+        grad = gradient_loss(vq_forward(fs, x)[0], x).item()
+    assert grad > 0.01
+    assert loss[2.0] - loss[0.0] == pytest.approx(2.0 * grad, rel=1e-4)
+    assert loss[0.5] - loss[0.0] == pytest.approx(0.5 * grad, rel=1e-4)
+
+
+def test_train_ae_records_its_edge_weight_and_latent_channels(tmp_path):
+    torch.set_num_threads(1)
+    out = train_ae(RunSpec(tmp_path, steps=1, batch=2, pool_size=4, progress=False),
+                   ae_config(resolution=16, z=4), size=16, eval_n=2, edge=2.0)
+    facts = json.loads((tmp_path / "ae.json").read_text())
+    assert out["edge"] == facts["edge"] == 2.0 and facts["config"]["z_channels"] == 4
+
+
 @pytest.mark.parametrize("kind", ["txt2img", "inpaint"])
 def test_ldm_loss_falls_on_a_fixed_batch(ae_path, kind):
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_ldm import RECIPES, _worker_cmd, lanes, schedule
+from engine.train_ldm import FIRST_STAGE, RECIPES, _worker_cmd, lanes, schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,8 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((runs / "summary.json").read_text())
     assert {"ae", "ae-sharp", *kinds} <= set(summary)
+    ae = json.loads((runs / "ae" / "ae.json").read_text())
+    assert ae["edge"] == FIRST_STAGE["edge"] and ae["config"]["z_channels"] == FIRST_STAGE["z"]
     for kind in kinds:
         assert summary[kind]["kind"] == kind and summary[kind]["steps"] == 2
         assert (runs / kind / "train.log").exists()
