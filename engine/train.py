@@ -54,7 +54,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
                                 in_channels=len(SEMANTIC_CLASSES), out_channels=c, label_names=tuple(SEMANTIC_CLASSES)),
                      "concat", 2 * c),
         "inpaint": (CondConfig(kind="first_stage"), "concat", 2 * c + 1),
-        "sr4": (CondConfig(kind="identity"), "concat", 2 * c),
+        "sr4": (CondConfig(kind="identity"), "concat", c + first_stage.in_channels),
         "uncond": (CondConfig(kind="none"), "none", c),
     }
     cond, key, in_ch = conds[kind]

@@ -86,6 +86,28 @@ def test_ldm_loss_falls_on_a_fixed_batch(ae_path, kind):
     assert fixed_loss().item() < 0.8 * before
 
 
+@pytest.fixture(scope="module")
+def ae4_path(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ae4")
+    train_ae(RunSpec(run, steps=1, batch=2, pool_size=4, progress=False), ae_config(resolution=16, z=4), size=16,
+             eval_n=2)
+    return run / "ae.pt"
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "layout", "semantic", "inpaint", "sr4"])
+def test_every_kind_trains_on_a_four_channel_first_stage(ae4_path, kind):
+    torch.manual_seed(0)
+    extra = {"raster": True} if kind == "layout" else {}
+    model = build_model(kind, ae4_path, size=16, **TINY, **extra)
+    assert model.config.unet.out_channels == 4
+    pool = data.world_pool(range(4), 16, 4 if kind == "sr4" else 0)
+    z0, kw = Batches(model, kind, pool, np.random.default_rng(0), world=False)(4)
+    assert z0.shape[1] == 4
+    loss = diffusion_loss(model, z0, kw, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.diffusion_model.input_blocks[0][0].weight.grad.abs().sum() > 0
+
+
 def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_path):
     run = tmp_path / "run"
     out = tmp_path / "m.safetensors"
