@@ -13,11 +13,11 @@ BUNDLED = {"txt2img": "world-txt2img", "layout": "world-layout", "semantic": "wo
 THRESHOLDS = {"txt2img": 0.8, "layout": 0.8, "semantic": 0.85, "inpaint": 0.8, "upscale": 1.5}
 # Measured on 8 held-out scenes with these settings (see resources/models/README.md for the 32-scene figures).
 MISSED = {
-    "txt2img": "measured caption match 0.12 (8 scenes, colour recall 0.90; 0.06 on 32, ceiling 1.00, its 4-channel "
-               "KL-f4 first-stage ceiling 0.91, chance 0.00)",
-    "layout": "measured box recall 0.21 (8 scenes, colour at IoU >= 0.5 0.96: boxes are obeyed, shapes not always; "
-              "0.21 on 32 at 64 px, 0.45 at 256 px in two passes, ceiling 1.00, its 4-channel KL-f4 first-stage "
-              "ceiling 0.95, chance 0.00)",
+    "txt2img": "measured caption match 0.00 (8 scenes, colour recall 0.90; 0.03 on 32, ceiling 1.00, its KL-f4 first-stage "
+               "ceiling 0.66, chance 0.00)",
+    "layout": "measured box recall 0.29 (8 scenes, colour at IoU >= 0.5 0.88: boxes are obeyed, shapes not always; "
+              "0.29 on 32 at 64 px, 0.43 at 256 px in two passes, ceiling 1.00, its KL-f4 first-stage ceiling 0.81, "
+              "chance 0.00)",
     "upscale": "measured PSNR gain +1.45 dB over bicubic with the colour fix (8 scenes, DDIM 10; +1.54 on 32 at DDIM 20, "
                "+0.84 without the fix, first-stage ceiling +4.9, chance -8.2)",
 }
