@@ -106,6 +106,7 @@ def vq_forward(fs, x: torch.Tensor, beta: float = 0.25):
 
 
 KL_WEIGHT = 1e-6
+EDGE_WEIGHT = 0.5
 
 
 def kl_forward(fs, x: torch.Tensor):
@@ -116,7 +117,7 @@ def kl_forward(fs, x: torch.Tensor):
     return fs.decode(post.sample()), kl, None
 
 
-def ae_loss(fs, x: torch.Tensor, edge: float = 0.5) -> tuple[torch.Tensor, dict]:
+def ae_loss(fs, x: torch.Tensor, edge: float = EDGE_WEIGHT) -> tuple[torch.Tensor, dict]:
     """L1 + L2 + edge x multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term."""
     if fs.cfg.kind == "kl":
         rec, reg, idx = kl_forward(fs, x)
@@ -305,7 +306,7 @@ class Trainer:
 
 
 def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: str | None = None,
-             size: int = 64, eval_n: int = 256, edge: float = 0.5) -> dict:
+             size: int = 64, eval_n: int = 256, edge: float = EDGE_WEIGHT) -> dict:
     """Trains the KL or VQ first stage (edge: weight of the gradient term in `ae_loss`); writes run_dir/ae.pt
     ({config, state_dict, scale_factor, psnr}) and returns it."""
     from engine.models.first_stage_model import make_first_stage

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import train_data as data
-from engine.train import DEFAULT_NAMES, RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
+from engine.train import DEFAULT_NAMES, EDGE_WEIGHT, RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
 
 TEXT_DROPOUT = 0.1
 REMOVAL_SHARE = 0.4
@@ -348,7 +348,7 @@ def cmd_train_ldm(args) -> int:
 # The shared first stage of train-defaults: KL-f4 with z latent channels and the gradient term weighted by edge.
 # z 4 and edge 2.0 lift the detector's caption-match ceiling on reconstructions from 0.63 to 0.81 (128 held-out
 # scenes), but 45-minute LDMs on it drew no better (session 9, resources/models/README.md), so 3 and 0.5 stay.
-FIRST_STAGE = {"z": 3, "edge": 0.5}
+FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT}
 
 # What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
 # "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
