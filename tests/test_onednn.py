@@ -15,9 +15,11 @@ from engine.random_weights import randomize_
 
 pytestmark = pytest.mark.skipif(not packable(), reason="no oneDNN in this torch build")
 torch.set_num_threads(1)
+BF16 = pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not packable(torch.bfloat16),
+                                                            reason="this CPU has no oneDNN bf16 kernels"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, BF16])
 def test_packed_unet_matches_and_saves_plain_weights(dtype):
     unet = randomize_(UNetModel(tiny("sd1").unet), seed=2).to(dtype).eval().requires_grad_(False)
     unet.to(memory_format=torch.channels_last)
@@ -56,12 +58,31 @@ def test_optimize_for_packs_an_inference_model_only(monkeypatch):
     with torch.inference_mode():  # the tiled decoder reads packed weights too
         torch.testing.assert_close(decode_tiled(model.first_stage_model, z, tile=4), model.first_stage_model.decode(z),
                                    rtol=0, atol=1e-4)
-    model.optimize_for("cpu", dtype=torch.bfloat16)  # repacks after the cast
+    model.optimize_for("cpu", dtype=torch.bfloat16)  # repacks after the cast, where the CPU has bf16 kernels
     assert all(p.dtype == torch.bfloat16 for p in model.model.parameters())
-    assert any(isinstance(m, PackedConv2d) for m in model.model.modules())
+    assert any(isinstance(m, PackedConv2d) for m in model.model.modules()) == packable(torch.bfloat16)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bf16_kernels", [False, True])
+def test_bf16_convs_stay_plain_and_run_where_onednn_has_no_bf16(monkeypatch, bf16_kernels):
+    """On a CPU without oneDNN's bf16 kernels (AVX2 only) a bf16 model loads with plain convs and still runs."""
+    if bf16_kernels and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bf16 kernels")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_kernels)
+    unet = randomize_(UNetModel(tiny("sd1").unet), seed=2).to(torch.bfloat16).eval().requires_grad_(False)
+    unet.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 4, 8, 8, generator=g).bfloat16(), torch.randn(1, 5, 32, generator=g).bfloat16()
+    with torch.inference_mode():
+        ref = unet(x, torch.tensor([10]), ctx)
+        n = pack_convs_(unet)
+        out = unet(x, torch.tensor([10]), ctx)
+    assert packable(torch.bfloat16) == bf16_kernels and packable(torch.float32)
+    assert (n > 0) == bf16_kernels == any(isinstance(m, PackedConv2d) for m in unet.modules())
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16])
 @pytest.mark.parametrize("packed", [False, True])
 def test_subpixel_upsample_conv_equals_nearest_then_conv(dtype, packed):
     g = torch.Generator().manual_seed(4)

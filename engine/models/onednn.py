@@ -34,8 +34,12 @@ def _dense_state_dict(module: nn.Module, state: dict, prefix: str, _meta) -> Non
         state[key] = state[key].to_dense()
 
 
-def packable() -> bool:
-    return torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
+def packable(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN can hold weights of this dtype packed: bf16 needs a CPU with oneDNN's bf16 kernels (AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT); elsewhere bf16 convs stay plain (PyTorch's own, slower path) instead of failing at load."""
+    if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> int:
@@ -50,7 +54,8 @@ def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> 
         if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.kernel_size == (1, 1):
             continue  # 1x1 convs packed for one size run up to 100x slower at others (oneDNN re-plans per call)
         w = m.weight.detach()
-        if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad:
+        if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad \
+                or not packable(w.dtype):
             continue
         m.__dict__["input_format"] = memory_format(w)
         if winograd and eligible(m):
