@@ -95,9 +95,11 @@ def bicubic(low: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _partial(image: np.ndarray, scene) -> dict:
+def _partial(image: np.ndarray, scene, at_box: bool = True) -> dict:
     """Diagnostics below the headline: share of the scene's objects whose colour (any shape) is among the detected
-    objects (one-to-one), whose colour lies at IoU >= 0.5 of its box, and whether the detected count is right."""
+    objects (one-to-one), whose colour lies at IoU >= 0.5 of its box, and whether the detected count is right; for
+    each object matched by a detection of its colour (at_box: at IoU >= 0.5 of its box, as layout asks; else
+    anywhere, as a caption allows), the asked and the drawn shape ("shapes": [asked, drawn], summed by summarize)."""
     from collections import Counter
 
     from engine.world.detect import detect
@@ -106,15 +108,19 @@ def _partial(image: np.ndarray, scene) -> dict:
     objs = scene.objects
     want, got = Counter(o["colour"] for o in objs), Counter(d.colour for d in dets)
     colour = sum(min(n, got[c]) for c, n in want.items()) / max(1, len(objs))
-    used, placed = set(), 0
-    for o in objs:
-        best = next((k for k, d in enumerate(dets) if k not in used and d.colour == o["colour"]
-                     and metrics.box_iou(d.box, tuple(o["box"])) >= 0.5), None)
-        if best is not None:
-            used.add(best)
-            placed += 1
-    return {"colour_recall": colour, "colour_box_recall": placed / max(1, len(objs)),
-            "count_ok": float(len(dets) == len(objs))}
+    def match(near: bool) -> list:
+        used, pairs = set(), []
+        for o in objs:
+            best = next((k for k, d in enumerate(dets) if k not in used and d.colour == o["colour"]
+                         and (not near or metrics.box_iou(d.box, tuple(o["box"])) >= 0.5)), None)
+            if best is not None:
+                used.add(best)
+                pairs.append([o["shape"], dets[best].shape])
+        return pairs
+
+    placed = match(True)
+    return {"colour_recall": colour, "colour_box_recall": len(placed) / max(1, len(objs)),
+            "count_ok": float(len(dets) == len(objs)), "shapes": placed if at_box else match(False)}
 
 
 def score(task: str, case: Case, image: np.ndarray) -> dict:
@@ -122,7 +128,8 @@ def score(task: str, case: Case, image: np.ndarray) -> dict:
     s = case.scene
     if task == "txt2img":
         return {"caption_match": float(metrics.caption_match(image, s.caption)),
-                "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)), **_partial(image, s)}
+                "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)),
+                **_partial(image, s, at_box=False)}
     if task == "layout":
         hits = metrics.layout_score(image, s.boxes)
         return {"box_recall": float(np.mean(hits)), "boxes": len(hits), **_partial(image, s)}
@@ -188,12 +195,26 @@ def random_copy(model_path: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def shape_confusion(pairs: list) -> dict:
+    """Asked shape -> drawn shape counts over matched objects, and the share drawn right (None if none matched)."""
+    from engine.world.scene import SHAPES
+
+    table = {a: {d: 0 for d in SHAPES} for a in SHAPES}
+    for asked, drawn in pairs:
+        table[asked][drawn] += 1
+    right = sum(table[s][s] for s in SHAPES)
+    return {"shape_right": right / len(pairs) if pairs else None, "shape_confusion": table}
+
+
 def summarize(rows: list[dict]) -> dict:
-    keys = [k for k in rows[0] if k != "boxes"] if rows else []
+    """Means over cases; box recall over all boxes; the shape confusion over every matched object."""
+    keys = [k for k in rows[0] if k not in ("boxes", "shapes")] if rows else []
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     if rows and "boxes" in rows[0]:
         total = sum(r["boxes"] for r in rows)
         out["box_recall"] = float(sum(r["box_recall"] * r["boxes"] for r in rows) / max(total, 1))
+    if rows and "shapes" in rows[0]:
+        out.update(shape_confusion([p for r in rows for p in r["shapes"]]))
     return out
 
 
