@@ -49,13 +49,13 @@ def pack_convs_(module: nn.Module, spatial: int = 16, winograd: bool = True) -> 
 
     if not packable():
         return 0
+    dtypes = (torch.float32, torch.bfloat16) if packable(torch.bfloat16) else (torch.float32,)
     n = 0
     for m in module.modules():
         if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.kernel_size == (1, 1):
             continue  # 1x1 convs packed for one size run up to 100x slower at others (oneDNN re-plans per call)
         w = m.weight.detach()
-        if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.requires_grad \
-                or not packable(w.dtype):
+        if w.device.type != "cpu" or w.dtype not in dtypes or w.requires_grad:
             continue
         m.__dict__["input_format"] = memory_format(w)
         if winograd and eligible(m):
