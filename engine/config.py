@@ -88,6 +88,7 @@ class CondConfig:
     vocab: tuple[str, ...] = ()
     empty_layout_uncond: bool = False  # trained with empty-layout dropout: that layout is its CFG unconditional input
     layout_raster: bool = False  # hybrid layout model: LayoutTokenizer.raster of the boxes is also concatenated
+    layout_coords: bool = False  # ... with the raster's two box-relative coordinate channels
 
 
 @dataclass(frozen=True)

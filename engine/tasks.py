@@ -67,7 +67,7 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
         if cfg.cond.empty_layout_uncond:
             uncond = {"context": model.get_learned_conditioning(tok.encode([])[None].expand(b, -1).to(model.device))}
         if cfg.cond.layout_raster:
-            raster = tok.raster(boxes, h // cfg.factor, w // cfg.factor)
+            raster = tok.raster(boxes, h // cfg.factor, w // cfg.factor, coords=cfg.cond.layout_coords)
             cond["concat"] = raster[None].expand(b, -1, -1, -1).to(model.device)
             if uncond is not None:
                 uncond["concat"] = torch.zeros_like(cond["concat"])

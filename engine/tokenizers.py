@@ -335,16 +335,28 @@ class LayoutTokenizer:
             tokens += self.crop_tokens(crop)
         return torch.tensor(tokens, dtype=torch.long)
 
-    def raster(self, boxes: Sequence, h: int, w: int) -> torch.Tensor:
+    def raster(self, boxes: Sequence, h: int, w: int, coords: bool = False) -> torch.Tensor:
         """Per-class box coverage on an h x w grid (n_classes, h, w): each cell's covered area fraction, the largest
-        over a class's boxes: the concat half of a hybrid layout model's conditioning, boxes drawn as a label map."""
-        out = torch.zeros(self.n_classes, h, w)
+        over a class's boxes: the concat half of a hybrid layout model's conditioning, boxes drawn as a label map.
+        coords: two more channels (x, then y) with each covered cell centre's place inside its smallest covering box,
+        -1 to 1 edge to edge, 0 outside every box (box-relative CoordConv, Liu et al. 2018)."""
+        out = torch.zeros(self.n_classes + (2 if coords else 0), h, w)
         cells_y, cells_x = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+        nearest = torch.full((h, w), math.inf)
         for label, (x0, y0, x1, y1), _ in (self._parse(b) for b in boxes):
             c = self.class_id(label)
             cy = (torch.clamp(cells_y + 1, max=y1 * h) - torch.clamp(cells_y, min=y0 * h)).clamp(0, 1)
             cx = (torch.clamp(cells_x + 1, max=x1 * w) - torch.clamp(cells_x, min=x0 * w)).clamp(0, 1)
-            out[c] = torch.maximum(out[c], cy[:, None] * cx[None, :])
+            cover = cy[:, None] * cx[None, :]
+            out[c] = torch.maximum(out[c], cover)
+            if coords:
+                area = (x1 - x0) * (y1 - y0)
+                mine = (cover > 0) & (area < nearest)
+                u = (2 * ((cells_x + 0.5) / w - x0) / max(x1 - x0, 1e-6) - 1).clamp(-1, 1)
+                v = (2 * ((cells_y + 0.5) / h - y0) / max(y1 - y0, 1e-6) - 1).clamp(-1, 1)
+                out[-2] = torch.where(mine, u[None, :].expand(h, w), out[-2])
+                out[-1] = torch.where(mine, v[:, None].expand(h, w), out[-1])
+                nearest = torch.where(mine, torch.tensor(area), nearest)
         return out
 
     @staticmethod

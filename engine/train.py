@@ -33,14 +33,15 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,
                model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False,
                parameterization: str = "v", attention: tuple[int, ...] | None = None,
-               raster: bool = False) -> ModelConfig:
+               raster: bool = False, coords: bool = False) -> ModelConfig:
     """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4);
     v-prediction by default (Salimans & Ho 2022): at high noise it regresses the image, which a short run learns.
     raster: layout as a hybrid model, the boxes' per-class coverage map concatenated to the latent as well as the box
-    tokens through cross-attention."""
+    tokens through cross-attention; coords: with the raster's box-relative coordinate channels (implies raster)."""
     from engine.world import OBJECT_CLASSES, SEMANTIC_CLASSES, VOCAB
 
     c = first_stage.embed_dim
+    raster = raster or coords
     heads = max(1, context_dim // 32)
     text = CondConfig(kind="bert", embed_dim=context_dim, n_layer=n_layer, n_heads=heads, vocab_size=len(VOCAB) + 4,
                       max_seq_len=24, tokenizer="world", vocab=tuple(VOCAB))
@@ -48,8 +49,9 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
         "txt2img": (text, "crossattn", c),
         "layout": (CondConfig(kind="bert", embed_dim=context_dim, n_layer=n_layer, n_heads=heads, vocab_size=1024,
                               max_seq_len=92, use_tokenizer=False, tokenizer="layout",
-                              label_names=tuple(OBJECT_CLASSES), empty_layout_uncond=True, layout_raster=raster),
-                   "hybrid" if raster else "crossattn", c + len(OBJECT_CLASSES) if raster else c),
+                              label_names=tuple(OBJECT_CLASSES), empty_layout_uncond=True, layout_raster=raster,
+                              layout_coords=coords),
+                   "hybrid" if raster else "crossattn", c + (len(OBJECT_CLASSES) + 2 * coords) * raster),
         "semantic": (CondConfig(kind="spatial", n_stages=2, multiplier=0.5, method="bilinear",
                                 in_channels=len(SEMANTIC_CLASSES), out_channels=c, label_names=tuple(SEMANTIC_CLASSES)),
                      "concat", 2 * c),

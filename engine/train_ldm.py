@@ -94,7 +94,8 @@ class Batches:
             h, w = z0.shape[-2:]
             rasters = None
             if self.model.config.cond.layout_raster:
-                rasters = [self.tok.raster(self.pool.boxes[i][: self.tok.max_objects], h, w) for i in idx]
+                coords = self.model.config.cond.layout_coords
+                rasters = [self.tok.raster(self.pool.boxes[i][: self.tok.max_objects], h, w, coords) for i in idx]
             kw = self.layout_kw(self.tokens[idx], self.empty.expand(n, -1), rasters)
         elif self.kind == "semantic":
             kw["concat"] = cond.encode(data.one_hot_labels(self.pool.labels[idx]))
@@ -165,7 +166,7 @@ def window_layout(batches: Batches, boxes: list, side: int, y: int, x: int, w: i
     boxes = boxes[: tok.max_objects]
     window = (x / side, y / side, (x + w) / side, (y + w) / side)
     return (tok.with_crop(tok.encode(boxes), window), tok.with_crop(batches.empty, window),
-            tok.raster(boxes, side, side)[:, y:y + w, x:x + w])
+            tok.raster(boxes, side, side, batches.model.config.cond.layout_coords)[:, y:y + w, x:x + w])
 
 
 MIN_SNR_GAMMA = 5.0
@@ -340,7 +341,8 @@ def cmd_train_ldm(args) -> int:
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
-                     multiscale=args.multiscale, min_snr=args.min_snr, **({"raster": True} if args.raster else {}))
+                     multiscale=args.multiscale, min_snr=args.min_snr, **({"raster": True} if args.raster else {}),
+                     **({"coords": True} if args.coords else {}))
     print(json.dumps(info))
     return 0
 
@@ -539,6 +541,8 @@ def add_commands(sub) -> None:
     p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="Min-SNR loss weighting gamma (0: plain loss)")
     p.add_argument("--raster", action="store_true",
                    help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")
+    p.add_argument("--coords", action="store_true",
+                   help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
     p.set_defaults(func=cmd_train_ldm)
     p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
     _common(p, 0.0)

@@ -109,3 +109,18 @@ def test_layout_raster_is_each_cells_covered_area_per_class():
     assert tok.raster([], 3, 5).abs().sum() == 0
     with pytest.raises(ValueError, match="unicorn"):
         tok.raster([("unicorn", (0, 0, 1, 1))], 4, 4)
+
+
+def test_layout_raster_coords_give_each_cells_place_inside_its_smallest_box():
+    tok = tk.LayoutTokenizer(["square", "circle"], n_tokens=256, max_objects=4)
+    big, small = ("square", (0.0, 0.0, 1.0, 1.0)), ("circle", (0.5, 0.5, 1.0, 1.0))
+    r = tok.raster([small, big], 4, 4, coords=True)
+    assert r.shape == (4, 4, 4) and torch.equal(r[:2], tok.raster([small, big], 4, 4))
+    u, v = r[2], r[3]
+    assert torch.allclose(u[0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.allclose(v[:, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.allclose(u[3, 2:], torch.tensor([-0.5, 0.5])) and torch.allclose(v[2:, 3], torch.tensor([-0.5, 0.5]))
+    assert torch.equal(r, tok.raster([big, small], 4, 4, coords=True))
+    lone = tok.raster([("circle", (0.25, 0.25, 0.75, 0.75))], 4, 4, coords=True)
+    assert lone[2:, 0].abs().sum() == 0 and lone[2:, :, 0].abs().sum() == 0
+    assert torch.allclose(lone[2, 1, 1:3], torch.tensor([-0.5, 0.5]))

@@ -353,3 +353,37 @@ def test_multiscale_layout_windows_carry_their_crop_and_the_window_of_the_box_ma
     empty_rows = (seen[0][:, :-2] == tok.pad).all(1)
     assert 0 < empty_rows.sum() < 30 and (kw["concat"][empty_rows] == 0).all()
     assert (seen[0][:, -2] != tok.coord_token(0, 0)).any()
+
+
+def test_coords_layout_model_takes_the_box_map_with_box_relative_coordinates(ae_path, tmp_path):
+    from engine.__main__ import main
+    from engine.api import Box, Request
+    from engine.tasks import base_conditioning, layout_tokenizer
+    from engine.train_ldm import window_layout
+
+    model = build_model("layout", ae_path, size=16, coords=True, **TINY)
+    cfg, tok = model.config, layout_tokenizer(model)
+    assert cfg.conditioning_key == "hybrid" and cfg.cond.layout_raster and cfg.cond.layout_coords
+    assert cfg.unet.in_channels == cfg.unet.out_channels + tok.n_classes + 2
+    rng = np.random.default_rng(0)
+    batches = Batches(model, "layout", data.world_pool(data.train_seeds(rng, 8), 16), rng, world=True)
+    z0, kw = batches(64)
+    maps = kw["concat"]
+    assert maps.shape == (64, tok.n_classes + 2, *z0.shape[-2:])
+    covered = maps[:, :-2].amax(1) > 0
+    assert maps[:, -2:].abs().amax() <= 1 and (maps[:, -2:].abs().sum(1)[~covered] == 0).all()
+    assert (maps[:, -2:].abs().sum(1)[covered] > 0).float().mean() > 0.5
+
+    req = Request(task="layout", boxes=[Box("red circle", (0.0, 0.0, 0.5, 1.0))], width=16, height=16)
+    with torch.no_grad():
+        cond, uncond = base_conditioning(req, model, 16, 16)
+    assert torch.allclose(cond["concat"][0, -2, 0, :2], torch.tensor([-0.5, 0.5])) and (uncond["concat"] == 0).all()
+    boxes = [("red circle", (0.1, 0.2, 0.6, 0.7))]
+    assert torch.equal(window_layout(batches, boxes, 16, 4, 8, 8)[2],
+                       tok.raster(boxes, 16, 16, coords=True)[:, 4:12, 8:16])
+
+    out = tmp_path / "coords.safetensors"
+    assert main(["train-ldm", "--kind", "layout", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
+                 "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / "run"), "--no-progress",
+                 "--coords"]) == 0
+    assert load(out).config.cond.layout_coords
