@@ -341,8 +341,7 @@ def cmd_train_ldm(args) -> int:
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
-                     multiscale=args.multiscale, min_snr=args.min_snr, **({"raster": True} if args.raster else {}),
-                     **({"coords": True} if args.coords else {}))
+                     multiscale=args.multiscale, min_snr=args.min_snr, raster=args.raster, coords=args.coords)
     print(json.dumps(info))
     return 0
 
