@@ -111,18 +111,39 @@ KL_WEIGHT = 1e-6
 EDGE_WEIGHT = 0.5
 
 
-def kl_forward(fs, x: torch.Tensor):
-    """KL-regularized pass (LDM appendix D.1 KL-reg): (reconstruction from a posterior sample, KL summed per image
-    and divided by the image's pixel count, so KL_WEIGHT matches the paper's weight on a summed reconstruction loss)."""
+def binomial_blur(z: torch.Tensor) -> torch.Tensor:
+    """3x3 binomial blur per channel, edges replicated."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=z.dtype, device=z.device)
+    k = (k[:, None] * k[None, :] / 16).expand(z.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(z, (1, 1, 1, 1), mode="replicate"), k, groups=z.shape[1])
+
+
+def blur_mix(z: torch.Tensor, amount: float) -> torch.Tensor:
+    """Latent smoothing augmentation: half the batch, chosen at random, becomes (1 - a) z + a blur(z) with
+    a ~ U(0, amount) per latent, the kind of error an under-trained denoiser makes, so the decoder learns to draw
+    sharp shapes from smoothed latents and the encoder to keep them in what survives smoothing."""
+    if amount <= 0:
+        return z
+    b = z.shape[0]
+    a = torch.rand(b, 1, 1, 1) * amount * (torch.rand(b, 1, 1, 1) < 0.5)
+    a = a.to(z)
+    return (1 - a) * z + a * binomial_blur(z)
+
+
+def kl_forward(fs, x: torch.Tensor, latent_blur: float = 0.0):
+    """KL-regularized pass (LDM appendix D.1 KL-reg): (reconstruction from a posterior sample, after `blur_mix` when
+    latent_blur > 0, KL summed per image and divided by the image's pixel count, so KL_WEIGHT matches the paper's
+    weight on a summed reconstruction loss)."""
     post = fs.encode(x)
     kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
-    return fs.decode(post.sample()), kl, None
+    return fs.decode(blur_mix(post.sample(), latent_blur)), kl, None
 
 
-def ae_loss(fs, x: torch.Tensor, edge: float = EDGE_WEIGHT) -> tuple[torch.Tensor, dict]:
-    """L1 + L2 + edge x multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term."""
+def ae_loss(fs, x: torch.Tensor, edge: float = EDGE_WEIGHT, latent_blur: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """L1 + L2 + edge x multi-scale gradient L1 + 1-SSIM, plus VQ codebook/commitment or the KL term (KL-f: the
+    decoder sees `blur_mix`ed posterior samples when latent_blur > 0)."""
     if fs.cfg.kind == "kl":
-        rec, reg, idx = kl_forward(fs, x)
+        rec, reg, idx = kl_forward(fs, x, latent_blur)
         reg_w = KL_WEIGHT
     else:
         rec, reg, idx = vq_forward(fs, x)
@@ -308,8 +329,9 @@ class Trainer:
 
 
 def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: str | None = None,
-             size: int = 64, eval_n: int = 256, edge: float = EDGE_WEIGHT) -> dict:
-    """Trains the KL or VQ first stage (edge: weight of the gradient term in `ae_loss`); writes run_dir/ae.pt
+             size: int = 64, eval_n: int = 256, edge: float = EDGE_WEIGHT, latent_blur: float = 0.0) -> dict:
+    """Trains the KL or VQ first stage (edge: weight of the gradient term in `ae_loss`; latent_blur: `blur_mix`'s
+    amount, KL only); writes run_dir/ae.pt
     ({config, state_dict, scale_factor, psnr}) and returns it."""
     from engine.models.first_stage_model import make_first_stage
     from engine.world import EVAL_SEEDS
@@ -351,7 +373,7 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
             y, x0 = rng.integers(0, imgs.shape[1] - spec.crop + 1, 2)
             imgs = imgs[:, y:y + spec.crop, x0:x0 + spec.crop]
         x = data.to_tensor(imgs)
-        loss, info = ae_loss(fs, x, edge)
+        loss, info = ae_loss(fs, x, edge, latent_blur)
         if vq:
             usage += torch.bincount(info["idx"].flatten(), minlength=cfg.n_embed)
             if step % 50 == 49 and step < 0.8 * min(spec.steps, 10**6):
@@ -368,7 +390,7 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
         used = int(fs.quantize.indices(z).unique().numel()) if vq else 0
     out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": float(1 / z.std()),
            "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used,
-           "edge": edge}
+           "edge": edge, "latent_blur": latent_blur}
     torch.save(out, spec.run_dir / "ae.pt")
     (spec.run_dir / "ae.json").write_text(json.dumps({k: v for k, v in out.items() if k != "state_dict"}, indent=2))
     return out

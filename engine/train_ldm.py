@@ -330,7 +330,7 @@ def cmd_train_ae(args) -> int:
     _threads(args)
     run = Path(args.run_dir)
     out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size, args.ae_kind, z=args.z), args.images,
-                   args.size, edge=args.edge)
+                   args.size, edge=args.edge, latent_blur=args.latent_blur)
     print(json.dumps({k: v for k, v in out.items() if k not in ("state_dict", "config")}))
     return 0
 
@@ -349,7 +349,7 @@ def cmd_train_ldm(args) -> int:
 # The shared first stage of train-defaults: KL-f4 with z latent channels and the gradient term weighted by edge.
 # z 4 and edge 2.0 lift the detector's caption-match ceiling on reconstructions from 0.63 to 0.81 (128 held-out
 # scenes), but 45-minute LDMs on it drew no better (session 9, resources/models/README.md), so 3 and 0.5 stay.
-FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT}
+FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT, "latent_blur": 0.0}
 
 # What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
 # "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
@@ -464,7 +464,8 @@ def cmd_train_defaults(args) -> int:
     summary = {}
     if not ae_path.exists():
         spec = RunSpec(runs / "ae", **dict(steps, minutes=0.0 if quick else args.ae_minutes, lr=1e-3, batch=16), crop=32)
-        ae = train_ae(spec, ae_config(kind=args.ae_kind, z=FIRST_STAGE["z"]), None, 64, edge=FIRST_STAGE["edge"])
+        ae = train_ae(spec, ae_config(kind=args.ae_kind, z=FIRST_STAGE["z"]), None, 64, edge=FIRST_STAGE["edge"],
+                      latent_blur=FIRST_STAGE["latent_blur"])
         summary["ae"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
         print(json.dumps(summary["ae"]), flush=True)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
@@ -526,6 +527,8 @@ def add_commands(sub) -> None:
     p.add_argument("--n-embed", type=int, default=512)
     p.add_argument("--z", type=int, default=FIRST_STAGE["z"], help="latent channels")
     p.add_argument("--edge", type=float, default=FIRST_STAGE["edge"], help="weight of the image-gradient loss term")
+    p.add_argument("--latent-blur", type=float, default=FIRST_STAGE["latent_blur"],
+                   help="KL: decode half of each batch from latents smoothed by up to this share (engine.train.blur_mix)")
     p.set_defaults(func=cmd_train_ae)
     p = sub.add_parser("train-ldm", help="train one LDM on a trained first stage")
     _common(p, 9.0)

@@ -56,6 +56,41 @@ def test_edge_weight_scales_the_gradient_term_alone():
     assert loss[0.5] - loss[0.0] == pytest.approx(0.5 * grad, rel=1e-4)
 
 
+def test_blur_mix_smooths_half_the_batch_by_a_random_share_of_a_binomial_blur():
+    from engine.train import binomial_blur, blur_mix
+
+    z = torch.zeros(1, 1, 5, 5)
+    z[0, 0, 2, 2] = 16.0
+    b = binomial_blur(z)[0, 0]
+    assert b[1:4, 1:4].tolist() == [[1, 2, 1], [2, 4, 2], [1, 2, 1]] and b.sum() == 16
+    assert torch.allclose(binomial_blur(torch.full((1, 3, 4, 4), 0.7)), torch.full((1, 3, 4, 4), 0.7))
+    torch.manual_seed(0)
+    z = torch.randn(64, 3, 8, 8)
+    assert torch.equal(blur_mix(z, 0.0), z)
+    out = blur_mix(z, 0.6)
+    d, hp = (out - z).flatten(1), (binomial_blur(z) - z).flatten(1)
+    share = (d * hp).sum(1) / (hp * hp).sum(1)
+    assert torch.allclose(d, share[:, None] * hp, atol=1e-5)
+    untouched = share.abs() < 1e-6
+    assert 16 <= int(untouched.sum()) <= 48
+    assert bool((share[~untouched] > 0).all() and (share <= 0.6 + 1e-5).all()) and share.max() > 0.3
+
+
+def test_train_ae_cli_latent_blur_reaches_the_loss_and_is_recorded(tmp_path, monkeypatch):
+    import engine.train as train
+    from engine.__main__ import main
+
+    seen = []
+    real = train.blur_mix
+    monkeypatch.setattr(train, "blur_mix", lambda z, amount: seen.append(amount) or real(z, amount))
+    run = tmp_path / "ae"
+    assert main(["train-ae", "--steps", "2", "--batch", "2", "--pool", "4", "--size", "16", "--run-dir", str(run),
+                 "--no-progress", "--latent-blur", "0.4"]) == 0
+    assert seen == [0.4, 0.4]
+    assert torch.load(run / "ae.pt", weights_only=False)["latent_blur"] == 0.4
+    assert json.loads((run / "ae.json").read_text())["latent_blur"] == 0.4
+
+
 @pytest.mark.parametrize("kind", ["txt2img", "inpaint"])
 def test_ldm_loss_falls_on_a_fixed_batch(ae_path, kind):
     torch.manual_seed(0)
