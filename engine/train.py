@@ -121,12 +121,11 @@ def binomial_blur(z: torch.Tensor) -> torch.Tensor:
 def blur_mix(z: torch.Tensor, amount: float) -> torch.Tensor:
     """Latent smoothing augmentation: half the batch, chosen at random, becomes (1 - a) z + a blur(z) with
     a ~ U(0, amount) per latent, the kind of error an under-trained denoiser makes, so the decoder learns to draw
-    sharp shapes from smoothed latents and the encoder to keep them in what survives smoothing."""
+    sharp shapes from smoothed latents."""
     if amount <= 0:
         return z
     b = z.shape[0]
-    a = torch.rand(b, 1, 1, 1) * amount * (torch.rand(b, 1, 1, 1) < 0.5)
-    a = a.to(z)
+    a = (torch.rand(b, 1, 1, 1) * amount * (torch.rand(b, 1, 1, 1) < 0.5)).to(z)
     return (1 - a) * z + a * binomial_blur(z)
 
 

@@ -348,7 +348,8 @@ def cmd_train_ldm(args) -> int:
 
 # The shared first stage of train-defaults: KL-f4 with z latent channels and the gradient term weighted by edge.
 # z 4 and edge 2.0 lift the detector's caption-match ceiling on reconstructions from 0.63 to 0.81 (128 held-out
-# scenes), but 45-minute LDMs on it drew no better (session 9, resources/models/README.md), so 3 and 0.5 stay.
+# scenes), but 45-minute LDMs on it drew no better (session 9, resources/models/README.md), so 3 and 0.5 stay;
+# latent_blur 0.6 makes the decoder forgive smoothed latents, yet LDMs on it drew no better either (session 12).
 FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT, "latent_blur": 0.0}
 
 # What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
