@@ -172,21 +172,36 @@ def window_layout(batches: Batches, boxes: list, side: int, y: int, x: int, w: i
 MIN_SNR_GAMMA = 5.0
 
 
+def loss_weights(model, min_snr: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Per-timestep weight of the eps or v MSE: Min-SNR (Hang et al. 2023), min(SNR, gamma)/SNR for eps and
+    /(SNR+1) for v; all ones for min_snr=0 (the plain loss)."""
+    ac = model.alphas_cumprod.float()
+    if not min_snr:
+        return torch.ones_like(ac)
+    snr = ac / (1 - ac)
+    return snr.clamp(max=min_snr) / (snr + 1 if model.config.parameterization == "v" else snr)
+
+
 def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | None = None,
-                   min_snr: float = MIN_SNR_GAMMA) -> torch.Tensor:
-    """DDPM MSE at a uniformly drawn timestep (Ho et al. 2020) on the eps or v target (the config's parameterization),
-    weighted per sample by Min-SNR (Hang et al. 2023): min(SNR, gamma)/SNR for eps, /(SNR+1) for v; min_snr=0: plain."""
-    t = torch.randint(0, model.config.schedule.timesteps, (z0.shape[0],), generator=gen)
+                   min_snr: float = MIN_SNR_GAMMA, importance: bool = False) -> torch.Tensor:
+    """DDPM MSE on the eps or v target (Ho et al. 2020) weighted by loss_weights, at a uniformly drawn timestep; or,
+    importance=True, at a timestep drawn in proportion to its weight with the mean weight on every sample (the same
+    objective in expectation, without spending samples where the weight is near zero)."""
+    w = loss_weights(model, min_snr)
+    n = z0.shape[0]
+    if importance:
+        t = torch.multinomial(w / w.sum(), n, replacement=True, generator=gen)
+        scale = w.mean().expand(n)
+    else:
+        t = torch.randint(0, model.config.schedule.timesteps, (n,), generator=gen)
+        scale = w[t]
     ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
     eps = torch.randn(z0.shape, generator=gen)
     zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
     v = model.config.parameterization == "v"
     target = ac.sqrt() * eps - (1 - ac).sqrt() * z0 if v else eps
     err = (model.model(zt, t, **kw) - target).pow(2).mean(dim=(1, 2, 3))
-    if min_snr:
-        snr = (ac / (1 - ac)).flatten()
-        err = err * snr.clamp(max=min_snr) / (snr + 1 if v else snr)
-    return err.mean()
+    return (err * scale).mean()
 
 
 def build_model(kind: str, ae_path, size: int = 64, vocab: tuple[str, ...] | None = None, **cfg_kw):
@@ -241,10 +256,10 @@ def trainable(model) -> list:
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
-              **cfg_kw) -> dict:
+              importance: bool = False, **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
     multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
-    min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss)."""
+    min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -283,10 +298,11 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
 
     def step_fn(step):
         z0, kw = batches(spec.batch - n_big)
-        loss = diffusion_loss(model, z0, kw, gen, min_snr)
+        loss = diffusion_loss(model, z0, kw, gen, min_snr, importance)
         if n_big:
             zb, kwb = scaled(n_big)
-            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen, min_snr) * n_big) / spec.batch
+            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen, min_snr, importance) * n_big)
+            loss = loss / spec.batch
         return loss
 
     def refresh(step):
@@ -299,7 +315,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     model.eval()
     n_params = sum(p.numel() for p in params)
     info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
-            "lr": spec.lr, "min_snr": min_snr, "threads": torch.get_num_threads(), "params_trained": n_params,
+            "lr": spec.lr, "min_snr": min_snr, "importance": importance, "threads": torch.get_num_threads(),
+            "params_trained": n_params,
             "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if n_big:
@@ -341,7 +358,8 @@ def cmd_train_ldm(args) -> int:
     out = args.out or f"runs/{kind}.safetensors"
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
-                     multiscale=args.multiscale, min_snr=args.min_snr, raster=args.raster, coords=args.coords)
+                     multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
+                     raster=args.raster, coords=args.coords)
     print(json.dumps(info))
     return 0
 
@@ -542,6 +560,8 @@ def add_commands(sub) -> None:
     p.add_argument("--multiscale", type=float, default=0.0,
                    help="semantic, layout: share of each batch from 128/256 px scenes (32x32-latent windows)")
     p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="Min-SNR loss weighting gamma (0: plain loss)")
+    p.add_argument("--importance", action="store_true",
+                   help="draw timesteps in proportion to their loss weight (the same objective, less variance)")
     p.add_argument("--raster", action="store_true",
                    help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")
     p.add_argument("--coords", action="store_true",

@@ -201,6 +201,34 @@ def test_unbounded_min_snr_gamma_is_the_eps_loss_of_the_paper(ae_path):
     assert torch.allclose(simple, (eps_hat - eps).pow(2).mean(), rtol=1e-4)
 
 
+def test_importance_sampled_timesteps_keep_the_objective_and_skip_near_zero_weights(ae_path):
+    """Drawing t in proportion to its Min-SNR weight, with the mean weight on every sample, estimates the same loss as
+    uniform t with per-sample weights, and hardly ever draws the high-noise steps whose weight is near zero."""
+    from types import SimpleNamespace
+
+    from engine.train_ldm import loss_weights
+
+    model = build_model("txt2img", ae_path, size=16, **TINY)
+    seen = []
+
+    def zero_v(zt, t, **kw):
+        seen.append(t)
+        return torch.zeros_like(zt)
+
+    fake = SimpleNamespace(config=model.config, alphas_cumprod=model.alphas_cumprod, model=zero_v)
+    z0 = torch.randn(1, 3, 4, 4).expand(20000, -1, -1, -1)
+    loss = {}
+    for importance in (False, True):
+        seen.clear()
+        loss[importance] = diffusion_loss(fake, z0, {}, torch.Generator().manual_seed(5), importance=importance).item()
+        t = seen[0]
+        loss[(importance, "high")] = (t > 600).float().mean().item()
+    w = loss_weights(model)
+    assert w[700] < 0.05 * w.max()
+    assert loss[True] == pytest.approx(loss[False], rel=0.03)
+    assert loss[(False, "high")] > 0.35 and loss[(True, "high")] < 0.05
+
+
 def test_lr_warms_up_then_decays(tmp_path):
     from engine.train import Trainer
 
