@@ -261,7 +261,7 @@ class Trainer:
         """Loads run_dir/state.pt if present; returns the module state to restore (or None)."""
         if not self.state_path.exists():
             return None
-        st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        st = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.step, self.losses, self.elapsed = st["step"], st["losses"], st["elapsed"]
         self.opt.load_state_dict(st["opt"])
         if st["ema"] is not None and self.ema is not None:
@@ -452,7 +452,7 @@ def config_to_dict_ae(cfg: AutoencoderConfig) -> dict:
 
 
 def load_ae(path) -> tuple[AutoencoderConfig, dict, float]:
-    st = torch.load(path, map_location="cpu", weights_only=False)
+    st = torch.load(path, map_location="cpu", weights_only=True)
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in st["config"].items()}
     return AutoencoderConfig(**d), st["state_dict"], st["scale_factor"]
 

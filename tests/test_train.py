@@ -87,7 +87,7 @@ def test_train_ae_cli_latent_blur_reaches_the_loss_and_is_recorded(tmp_path, mon
     assert main(["train-ae", "--steps", "2", "--batch", "2", "--pool", "4", "--size", "16", "--run-dir", str(run),
                  "--no-progress", "--latent-blur", "0.4"]) == 0
     assert seen == [0.4, 0.4]
-    assert torch.load(run / "ae.pt", weights_only=False)["latent_blur"] == 0.4
+    assert torch.load(run / "ae.pt", weights_only=True)["latent_blur"] == 0.4
     assert json.loads((run / "ae.json").read_text())["latent_blur"] == 0.4
 
 
@@ -122,7 +122,7 @@ def ae4_path(tmp_path_factory) -> Path:
 
 
 def test_train_ae_records_its_edge_weight_and_latent_channels(ae4_path):
-    out = torch.load(ae4_path, weights_only=False)
+    out = torch.load(ae4_path, weights_only=True)
     facts = json.loads(ae4_path.with_name("ae.json").read_text())
     assert out["edge"] == facts["edge"] == 2.0 and facts["config"]["z_channels"] == 4
 
@@ -147,9 +147,9 @@ def test_resume_continues_from_saved_step_and_file_loads_strictly(ae_path, tmp_p
     spec = lambda steps: RunSpec(run, steps=steps, batch=2, pool_size=8, progress=False)
     first = train_ldm("layout", spec(3), ae_path, out, size=16, **TINY)
     assert first["steps"] == 3
-    saved = torch.load(run / "state.pt", weights_only=False)
+    saved = torch.load(run / "state.pt", weights_only=True)
     second = train_ldm("layout", spec(5), ae_path, out, size=16, **TINY)
-    state = torch.load(run / "state.pt", weights_only=False)
+    state = torch.load(run / "state.pt", weights_only=True)
     assert second["steps"] == 5 and len(state["losses"]) == 5
     assert state["losses"][:3] == saved["losses"]
     assert (run / "loss.png").stat().st_size > 0
@@ -227,6 +227,28 @@ def test_importance_sampled_timesteps_keep_the_objective_and_skip_near_zero_weig
     assert w[700] < 0.05 * w.max()
     assert loss[True] == pytest.approx(loss[False], rel=0.03)
     assert loss[(False, "high")] > 0.35 and loss[(True, "high")] < 0.05
+
+
+class _Planted:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_first_stage_and_run_state_files_load_without_running_pickled_code(tmp_path):
+    """ae.pt and state.pt are read with torch's weights-only unpickler: a planted object is refused, not run."""
+    from engine.train import Trainer, load_ae
+
+    planted = _Planted()
+    planted.target = str(tmp_path / "ran")
+    torch.save({"config": {}, "state_dict": {}, "scale_factor": 1.0, "x": planted}, tmp_path / "ae.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
+        load_ae(tmp_path / "ae.pt")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": planted}, run / "state.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
+        Trainer(RunSpec(run), [torch.nn.Parameter(torch.zeros(1))]).resume()
+    assert not (tmp_path / "ran").exists()
 
 
 def test_lr_warms_up_then_decays(tmp_path):
