@@ -374,8 +374,9 @@ FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT, "latent_blur": 0.0}
 # "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
 # ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
 RECIPES = {
-    "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2}, "first_stage": "sharp"},
-    "layout": {"minutes": 45.0, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.5}, "first_stage": "sharp"},
+    "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "sharp"},
+    "layout": {"minutes": 45.0, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.5, "importance": True},
+               "first_stage": "sharp"},
     "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
     "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "sharp", "threads": 2},

@@ -13,11 +13,11 @@ BUNDLED = {"txt2img": "world-txt2img", "layout": "world-layout", "semantic": "wo
 THRESHOLDS = {"txt2img": 0.8, "layout": 0.8, "semantic": 0.85, "inpaint": 0.8, "upscale": 1.5}
 # Measured on 8 held-out scenes with these settings (see resources/models/README.md for the 32-scene figures).
 MISSED = {
-    "txt2img": "measured caption match 0.00 (8 scenes, colour recall 0.90; 0.03 on 32, ceiling 1.00, its KL-f4 first-stage "
+    "txt2img": "measured caption match 0.12 (8 scenes, colour recall 1.00; 0.16 on 32, ceiling 1.00, its KL-f4 first-stage "
                "ceiling 0.66, chance 0.00)",
-    "layout": "measured box recall 0.29 (8 scenes, colour at IoU >= 0.5 0.88: boxes are obeyed, pointed shapes drawn "
-              "round: on 32 scenes 1 of 15 placed triangles and 2 of 12 stars are read as such; "
-              "0.29 on 32 at 64 px, 0.43 at 256 px in two passes, ceiling 1.00, its KL-f4 first-stage ceiling 0.81, "
+    "layout": "measured box recall 0.36 (8 scenes, colour at IoU >= 0.5 1.00: boxes are obeyed, pointed shapes mostly "
+              "drawn round: on 32 scenes 5 of 19 placed triangles and 1 of 12 stars are read as such; "
+              "0.38 on 32 at 64 px, 0.52 at 256 px in two passes, ceiling 1.00, its KL-f4 first-stage ceiling 0.81, "
               "chance 0.00)",
     "upscale": "measured PSNR gain +1.45 dB over bicubic with the colour fix (8 scenes, DDIM 10; +1.54 on 32 at DDIM 20, "
                "+0.84 without the fix, first-stage ceiling +4.9, chance -8.2)",
@@ -86,18 +86,27 @@ def test_layout_model_draws_each_boxs_colour_in_its_box(results):
 
 # Convolutional sampling (paper sec. 4.3.2): 4x the training size must keep the score within 0.1. The app's default
 # there is two passes (Request.hires 'auto': compose at 64 px, enlarge, repaint at 256 px); 'off' samples 256 px from
-# noise in one pass.
-CONV_SIZE, CONV_TOLERANCE = 256, 0.1
+# noise in one pass. Layout is scored on 16 scenes: 8 hold 14 boxes, so one box moves box recall by 0.07 and two of
+# them would break the tolerance by chance.
+CONV_SIZE, CONV_TOLERANCE, CONV_N = 256, 0.1, {"semantic": 8, "layout": 16}
 # Measured on this sample: semantic 0.92 at 64 px, 0.97 in two passes, 0.89 in one (0.82 with half the batch
-# multi-scale); layout box recall 0.29 at 64 px, 0.29 in two passes, 0.21 in one (without multi-scale batches: 0.43,
-# 0.29, 0.29).
+# multi-scale); layout box recall 0.37 at 64 px, 0.60 in two passes, 0.37 in one (the session-8 file: 0.23, 0.37,
+# 0.33; on 8 scenes the new file's one pass dropped 0.36 -> 0.21, on 32 at DDIM 20 it rose 0.38 -> 0.43).
 
 
 @pytest.mark.parametrize("task,hires", [("semantic", "auto"), ("semantic", "off"), ("layout", "auto"), ("layout", "off")])
 def test_convolutional_sampling_at_4x_keeps_the_score(task, hires, results):
-    small = _run(task, results)["scores"]["model"][HEADLINE[task]]
-    big = evaluate(str(_bundled(task)), task, n=8, out=None, steps=10, cfg_scale=3.0, chance=False, ceiling=False,
-                   size=CONV_SIZE, hires=hires)["scores"]["model"][HEADLINE[task]]
+    def score(size, **kw):
+        return evaluate(str(_bundled(task)), task, n=CONV_N[task], out=None, steps=10, cfg_scale=3.0, chance=False,
+                        ceiling=False, size=size, **kw)["scores"]["model"][HEADLINE[task]]
+
+    if CONV_N[task] == 8:
+        small = _run(task, results)["scores"]["model"][HEADLINE[task]]
+    else:
+        if (task, 64) not in results:
+            results[(task, 64)] = score(64)
+        small = results[(task, 64)]
+    big = score(CONV_SIZE, hires=hires)
     assert big >= small - CONV_TOLERANCE, (small, big)
 
 
