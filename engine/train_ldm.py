@@ -374,7 +374,7 @@ FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT, "latent_blur": 0.0}
 # "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
 # ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
 RECIPES = {
-    "txt2img": {"minutes": 45.0, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "sharp"},
+    "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "sharp"},
     "layout": {"minutes": 45.0, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.25, "importance": True},
                "first_stage": "sharp"},
     "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "sharp"},
@@ -398,6 +398,11 @@ def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]
     return plan, max(loads)
 
 
+def recipe_batch(kind: str, batch: int = 0) -> int:
+    """Batch of a kind's run: `--batch` when given (non-zero), else its recipe's `batch` (32 if unset)."""
+    return batch or RECIPES[kind].get("batch", 32)
+
+
 def recipe_threads(kind: str, jobs: int) -> int:
     """Threads of a kind's run under `--jobs`: its recipe's `threads` (1 if unset), at most the jobs' cores."""
     return max(1, min(RECIPES[kind].get("threads", 1), jobs))
@@ -414,7 +419,8 @@ def schedule(minutes: dict[str, float], threads: dict[str, int], jobs: int) -> t
 def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
            "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
-           "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed), "--pool", str(args.pool),
+           "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(args.lr), "--seed", str(args.seed),
+           "--pool", str(args.pool),
            "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
            "--ae-kind", args.ae_kind, "--no-progress"]
     return cmd + (["--quick"] if args.quick else [])
@@ -478,7 +484,7 @@ def cmd_train_defaults(args) -> int:
     runs, out = Path(args.runs), Path(args.out)
     quick = args.quick
     t_all = time.time()
-    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch,
+    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
                  seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
     ae_path, sharp_path = runs / "ae" / "ae.pt", runs / "ae-sharp" / "ae.pt"
     summary = {}
@@ -511,7 +517,8 @@ def cmd_train_defaults(args) -> int:
         minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
         torch.set_num_threads(max(1, args.threads) if args.jobs == 1 else recipe_threads(kind, args.jobs))
         t0 = time.time()
-        info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes)),
+        batch = 8 if quick else recipe_batch(kind, args.batch)
+        info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch)),
                          sharp_path if recipe["first_stage"] == "sharp" else ae_path, targets[kind], **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
@@ -581,7 +588,7 @@ def add_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=2, help="LDM worker processes at once, one thread each (after the "
                    "shared first stage), longest kinds first")
     p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train_defaults)
+    p.set_defaults(func=cmd_train_defaults, batch=0)  # 0: each kind's RECIPES batch
     try:
         from engine.evaluate import add_command
     except ImportError:

@@ -77,6 +77,17 @@ def test_worker_command_is_a_one_kind_one_thread_train_defaults_run(tmp_path):
     assert _parser().parse_args(_worker_cmd(args, "sr4", tmp_path, tmp_path, threads=2)[3:]).threads == 2
 
 
+def test_worker_batch_is_the_recipes_unless_batch_is_given(tmp_path):
+    plain = _parser().parse_args(["train-defaults", "--runs", str(tmp_path)])
+    assert plain.batch == 0
+    for kind, recipe in RECIPES.items():
+        sub = _parser().parse_args(_worker_cmd(plain, kind, tmp_path, tmp_path)[3:])
+        assert sub.batch == recipe.get("batch", 32)
+    assert RECIPES["txt2img"]["batch"] == 16
+    given = _parser().parse_args(["train-defaults", "--batch", "24", "--runs", str(tmp_path)])
+    assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).batch for k in RECIPES} == {24}
+
+
 @pytest.mark.slow
 def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "models"
