@@ -240,7 +240,7 @@ class Trainer:
 
     def __init__(self, spec: RunSpec, params: list, ema_module=None, ema_decay: float | None = None, title: str = "loss"):
         self.spec, self.params, self.title = spec, params, title
-        self.opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.99))
+        self.opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
         self.ema_module, self.ema_decay = ema_module, ema_decay or spec.ema_decay
         self.ema = [p.detach().clone() for p in params] if ema_module is not None else None
         self.step, self.losses, self.elapsed = 0, [], 0.0
@@ -282,13 +282,12 @@ class Trainer:
             g["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.opt.step()
         if self.ema is not None:
             d = min(self.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
-                for e, p in zip(self.ema, self.params):
-                    e.lerp_(p.detach(), 1 - d)
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - d)
         self.step += 1
         self.losses.append(float(loss.detach()))
 

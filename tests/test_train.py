@@ -259,6 +259,38 @@ def test_lr_warms_up_then_decays(tmp_path):
     assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[4] >= 0.1e-3 - 1e-9
 
 
+def test_trainer_update_is_clipped_adamw_with_an_ema(tmp_path):
+    """The fused optimizer step, foreach clipping and foreach EMA equal the textbook per-tensor loop."""
+    from engine.train import Trainer
+
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8,), (5, 7)]
+    live = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in live]
+    trainer = Trainer(RunSpec(tmp_path, lr=1e-2, warmup=1, progress=False), live, ema_module=torch.nn.Module())
+    opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.01, betas=(0.9, 0.99), foreach=False)
+    ema = [p.detach().clone() for p in ref]
+    for step in range(5):
+        targets = [torch.randn(s) * 3 for s in shapes]
+        trainer.update(sum(((p - t) ** 2).sum() for p, t in zip(live, targets)))
+        for g in opt.param_groups:
+            g["lr"] = trainer.lr_at(step)
+        opt.zero_grad()
+        sum(((p - t) ** 2).sum() for p, t in zip(ref, targets)).backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in ref))
+        assert norm > 1.0
+        for p in ref:
+            p.grad.mul_(1.0 / (norm + 1e-6))
+        opt.step()
+        d = min(0.998, (1 + step) / (10 + step))
+        ema = [e * d + p.detach() * (1 - d) for e, p in zip(ema, ref)]
+    for a, b in zip(live, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(trainer.ema, ema):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert trainer.step == 5
+
+
 def test_layout_encoder_starts_with_coordinate_structure(ae_path):
     from engine.train_ldm import init_conditioner
 
