@@ -375,7 +375,7 @@ FIRST_STAGE = {"z": 3, "edge": EDGE_WEIGHT, "latent_blur": 0.0}
 # ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "sharp"},
-    "layout": {"minutes": 45.0, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.25, "importance": True},
+    "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.25, "importance": True},
                "first_stage": "sharp"},
     "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "sharp"},
