@@ -55,6 +55,7 @@ class Params:
     colour_fix: bool = True
     hires: str = "auto"
     hires_strength: float = 0.5
+    hires_upscaler: str = "lanczos"
     refine_strength: float = 0.0
     refine_model: str = "default"
     label_prompts: dict = field(default_factory=dict)
@@ -410,6 +411,7 @@ class Document:
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop), upscaler=p.upscaler, noise_level=int(p.noise_level),
             colour_fix=bool(p.colour_fix), hires=p.hires, hires_strength=float(p.hires_strength),
+            hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model)
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision

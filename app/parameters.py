@@ -19,7 +19,7 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
-        "Hires": ("hires", str), "Hires strength": ("hires_strength", float)}
+        "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str)}
 
 
 def _quote(value: str) -> str:
@@ -51,7 +51,8 @@ def format_parameters(request, seed: int | None = None) -> str:
     if request.task == "inpaint" and request.inpaint_crop:
         pairs.append(("Inpaint crop", True))
     if request.task in HIRES_TASKS:
-        pairs += [("Hires", request.hires), ("Hires strength", request.hires_strength)]
+        pairs += [("Hires", request.hires), ("Hires strength", request.hires_strength),
+                  ("Hires upscaler", request.hires_upscaler)]
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
         if request.upscaler != "esrgan":

@@ -13,6 +13,7 @@ from engine.api import HIRES_TASKS
 UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
 HIRES = (("two passes when larger than the model (auto)", "auto"), ("always two passes", "on"),
          ("one pass (convolutional sampling)", "off"))
+HIRES_UPSCALERS = (("Lanczos", "lanczos"), ("x4 upscaler model", "model"))
 DROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -65,8 +66,14 @@ class TaskOptionsPanel(QWidget):
             self.hires.addItem(text, value)
         self.hires.setToolTip("On canvases larger than the model's training size, compose at that size first, then "
                               "enlarge and repaint at full size (hires fix)")
-        self.hires_strength = QDoubleSpinBox(minimum=0.05, maximum=1.0, singleStep=0.05, decimals=2)
+        self.hires_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.hires_strength.setSpecialValueText("off (only enlarge)")
         self.hires_strength.setToolTip("How much the full-size pass repaints the enlarged composition")
+        self.hires_upscaler = QComboBox()
+        for text, value in HIRES_UPSCALERS:
+            self.hires_upscaler.addItem(text, value)
+        self.hires_upscaler.setToolTip("How the composition is enlarged before the full-size pass: Lanczos, or the x4 "
+                                       "upscaler model (adds its own detail; A1111's LDSR upscaler)")
         self.refine_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
@@ -82,6 +89,7 @@ class TaskOptionsPanel(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow(self.drop_target)
         form.addRow("Large canvas", self.hires)
+        form.addRow("Enlarge with", self.hires_upscaler)
         form.addRow("Second pass strength", self.hires_strength)
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Noise level", self.noise_level)
@@ -97,6 +105,8 @@ class TaskOptionsPanel(QWidget):
         self.colour_fix.toggled.connect(lambda v: self.doc.set_param("colour_fix", v))
         self.hires.currentIndexChanged.connect(lambda: self.doc.set_param("hires", self.hires.currentData()))
         self.hires_strength.valueChanged.connect(lambda v: self.doc.set_param("hires_strength", v))
+        self.hires_upscaler.currentIndexChanged.connect(
+            lambda: self.doc.set_param("hires_upscaler", self.hires_upscaler.currentData()))
         self.refine_strength.valueChanged.connect(lambda v: self.doc.set_param("refine_strength", v))
         self.refine_model.currentIndexChanged.connect(
             lambda: self.doc.set_param("refine_model", self.refine_model.currentData() or "default"))
@@ -121,6 +131,7 @@ class TaskOptionsPanel(QWidget):
             self.refine_model.addItem(p.refine_model, p.refine_model)
         for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
                      (self.hires, p.hires), (self.hires_strength, float(p.hires_strength)),
+                     (self.hires_upscaler, p.hires_upscaler),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
                      (self.inpaint_crop, p.inpaint_crop)):
@@ -131,6 +142,7 @@ class TaskOptionsPanel(QWidget):
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
         self.hires.setEnabled(task in HIRES_TASKS)
         self.hires_strength.setEnabled(task in HIRES_TASKS and p.hires != "off")
+        self.hires_upscaler.setEnabled(task in HIRES_TASKS and p.hires != "off")
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")

@@ -44,7 +44,9 @@ def add_generate(sub) -> None:
     p.add_argument("--tiles", default=None, choices=["auto", "on", "off"])
     p.add_argument("--hires", default=None, choices=["auto", "on", "off"],
                    help="two passes (compose at the training size, then img2img at full size): auto above 2.25x its area")
-    p.add_argument("--hires-strength", type=float, default=None)
+    p.add_argument("--hires-strength", type=float, default=None, help="second pass strength (0: only enlarge)")
+    p.add_argument("--hires-upscaler", default=None, choices=["lanczos", "model"],
+                   help="how the first pass is enlarged: Lanczos, or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", dest="colour_fix", action="store_const", const=False, default=None,
                    help="upscale: keep the model's own colours instead of the input's")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
@@ -59,7 +61,7 @@ FIELDS = {  # CLI flag -> Request field
     "steps": "steps", "sampler": "sampler", "cfg": "cfg_scale", "eta": "eta", "seed": "seed", "width": "width",
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
-    "hires": "hires", "hires_strength": "hires_strength",
+    "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

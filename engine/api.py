@@ -20,6 +20,7 @@ from engine.memory import lean_allocator
 Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
 SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
+HIRES_UPSCALERS = ("lanczos", "model")  # "model": the default x4 upscaler (bundled world-sr4, SD x4, LDM-BSR)
 HIRES_TASKS = ("txt2img", "layout", "semantic")  # made in two passes on large canvases; a start image makes them img2img
 
 
@@ -72,7 +73,8 @@ class Request:
     noise_level: int = 20
     colour_fix: bool = True
     hires: Literal["auto", "on", "off"] = "auto"  # two passes (hires fix); auto: canvas over 2.25x the training area
-    hires_strength: float = 0.5
+    hires_strength: float = 0.5  # 0: keep the enlarged composition as it is
+    hires_upscaler: str = "lanczos"  # how the composition is enlarged: one of HIRES_UPSCALERS
     refine_strength: float = 0.0
     refine_model: str = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -55,12 +55,12 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
 
 
 def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim",
-                colour_fix: bool = True, hires: str = "auto"):
+                colour_fix: bool = True, hires: str = "auto", **hires_kw):
     from engine.api import Box, Request
 
     s = case.scene
     r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed,
-                colour_fix=colour_fix, hires=hires)
+                colour_fix=colour_fix, hires=hires, **hires_kw)
     if task in ("txt2img", "layout"):
         r.width = r.height = s.image.shape[0]
     if task == "txt2img":
@@ -239,11 +239,12 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
              sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64,
-             colour_fix: bool = True, hires: str = "auto") -> dict:
+             colour_fix: bool = True, hires: str = "auto", **hires_kw) -> dict:
     """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
     size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2);
     colour_fix: the upscale task's Request.colour_fix; hires: Request.hires ('auto' makes 4x the training size two
-    passes, 'off' samples it in one)."""
+    passes, 'off' samples it in one); hires_kw: other Request fields of the two passes (hires_strength,
+    hires_upscaler)."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
@@ -254,7 +255,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     cases = make_cases(task, n, offset, size)
     engine = Engine()
     try:
-        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires)
+        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires, **hires_kw)
                                 for c in cases])
         result = {"model": path, "task": task, "n": n, "size": size, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
                   "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
@@ -262,6 +263,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
             result["colour_fix"] = colour_fix
         if size != 64:
             result["hires"] = hires
+            result.update(hires_kw)
         rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
         images = {"model": made}
         if ceiling:
@@ -271,7 +273,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
             with tempfile.TemporaryDirectory() as tmp:
                 rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
                 images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix,
-                                                                 hires) for c in cases])
+                                                                 hires, **hires_kw) for c in cases])
             rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
     finally:
         engine.shutdown()
@@ -296,7 +298,7 @@ def cmd_eval(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
-                   hires=args.hires)
+                   hires=args.hires, hires_strength=args.hires_strength, hires_upscaler=args.hires_upscaler)
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -316,5 +318,8 @@ def add_command(sub) -> None:
     p.add_argument("--no-chance", action="store_true")
     p.add_argument("--hires", default="auto", choices=["auto", "on", "off"],
                    help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling)")
+    p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")
+    p.add_argument("--hires-upscaler", default="lanczos", choices=["lanczos", "model"],
+                   help="two passes: enlarge with Lanczos or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.set_defaults(func=cmd_eval)

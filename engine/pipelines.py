@@ -254,24 +254,47 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
 
 def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, first: tuple[int, int],
                  size: tuple[int, int], model) -> Result:
-    """A1111's hires fix: compose at about the model's training size, enlarge (Lanczos), then img2img at the canvas
-    size under the same prompt, boxes or label map (convolutional sampling from the enlarged composition)."""
+    """A1111's hires fix: compose at about the model's training size, enlarge (Lanczos, or the x4 upscaler model as
+    A1111's LDSR upscaler), then img2img at the canvas size under the same prompt, boxes or label map (convolutional
+    sampling from the enlarged composition); strength 0 keeps the enlargement as it is."""
     from dataclasses import replace
 
-    from engine.images import resize_nearest, resize_rgb
+    from engine.api import HIRES_UPSCALERS
+    from engine.images import resize_nearest
 
-    if not 0.0 < request.hires_strength <= 1.0:
-        raise EngineError(f"hires strength must be in (0, 1], got {request.hires_strength}")
+    if not 0.0 <= request.hires_strength <= 1.0:
+        raise EngineError(f"hires strength must be in [0, 1], got {request.hires_strength}")
+    if request.hires_upscaler not in HIRES_UPSCALERS:
+        raise EngineError(f"hires upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {request.hires_upscaler!r}")
     (h0, w0), (h, w) = first, size
     labels = None if request.labels is None else resize_nearest(request.labels, w0, h0)
     small = run_request(replace(request, width=w0, height=h0, labels=labels, hires="off"), ctx, cache)
     out = []
     for img, seed in zip(small.images, small.seeds):
-        sub = replace(request, image=resize_rgb(img, w, h), strength=request.hires_strength, width=w, height=h,
-                      batch_size=1, seed=seed, hires="off")
+        big = enlarge(request, img, seed, (h, w), ctx, cache)
+        if request.hires_strength == 0:
+            out.append(big)
+            continue
+        sub = replace(request, image=big, strength=request.hires_strength, width=w, height=h, batch_size=1, seed=seed,
+                      hires="off")
         out.append(run_request(sub, ctx, cache).images[0])
-    text = parameters_text(request, model, h, w) + f", Hires strength: {request.hires_strength}, First pass: {w0}x{h0}"
+    text = (parameters_text(request, model, h, w) + f", Hires strength: {request.hires_strength}, First pass: {w0}x{h0}"
+            + f", Hires upscaler: {request.hires_upscaler}")
     return Result(ctx.job_id, tuple(out), text, small.seeds, time.perf_counter() - t0)
+
+
+def enlarge(request: Request, img: np.ndarray, seed: int, size: tuple[int, int], ctx: JobContext, cache: dict):
+    """The first pass's image at the canvas size: Lanczos, or x4 steps of the default upscaler model (each sampled
+    under the request's steps and seed, with the colour fix) and Lanczos for the rest."""
+    from engine.images import resize_rgb
+
+    h, w = size
+    while request.hires_upscaler == "model" and (img.shape[0] < h or img.shape[1] < w):
+        up = Request(model="default", task="upscale", image=img, steps=request.steps, seed=seed, sampler=request.sampler,
+                     device=request.device, dtype=request.dtype, tiles=request.tiles,
+                     preview_interval_s=request.preview_interval_s, memory_budget_mb=request.memory_budget_mb)
+        img = run_request(up, ctx, cache).images[0]
+    return resize_rgb(img, w, h)
 
 
 def upscale_and_refine(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.parameters import format_parameters, parse_parameters
+
 pytest.importorskip("pytestqt")
 from PySide6.QtGui import QImage  # noqa: E402
 from PySide6.QtWidgets import QDialog, QFileDialog, QPushButton  # noqa: E402
@@ -34,9 +36,16 @@ def test_task_options_panel_sets_the_request_and_an_app_png_restores_them(make_w
     opts = win.task_options
     assert not opts.noise_level.isEnabled() and not opts.mask_grow.isEnabled()
     assert opts.hires.isEnabled() and opts.hires_strength.isEnabled()
+    assert opts.hires_upscaler.isEnabled() and win.doc.to_request(win.settings).hires_upscaler == "lanczos"
+    opts.hires_upscaler.setCurrentIndex(opts.hires_upscaler.findData("model"))
+    opts.hires_strength.setValue(0.0)
+    assert opts.hires_strength.text() == "off (only enlarge)"
+    req = win.doc.to_request(win.settings)
+    assert (req.hires_upscaler, req.hires_strength) == ("model", 0.0)
+    assert parse_parameters(format_parameters(req))["hires_upscaler"] == "model"
     opts.hires_strength.setValue(0.35)
     opts.hires.setCurrentIndex(opts.hires.findData("off"))
-    assert not opts.hires_strength.isEnabled()
+    assert not opts.hires_strength.isEnabled() and not opts.hires_upscaler.isEnabled()
     req = win.doc.to_request(win.settings)
     assert (req.hires, req.hires_strength) == ("off", 0.35)
     opts.hires.setCurrentIndex(opts.hires.findData("auto"))

@@ -96,9 +96,16 @@ LAYOUT_ONE_PASS = ("measured box recall 0.63 at 64 px -> 0.40 at 256 px in one p
                    "0.72 -> 0.40): at 4x the size objects fill their boxes; two passes, the app's default, keep 0.60")
 
 
-@pytest.mark.parametrize("task,hires", [("semantic", "auto"), ("semantic", "off"), ("layout", "auto"),
-                                        pytest.param("layout", "off", marks=pytest.mark.xfail(reason=LAYOUT_ONE_PASS))])
-def test_convolutional_sampling_at_4x_keeps_the_score(task, hires, results):
+# Enlarging the layout composition with the bundled x4 upscaler instead (hires_upscaler 'model', no repaint; A1111's
+# hires fix with its LDSR upscaler): 0.60 on this sample, 0.71 against 0.72 on 32 scenes at DDIM 20.
+UPSCALED = {"hires_upscaler": "model", "hires_strength": 0.0}
+
+
+@pytest.mark.parametrize("task,hires,kw", [("semantic", "auto", {}), ("semantic", "off", {}), ("layout", "auto", {}),
+                                           ("layout", "auto", UPSCALED),
+                                           pytest.param("layout", "off", {},
+                                                        marks=pytest.mark.xfail(reason=LAYOUT_ONE_PASS))])
+def test_convolutional_sampling_at_4x_keeps_the_score(task, hires, kw, results):
     def score(size, **kw):
         return evaluate(str(_bundled(task)), task, n=CONV_N[task], out=None, steps=10, cfg_scale=3.0, chance=False,
                         ceiling=False, size=size, **kw)["scores"]["model"][HEADLINE[task]]
@@ -109,7 +116,7 @@ def test_convolutional_sampling_at_4x_keeps_the_score(task, hires, results):
         if (task, 64) not in results:
             results[(task, 64)] = score(64)
         small = results[(task, 64)]
-    big = score(CONV_SIZE, hires=hires)
+    big = score(CONV_SIZE, hires=hires, **kw)
     assert big >= small - CONV_TOLERANCE, (small, big)
 
 

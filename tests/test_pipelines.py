@@ -148,8 +148,33 @@ def test_large_canvas_composes_at_the_training_size_then_repaints_at_full_size(t
     assert not np.array_equal(one.images[0], ev.images[0])
     small, events = run(engine, **dict(base, width=48, height=48, labels=labels[:48, :48]))
     assert len([e for e in events if isinstance(e, Started)]) == 1, "auto: 2.25x the training area at most is one pass"
-    bad, _ = run(engine, **dict(base, hires_strength=0.0))
+    bad, _ = run(engine, **dict(base, hires_strength=1.5))
     assert isinstance(bad, Failed) and "hires strength" in bad.message
+    bad, _ = run(engine, **dict(base, hires_upscaler="bicubic"))
+    assert isinstance(bad, Failed) and "hires upscaler" in bad.message
+
+
+def test_large_canvas_can_enlarge_the_composition_with_the_upscaler_model(tiny_models, engine):
+    """hires_upscaler 'model': the first pass goes through the default x4 upscaler (the bundled world-sr4), then the
+    second pass repaints it; hires strength 0 keeps the enlargement as it is."""
+    from engine.images import resize_nearest, resize_rgb
+
+    labels = np.zeros((128, 128), np.int64)
+    labels[40:100, 20:90] = 3
+    base = request_for(tiny_models("ldm-semantic"), "semantic", width=128, height=128, labels=labels, label_prompts={},
+                       seed=4, hires_upscaler="model", hires_strength=0.0)
+    ev, events = run(engine, **base)
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert ev.images[0].shape == (128, 128, 3) and "Hires upscaler: model" in ev.parameters
+    assert [e.family for e in events if isinstance(e, Started)] == ["ldm-semantic", "world-sr4"]
+    first, _ = run(engine, **dict(base, width=32, height=32, labels=resize_nearest(labels, 32, 32), hires="off"))
+    up, _ = run(engine, model="default", task="upscale", image=first.images[0], steps=3, seed=4)
+    assert up.images[0].shape == (128, 128, 3) and np.array_equal(ev.images[0], up.images[0])
+    assert not np.array_equal(ev.images[0], resize_rgb(first.images[0], 128, 128))
+    again, events = run(engine, **dict(base, hires_strength=0.5))
+    assert [e.family for e in events if isinstance(e, Started)] == ["ldm-semantic", "world-sr4", "ldm-semantic"]
+    second, _ = run(engine, **dict(base, image=up.images[0], strength=0.5, hires="off"))
+    assert np.array_equal(again.images[0], second.images[0])
 
 
 def test_inpaint_crop_pastes_back(tiny_models, engine):
