@@ -13,7 +13,7 @@ from app import project
 from app.bridge import EngineBridge
 from app.canvas import Canvas
 from app.dialogs import BoxLabelDialog, SettingsDialog, guarded
-from app.document import Document
+from app.document import Document, Params
 from app.files import FileActions
 from app.icon import app_icon
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
@@ -36,6 +36,7 @@ class MainWindow(FileActions, QMainWindow):
         self.recovery = recovery
         self.doc = Document(512, 512)
         self._auto_size = (self.doc.width, self.doc.height)
+        self._auto_hires = (Params.hires_upscaler, Params.hires_strength)
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
@@ -258,6 +259,11 @@ class MainWindow(FileActions, QMainWindow):
         side = api.suggested_size(info.image_size) if ok else 0
         if side and (self.doc.width, self.doc.height) == self._auto_size and self.doc.start_size(side, side):
             self._auto_size = (side, side)
+        p = self.doc.params
+        if ok and (p.hires_upscaler, p.hires_strength) in (self._auto_hires, (Params.hires_upscaler, Params.hires_strength)):
+            self._auto_hires = api.suggested_hires(info.image_size, api.default_model_for("upscale") is not None)
+            self.doc.set_param("hires_upscaler", self._auto_hires[0])
+            self.doc.set_param("hires_strength", self._auto_hires[1])
         self.palette.set_names(info.label_names if ok else (), info.label_colors if ok else ())
         self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)

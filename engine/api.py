@@ -363,6 +363,13 @@ def suggested_size(image_size: int) -> int:
     return max(image_size, min(4 * image_size, 256))
 
 
+def suggested_hires(image_size: int, have_upscaler: bool = True) -> tuple[str, float]:
+    """(hires_upscaler, hires_strength) for the canvas suggested_size gives: a model trained below 256 px, made at 4x
+    its size, is enlarged by the x4 upscaler model without a repaint (the bundled 64 px text and layout models repaint
+    a 4x enlargement into box-filling blocks); others get Lanczos and a 0.5 repaint (A1111's hires fix)."""
+    return ("model", 0.0) if have_upscaler and 0 < image_size < 256 else ("lanczos", 0.5)
+
+
 def default_model_for(task: str) -> ModelInfo | None:
     """The bundled model that serves a task best (the one whose family lists the task earliest)."""
     from pathlib import Path

@@ -77,6 +77,33 @@ def test_a_blank_canvas_takes_its_models_size_until_the_user_sizes_it(make_windo
     assert (win.doc.width, win.doc.height) == (320, 192) and win.doc.is_blank()
 
 
+def test_a_small_model_enlarges_its_composition_with_the_upscaler_until_the_user_chooses(make_window, tmp_path,
+                                                                                        monkeypatch):
+    """Models trained below 256 px, which get a 4x canvas, enlarge their composition with the x4 upscaler model and
+    skip the repaint; the others keep Lanczos and a 0.5 repaint; a choice of the user's is kept."""
+    assert api.suggested_hires(64) == ("model", 0.0) and api.suggested_hires(64, have_upscaler=False) == ("lanczos", 0.5)
+    assert api.suggested_hires(512) == api.suggested_hires(256) == ("lanczos", 0.5)
+    win = make_window(sized=False)
+    small = api.ModelInfo(path=str(tmp_path / "s.safetensors"), name="small", family="world-txt2img", tasks=("txt2img",),
+                          image_size=64)
+    sd = api.ModelInfo(path=str(tmp_path / "sd.safetensors"), name="sd", family="sd1", tasks=("txt2img",), image_size=512)
+    hires = lambda: (win.doc.params.hires_upscaler, win.doc.params.hires_strength)  # noqa: E731
+    monkeypatch.setattr(api, "default_model_for", lambda task: small if task == "upscale" else None)
+    win.doc.set_param("model", small.path)
+    win._model_changed(small)
+    assert hires() == ("model", 0.0) and win.task_options.hires_upscaler.currentData() == "model"
+    assert win.doc.to_request(win.settings).hires_upscaler == "model"
+    win._model_changed(sd)
+    assert hires() == ("lanczos", 0.5)
+    win.new_document()
+    win.doc.set_param("model", small.path)
+    win._model_changed(small)
+    assert hires() == ("model", 0.0)
+    win.task_options.hires_strength.setValue(0.3)
+    win._model_changed(sd)
+    assert hires() == ("model", 0.3)
+
+
 def drag(canvas, points, button=Qt.MouseButton.LeftButton):
     QTest.mousePress(canvas, button, Qt.KeyboardModifier.NoModifier, at(canvas, *points[0]))
     for p in points[1:]:
