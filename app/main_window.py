@@ -36,7 +36,7 @@ class MainWindow(FileActions, QMainWindow):
         self.recovery = recovery
         self.doc = Document(512, 512)
         self._auto_size = (self.doc.width, self.doc.height)
-        self._auto_hires = (Params.hires_upscaler, Params.hires_strength)
+        self._auto_hires = self._default_hires = (Params.hires_upscaler, Params.hires_strength)
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
@@ -260,7 +260,7 @@ class MainWindow(FileActions, QMainWindow):
         if side and (self.doc.width, self.doc.height) == self._auto_size and self.doc.start_size(side, side):
             self._auto_size = (side, side)
         p = self.doc.params
-        if ok and (p.hires_upscaler, p.hires_strength) in (self._auto_hires, (Params.hires_upscaler, Params.hires_strength)):
+        if ok and (p.hires_upscaler, p.hires_strength) in (self._auto_hires, self._default_hires):
             self._auto_hires = api.suggested_hires(info.image_size, api.default_model_for("upscale") is not None)
             self.doc.set_param("hires_upscaler", self._auto_hires[0])
             self.doc.set_param("hires_strength", self._auto_hires[1])

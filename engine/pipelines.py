@@ -290,8 +290,8 @@ def enlarge(request: Request, img: np.ndarray, seed: int, size: tuple[int, int],
 
     h, w = size
     while request.hires_upscaler == "model" and (img.shape[0] < h or img.shape[1] < w):
-        up = Request(model="default", task="upscale", image=img, steps=request.steps, seed=seed, sampler=request.sampler,
-                     device=request.device, dtype=request.dtype, tiles=request.tiles,
+        up = Request(model="default", task="upscale", image=img, steps=request.steps, seed=seed,
+                     sampler=request.sampler, device=request.device, dtype=request.dtype, tiles=request.tiles,
                      preview_interval_s=request.preview_interval_s, memory_budget_mb=request.memory_budget_mb)
         img = run_request(up, ctx, cache).images[0]
     return resize_rgb(img, w, h)
