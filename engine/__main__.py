@@ -104,7 +104,26 @@ def build_request(args):
         req.task = infer_task(req)
     if args.model is None and not args.from_png:
         req.model = "default"
+    if not args.from_png and args.hires_upscaler is None and args.hires_strength is None:
+        req.hires_upscaler, req.hires_strength = model_hires(req)
     return req, inputs
+
+
+def model_hires(req) -> tuple[str, float]:
+    """The app's large-canvas choice for the request's model (engine.api.suggested_hires); Lanczos and 0.5 for a
+    model that cannot be read here (the job itself then reports why)."""
+    from engine.api import HIRES_TASKS, default_model_for, inspect_model, suggested_hires
+    from engine.pipelines import EngineError, resolve_model
+
+    if req.task not in HIRES_TASKS:
+        return req.hires_upscaler, req.hires_strength
+    try:
+        info = inspect_model(str(resolve_model(req.model, req.task)))
+    except EngineError:
+        return req.hires_upscaler, req.hires_strength
+    size = 0 if info.error else info.image_size
+    return suggested_hires(size, default_model_for("upscale") is not None) if size else (req.hires_upscaler,
+                                                                                        req.hires_strength)
 
 
 def infer_task(req) -> str:

@@ -325,6 +325,40 @@ def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
         assert "Traceback" not in r.stderr
 
 
+def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_models, tmp_path):
+    """A bundled 64 px model enlarges with the x4 upscaler and skips the repaint; other tasks and unreadable models keep
+    Lanczos and 0.5; either flag decides instead."""
+    import argparse
+
+    from engine.__main__ import add_generate, build_request
+    from engine.api import inspect_model, suggested_hires
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_generate(sub)
+    parse = lambda *a: sub.choices["generate"].parse_args([str(v) for v in a])  # noqa: E731
+    req, _ = build_request(parse("--prompt", "a red circle", "--width", 256, "--height", 256))
+    assert (req.model, req.task, req.hires_upscaler, req.hires_strength) == ("default", "txt2img", "model", 0.0)
+    req, _ = build_request(parse("--prompt", "a red circle", "--hires-strength", 0.3))
+    assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.3)
+    req, _ = build_request(parse("--prompt", "a red circle", "--hires-upscaler", "lanczos"))
+    assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.5)
+    tiny = tiny_models("ldm-layout2img")
+    req, _ = build_request(parse("--model", tiny, "--boxes", _boxes(tmp_path)))
+    assert req.task == "layout" and (req.hires_upscaler, req.hires_strength) == suggested_hires(
+        inspect_model(str(tiny)).image_size)
+    Image.fromarray(IMG[:8, :8]).save(tmp_path / "low.png")
+    req, _ = build_request(parse("--model", tiny, "--task", "upscale", "--image", tmp_path / "low.png"))
+    assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.5)
+    req, _ = build_request(parse("--model", tmp_path / "missing.safetensors", "--prompt", "x"))
+    assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.5)
+
+
+def _boxes(tmp_path):
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps([{"label": "Cat", "box": [0.1, 0.1, 0.6, 0.6]}]))
+    return path
+
+
 def test_esrgan_missing_or_working_gives_a_clear_outcome(engine, monkeypatch):
     from engine import esrgan
 
