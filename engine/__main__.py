@@ -20,6 +20,8 @@ def cmd_inspect(args) -> int:
 
 
 def add_generate(sub) -> None:
+    from engine.api import HIRES_UPSCALERS
+
     p = sub.add_parser("generate", help="generate an image (text, img2img, inpaint, layout, semantic, upscale)")
     p.add_argument("--model", default=None, help="checkpoint file (default: the bundled model for the task)")
     p.add_argument("--task", default=None, choices=["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"])
@@ -45,7 +47,7 @@ def add_generate(sub) -> None:
     p.add_argument("--hires", default=None, choices=["auto", "on", "off"],
                    help="two passes (compose at the training size, then img2img at full size): auto above 2.25x its area")
     p.add_argument("--hires-strength", type=float, default=None, help="second pass strength (0: only enlarge)")
-    p.add_argument("--hires-upscaler", default=None, choices=["lanczos", "model"],
+    p.add_argument("--hires-upscaler", default=None, choices=HIRES_UPSCALERS,
                    help="how the first pass is enlarged: Lanczos, or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", dest="colour_fix", action="store_const", const=False, default=None,
                    help="upscale: keep the model's own colours instead of the input's")
@@ -121,9 +123,9 @@ def model_hires(req) -> tuple[str, float]:
         info = inspect_model(str(resolve_model(req.model, req.task)))
     except EngineError:
         return req.hires_upscaler, req.hires_strength
-    size = 0 if info.error else info.image_size
-    return suggested_hires(size, default_model_for("upscale") is not None) if size else (req.hires_upscaler,
-                                                                                        req.hires_strength)
+    if info.error or not info.image_size:
+        return req.hires_upscaler, req.hires_strength
+    return suggested_hires(info.image_size, default_model_for("upscale") is not None)
 
 
 def infer_task(req) -> str:

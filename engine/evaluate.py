@@ -304,6 +304,8 @@ def cmd_eval(args) -> int:
 
 
 def add_command(sub) -> None:
+    from engine.api import HIRES_UPSCALERS
+
     p = sub.add_parser("eval", help="score a model on held-out world scenes (with ceiling and chance levels)")
     p.add_argument("--model", default="default")
     p.add_argument("--task", required=True, choices=[*TASKS, *ALIASES])
@@ -319,7 +321,7 @@ def add_command(sub) -> None:
     p.add_argument("--hires", default="auto", choices=["auto", "on", "off"],
                    help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling)")
     p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")
-    p.add_argument("--hires-upscaler", default="lanczos", choices=["lanczos", "model"],
+    p.add_argument("--hires-upscaler", default="lanczos", choices=HIRES_UPSCALERS,
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.set_defaults(func=cmd_eval)
