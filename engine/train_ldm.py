@@ -297,13 +297,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     n_big = int(round(multiscale * spec.batch)) if scaled else 0
 
     def step_fn(step):
-        z0, kw = batches(spec.batch - n_big)
-        loss = diffusion_loss(model, z0, kw, gen, min_snr, importance)
-        if n_big:
-            zb, kwb = scaled(n_big)
-            loss = (loss * (spec.batch - n_big) + diffusion_loss(model, zb, kwb, gen, min_snr, importance) * n_big)
-            loss = loss / spec.batch
-        return loss
+        parts = [(batches, spec.batch - n_big), (scaled, n_big)]
+        return sum(diffusion_loss(model, *source(n), gen, min_snr, importance) * n for source, n in parts if n) / spec.batch
 
     def refresh(step):
         batches.refresh(step)
@@ -364,24 +359,82 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
-# The shared first stage of train-defaults: KL-f4 with z latent channels and the gradient term weighted by edge.
-# z 4 and edge 2.0 keep star points and triangle corners (the detector's caption-match ceiling on reconstructions:
+# The first stages of train-defaults by name: KL-f4 with z latent channels and the gradient term weighted by edge.
+# "ae" (z 4, edge 2.0) keeps star points and triangle corners (the detector's caption-match ceiling on reconstructions:
 # 0.66 with z 3 and edge 0.5, 0.97 with these; 32 held-out scenes) at a higher PSNR than z 3 reached even with its
-# decoder fine-tune, and txt2img on it went from caption match 0.34 to 0.50 (session 15, resources/models/README.md);
+# decoder fine-tune, and txt2img on it went from caption match 0.34 to 0.50 (session 15, resources/models/README.md).
+# "ae3" (z 3, edge 0.5) gives smoother latents: with its decoder fine-tune it suits the super-resolution model (its
+# PSNR gain over bicubic: +1.54 dB against +1.03 on "ae") and semantic synthesis at 4x the size (session 16).
 # latent_blur 0.6 makes the decoder forgive smoothed latents, yet LDMs on it drew no better (session 12).
-FIRST_STAGE = {"z": 4, "edge": 2.0, "latent_blur": 0.0}
+FIRST_STAGES = {"ae": {"z": 4, "edge": 2.0, "latent_blur": 0.0}, "ae3": {"z": 3, "edge": 0.5, "latent_blur": 0.0}}
+FIRST_STAGE = FIRST_STAGES["ae"]
 
 # What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
 # "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
-# ("ae": the shared KL-f4; "sharp": its decoder fine-tuned, same latents, which buys PSNR but rounds corners again).
+# (a FIRST_STAGES name; "NAME-sharp": that one with its decoder fine-tuned, the same latents, which buys PSNR but
+# rounds corners again).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae"},
     "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.25, "importance": True},
                "first_stage": "ae"},
-    "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "ae"},
+    "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "ae3-sharp"},
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "ae"},
-    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "ae", "threads": 2},
+    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "ae3-sharp", "threads": 2},
 }
+
+
+def first_stage_runs(kinds) -> tuple[list[str], list[str]]:
+    """The FIRST_STAGES the kinds' recipes need (their own or under a decoder fine-tune), and the fine-tunes."""
+    wanted = {RECIPES[k]["first_stage"] for k in kinds}
+    return sorted({w.removesuffix("-sharp") for w in wanted}), sorted(w for w in wanted if w.endswith("-sharp"))
+
+
+def _ae_cmd(args, name: str, runs: Path) -> list[str]:
+    fs, quick = FIRST_STAGES[name], args.quick
+    return [sys.executable, "-m", "engine", "train-ae", "--run-dir", str(runs / name), "--z", str(fs["z"]),
+            "--edge", str(fs["edge"]), "--latent-blur", str(fs["latent_blur"]), "--ae-kind", args.ae_kind,
+            "--steps", str(args.steps or (30 if quick else 0)), "--minutes", str(0.0 if quick else args.ae_minutes),
+            "--batch", "16", "--crop", "32", "--lr", "1e-3", "--seed", str(args.seed),
+            "--pool", str(64 if quick else args.pool), "--threads", "1", "--no-progress"]
+
+
+def train_first_stages(args, names: list[str], runs: Path) -> dict:
+    """Trains the named FIRST_STAGES that runs/NAME/ae.pt lacks: in this process, or side by side as `train-ae`
+    processes on one thread each when there are several and `--jobs` allows; returns each one's facts."""
+    import os
+    import subprocess
+
+    todo = [n for n in names if not (runs / n / "ae.pt").exists()]
+    if len(todo) > 1 and args.jobs > 1:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        procs = []
+        for i, name in enumerate(todo):
+            (runs / name).mkdir(parents=True, exist_ok=True)
+            log = open(runs / name / "train.log", "w")
+            procs.append((name, subprocess.Popen(_ae_cmd(args, name, runs), stdout=log, stderr=subprocess.STDOUT,
+                                                 env=env), log))
+            print(f"first stage {name}: started, 1 thread (log {runs / name / 'train.log'})", flush=True)
+            if i + 1 >= args.jobs:
+                break
+        for name, proc, log in procs:
+            proc.wait()
+            log.close()
+            if proc.returncode:
+                raise RuntimeError(f"first stage {name} failed (exit {proc.returncode}), see {runs / name / 'train.log'}")
+        return train_first_stages(args, names, runs) | {
+            n: {k: v for k, v in json.loads((runs / n / "ae.json").read_text()).items() if k != "config"}
+            for n, _, _ in procs}
+    facts = {}
+    for name in todo:
+        fs = FIRST_STAGES[name]
+        spec = RunSpec(runs / name, steps=args.steps or (30 if args.quick else 10**9),
+                       minutes=0.0 if args.quick else args.ae_minutes, batch=16, lr=1e-3, seed=args.seed,
+                       pool_size=64 if args.quick else args.pool, progress=not args.no_progress, crop=32)
+        ae = train_ae(spec, ae_config(kind=args.ae_kind, z=fs["z"]), None, 64, edge=fs["edge"],
+                      latent_blur=fs["latent_blur"])
+        facts[name] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
+        print(json.dumps({name: facts[name]}), flush=True)
+    return facts
 
 
 def _longest_first(minutes: dict[str, float]) -> list[str]:
@@ -477,8 +530,8 @@ def _run_workers(args, queue: list[str], width: int, threads: int, runs: Path, o
 
 
 def cmd_train_defaults(args) -> int:
-    """Shared KL-f4 first stage (and its decoder fine-tune if a recipe asks for it), then the five world LDMs by
-    RECIPES, `--jobs` worker processes at a time; resumable run by run."""
+    """The KL-f4 first stages the recipes name (side by side, and decoder fine-tunes where asked), then the five
+    world LDMs by RECIPES, `--jobs` worker processes at a time; resumable run by run."""
     from engine.train import finetune_decoder
 
     torch.set_num_threads(max(1, args.threads, args.jobs))  # the first stage has the machine to itself
@@ -487,21 +540,16 @@ def cmd_train_defaults(args) -> int:
     t_all = time.time()
     steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
                  seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
-    ae_path, sharp_path = runs / "ae" / "ae.pt", runs / "ae-sharp" / "ae.pt"
-    summary = {}
-    if not ae_path.exists():
-        spec = RunSpec(runs / "ae", **dict(steps, minutes=0.0 if quick else args.ae_minutes, lr=1e-3, batch=16), crop=32)
-        ae = train_ae(spec, ae_config(kind=args.ae_kind, z=FIRST_STAGE["z"]), None, 64, edge=FIRST_STAGE["edge"],
-                      latent_blur=FIRST_STAGE["latent_blur"])
-        summary["ae"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
-        print(json.dumps(summary["ae"]), flush=True)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
-    if not sharp_path.exists() and any(RECIPES[k]["first_stage"] == "sharp" for k in kinds):
-        spec = RunSpec(runs / "ae-sharp", **dict(steps, minutes=0.0 if quick else args.decoder_minutes, lr=3e-4,
-                                                  batch=16, warmup=20))
-        ae = finetune_decoder(spec, ae_path, eval_n=8 if quick else 256)
-        summary["ae-sharp"] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
-        print(json.dumps(summary["ae-sharp"]), flush=True)
+    bases, sharps = first_stage_runs(kinds)
+    summary = train_first_stages(args, bases, runs)
+    for sharp in sharps:
+        if not (runs / sharp / "ae.pt").exists():
+            spec = RunSpec(runs / sharp, **dict(steps, minutes=0.0 if quick else args.decoder_minutes, lr=3e-4,
+                                                batch=16, warmup=20))
+            ae = finetune_decoder(spec, runs / sharp.removesuffix("-sharp") / "ae.pt", eval_n=8 if quick else 256)
+            summary[sharp] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
+            print(json.dumps({sharp: summary[sharp]}), flush=True)
     targets = {kind: out / f"{DEFAULT_NAMES[kind]}.safetensors" for kind in kinds}
     todo = []
     for kind, target in targets.items():
@@ -520,7 +568,7 @@ def cmd_train_defaults(args) -> int:
         t0 = time.time()
         batch = 8 if quick else recipe_batch(kind, args.batch)
         info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch)),
-                         sharp_path if recipe["first_stage"] == "sharp" else ae_path, targets[kind], **recipe["cfg"])
+                         runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
     if not args.summary:
@@ -576,18 +624,18 @@ def add_commands(sub) -> None:
     p.add_argument("--coords", action="store_true",
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
     p.set_defaults(func=cmd_train_ldm)
-    p = sub.add_parser("train-defaults", help="train the bundled models: shared KL-f4, then five world LDMs")
+    p = sub.add_parser("train-defaults", help="train the bundled models: their KL-f4 first stages, then five world LDMs")
     _common(p, 0.0)
     p.add_argument("--out", default="resources/models")
     p.add_argument("--runs", default="runs/defaults")
     p.add_argument("--minutes-per-model", type=float, default=0.0, help="0: each kind's RECIPES minutes")
     p.add_argument("--ae-minutes", type=float, default=20.0)
-    p.add_argument("--decoder-minutes", type=float, default=10.0, help="decoder fine-tune of the shared first stage")
+    p.add_argument("--decoder-minutes", type=float, default=10.0, help="each decoder fine-tune a recipe asks for")
     p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
     p.add_argument("--only", default=None, help="comma-separated kinds")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--jobs", type=int, default=2, help="LDM worker processes at once, one thread each (after the "
-                   "shared first stage), longest kinds first")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes at once, one thread each: first "
+                   "stages side by side, then the LDMs, longest kinds first")
     p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train_defaults, batch=0)  # 0: each kind's RECIPES batch
     try:

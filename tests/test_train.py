@@ -504,3 +504,17 @@ def test_coords_layout_model_takes_the_box_map_with_box_relative_coordinates(ae_
                  "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / "run"), "--no-progress",
                  "--coords"]) == 0
     assert load(out).config.cond.layout_coords
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_semantic_trains_with_any_share_of_multiscale_windows(ae_path, tmp_path, share):
+    import json
+
+    from engine.__main__ import main
+
+    out = tmp_path / "sem.safetensors"
+    assert main(["train-ldm", "--kind", "semantic", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
+                 "--size", "16", "--multiscale", str(share), "--out", str(out), "--run-dir", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    facts = json.loads((tmp_path / "run" / "info.json").read_text())
+    assert facts["steps"] == 1 and facts["multiscale"]["share"] == share

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_ldm import FIRST_STAGE, RECIPES, _worker_cmd, lanes, schedule
+from engine.train_ldm import FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,23 @@ def test_shipped_schedule_fits_the_three_hour_budget_with_every_kind_once():
     assert sorted([k for lane in plan for k in lane] + solo) == sorted(minutes)
     assert solo == [k for k in sorted(minutes, key=lambda k: -minutes[k]) if threads[k] > 1]
     args = _parser().parse_args(["train-defaults"])
-    sharp = any(r["first_stage"] == "sharp" for r in RECIPES.values())
-    assert args.ae_minutes + (args.decoder_minutes if sharp else 0) + wall <= 170
+    bases, sharps = first_stage_runs(RECIPES)
+    assert len(bases) <= args.jobs  # the first stages train side by side
+    assert args.ae_minutes + args.decoder_minutes * len(sharps) + wall <= 170
+
+
+def test_first_stages_are_the_recipes_and_train_as_one_thread_train_ae_runs(tmp_path):
+    bases, sharps = first_stage_runs(["txt2img", "sr4"])
+    assert bases == sorted({RECIPES[k]["first_stage"].removesuffix("-sharp") for k in ("txt2img", "sr4")})
+    assert sharps == sorted({RECIPES[k]["first_stage"] for k in ("txt2img", "sr4")} - set(bases))
+    assert set(bases) <= set(FIRST_STAGES) and all(s.removesuffix("-sharp") in FIRST_STAGES for s in sharps)
+    args = _parser().parse_args(["train-defaults", "--runs", str(tmp_path)])
+    for name, fs in FIRST_STAGES.items():
+        cmd = _ae_cmd(args, name, tmp_path)
+        assert cmd[1:4] == ["-m", "engine", "train-ae"]
+        sub = _parser().parse_args(cmd[3:])
+        assert (sub.z, sub.edge, sub.latent_blur, sub.threads) == (fs["z"], fs["edge"], fs["latent_blur"], 1)
+        assert (Path(sub.run_dir), sub.minutes, sub.steps, sub.crop) == (tmp_path / name, args.ae_minutes, 0, 32)
 
 
 def test_worker_command_is_a_one_kind_one_thread_train_defaults_run(tmp_path):
@@ -99,10 +114,13 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((runs / "summary.json").read_text())
-    assert {"ae", *kinds} <= set(summary)
-    assert ("ae-sharp" in summary) == any(RECIPES[k]["first_stage"] == "sharp" for k in kinds)
-    ae = json.loads((runs / "ae" / "ae.json").read_text())
-    assert ae["edge"] == FIRST_STAGE["edge"] and ae["config"]["z_channels"] == FIRST_STAGE["z"]
+    bases, sharps = first_stage_runs(kinds)
+    assert {k for k in summary if k not in (*kinds, "wall_minutes")} == set(bases) | set(sharps)
+    for name in bases:
+        ae = json.loads((runs / name / "ae.json").read_text())
+        assert ae["edge"] == FIRST_STAGES[name]["edge"] and ae["config"]["z_channels"] == FIRST_STAGES[name]["z"]
+    for name in sharps:
+        assert json.loads((runs / name / "ae.json").read_text())["finetuned_from"] == str(runs / name[:-6] / "ae.pt")
     for kind in kinds:
         assert summary[kind]["kind"] == kind and summary[kind]["steps"] == 2
         assert (runs / kind / "train.log").exists()
