@@ -364,7 +364,8 @@ def cmd_train_ldm(args) -> int:
 # 0.66 with z 3 and edge 0.5, 0.97 with these; 32 held-out scenes) at a higher PSNR than z 3 reached even with its
 # decoder fine-tune, and txt2img on it went from caption match 0.34 to 0.50 (session 15, resources/models/README.md).
 # "ae3" (z 3, edge 0.5) gives smoother latents: with its decoder fine-tune it suits the super-resolution model (its
-# PSNR gain over bicubic: +1.54 dB against +1.03 on "ae") and semantic synthesis at 4x the size (session 16).
+# PSNR gain over bicubic: +1.55 dB against +1.03 on "ae") and semantic synthesis at 4x the size, whose colours drift on
+# "ae" (session 16).
 # latent_blur 0.6 makes the decoder forgive smoothed latents, yet LDMs on it drew no better (session 12).
 FIRST_STAGES = {"ae": {"z": 4, "edge": 2.0, "latent_blur": 0.0}, "ae3": {"z": 3, "edge": 0.5, "latent_blur": 0.0}}
 FIRST_STAGE = FIRST_STAGES["ae"]
@@ -406,24 +407,21 @@ def train_first_stages(args, names: list[str], runs: Path) -> dict:
 
     todo = [n for n in names if not (runs / n / "ae.pt").exists()]
     if len(todo) > 1 and args.jobs > 1:
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        side, env = todo[: args.jobs], dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         procs = []
-        for i, name in enumerate(todo):
+        for name in side:
             (runs / name).mkdir(parents=True, exist_ok=True)
             log = open(runs / name / "train.log", "w")
-            procs.append((name, subprocess.Popen(_ae_cmd(args, name, runs), stdout=log, stderr=subprocess.STDOUT,
-                                                 env=env), log))
+            procs.append((subprocess.Popen(_ae_cmd(args, name, runs), stdout=log, stderr=subprocess.STDOUT, env=env), log))
             print(f"first stage {name}: started, 1 thread (log {runs / name / 'train.log'})", flush=True)
-            if i + 1 >= args.jobs:
-                break
-        for name, proc, log in procs:
+        for name, (proc, log) in zip(side, procs):
             proc.wait()
             log.close()
             if proc.returncode:
                 raise RuntimeError(f"first stage {name} failed (exit {proc.returncode}), see {runs / name / 'train.log'}")
-        return train_first_stages(args, names, runs) | {
-            n: {k: v for k, v in json.loads((runs / n / "ae.json").read_text()).items() if k != "config"}
-            for n, _, _ in procs}
+        facts = {n: {k: v for k, v in json.loads((runs / n / "ae.json").read_text()).items() if k != "config"}
+                 for n in side}
+        return facts | train_first_stages(args, names, runs)
     facts = {}
     for name in todo:
         fs = FIRST_STAGES[name]
