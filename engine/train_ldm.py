@@ -1,10 +1,7 @@
 """Second stage: eps-prediction latent diffusion on a frozen first stage (Rombach et al. 2022), plus the training CLI."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import train_data as data
-from engine.train import DEFAULT_NAMES, RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
+from engine.train import RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
 
 TEXT_DROPOUT = 0.1
 REMOVAL_SHARE = 0.4
@@ -359,224 +356,6 @@ def cmd_train_ldm(args) -> int:
     return 0
 
 
-# The first stages of train-defaults by name: KL-f4 with z latent channels and the gradient term weighted by edge.
-# "ae" (z 4, edge 2.0) keeps star points and triangle corners (the detector's caption-match ceiling on reconstructions:
-# 0.66 with z 3 and edge 0.5, 0.97 with these; 32 held-out scenes) at a higher PSNR than z 3 reached even with its
-# decoder fine-tune, and txt2img on it went from caption match 0.34 to 0.50 (session 15, resources/models/README.md).
-# "ae3" (z 3, edge 0.5) gives smoother latents: with its decoder fine-tune it suits the super-resolution model (its
-# PSNR gain over bicubic: +1.55 dB against +1.03 on "ae") and semantic synthesis at 4x the size, whose colours drift on
-# "ae" (session 16).
-# latent_blur 0.6 makes the decoder forgive smoothed latents, yet LDMs on it drew no better (session 12).
-FIRST_STAGES = {"ae": {"z": 4, "edge": 2.0, "latent_blur": 0.0}, "ae3": {"z": 3, "edge": 0.5, "latent_blur": 0.0}}
-FIRST_STAGE = FIRST_STAGES["ae"]
-
-# What ships in resources/models: minutes of training per model (1 thread each, two runs side by side on 2 cores;
-# "threads": a run that has the machine to itself after the others), ldm_config overrides, and which first stage
-# (a FIRST_STAGES name; "NAME-sharp": that one with its decoder fine-tuned, the same latents, which buys PSNR but
-# rounds corners again).
-RECIPES = {
-    "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae"},
-    "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.25, "importance": True},
-               "first_stage": "ae"},
-    "semantic": {"minutes": 43.0, "cfg": {"multiscale": 0.75}, "first_stage": "ae3-sharp"},
-    "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "ae"},
-    "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "ae3-sharp", "threads": 2},
-}
-
-
-def first_stage_runs(kinds) -> tuple[list[str], list[str]]:
-    """The FIRST_STAGES the kinds' recipes need (their own or under a decoder fine-tune), and the fine-tunes."""
-    wanted = {RECIPES[k]["first_stage"] for k in kinds}
-    return sorted({w.removesuffix("-sharp") for w in wanted}), sorted(w for w in wanted if w.endswith("-sharp"))
-
-
-def _ae_cmd(args, name: str, runs: Path) -> list[str]:
-    fs, quick = FIRST_STAGES[name], args.quick
-    return [sys.executable, "-m", "engine", "train-ae", "--run-dir", str(runs / name), "--z", str(fs["z"]),
-            "--edge", str(fs["edge"]), "--latent-blur", str(fs["latent_blur"]), "--ae-kind", args.ae_kind,
-            "--steps", str(args.steps or (30 if quick else 0)), "--minutes", str(0.0 if quick else args.ae_minutes),
-            "--batch", "16", "--crop", "32", "--lr", "1e-3", "--seed", str(args.seed),
-            "--pool", str(64 if quick else args.pool), "--threads", "1", "--no-progress"]
-
-
-def train_first_stages(args, names: list[str], runs: Path) -> dict:
-    """Trains the named FIRST_STAGES that runs/NAME/ae.pt lacks: in this process, or side by side as `train-ae`
-    processes on one thread each when there are several and `--jobs` allows; returns each one's facts."""
-    import os
-    import subprocess
-
-    todo = [n for n in names if not (runs / n / "ae.pt").exists()]
-    if len(todo) > 1 and args.jobs > 1:
-        side, env = todo[: args.jobs], dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        procs = []
-        for name in side:
-            (runs / name).mkdir(parents=True, exist_ok=True)
-            log = open(runs / name / "train.log", "w")
-            procs.append((subprocess.Popen(_ae_cmd(args, name, runs), stdout=log, stderr=subprocess.STDOUT, env=env), log))
-            print(f"first stage {name}: started, 1 thread (log {runs / name / 'train.log'})", flush=True)
-        for name, (proc, log) in zip(side, procs):
-            proc.wait()
-            log.close()
-            if proc.returncode:
-                raise RuntimeError(f"first stage {name} failed (exit {proc.returncode}), see {runs / name / 'train.log'}")
-        facts = {n: {k: v for k, v in json.loads((runs / n / "ae.json").read_text()).items() if k != "config"}
-                 for n in side}
-        return facts | train_first_stages(args, names, runs)
-    facts = {}
-    for name in todo:
-        fs = FIRST_STAGES[name]
-        spec = RunSpec(runs / name, steps=args.steps or (30 if args.quick else 10**9),
-                       minutes=0.0 if args.quick else args.ae_minutes, batch=16, lr=1e-3, seed=args.seed,
-                       pool_size=64 if args.quick else args.pool, progress=not args.no_progress, crop=32)
-        ae = train_ae(spec, ae_config(kind=args.ae_kind, z=fs["z"]), None, 64, edge=fs["edge"],
-                      latent_blur=fs["latent_blur"])
-        facts[name] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
-        print(json.dumps({name: facts[name]}), flush=True)
-    return facts
-
-
-def _longest_first(minutes: dict[str, float]) -> list[str]:
-    return sorted(minutes, key=lambda k: (-minutes[k], k))
-
-
-def lanes(minutes: dict[str, float], jobs: int) -> tuple[list[list[str]], float]:
-    """Longest-processing-time-first list scheduling (Graham 1969): each kind, longest first, goes to the worker that
-    frees up first; returns every worker's kinds in order and the makespan (wall minutes of the LDM phase)."""
-    loads, plan = [0.0] * max(1, jobs), [[] for _ in range(max(1, jobs))]
-    for kind in _longest_first(minutes):
-        i = min(range(len(loads)), key=lambda j: (loads[j], j))
-        plan[i].append(kind)
-        loads[i] += minutes[kind]
-    return plan, max(loads)
-
-
-def recipe_batch(kind: str, batch: int = 0) -> int:
-    """Batch of a kind's run: `--batch` when given (non-zero), else its recipe's `batch` (32 if unset)."""
-    return batch or RECIPES[kind].get("batch", 32)
-
-
-def recipe_threads(kind: str, jobs: int) -> int:
-    """Threads of a kind's run under `--jobs`: its recipe's `threads` (1 if unset), at most the jobs' cores."""
-    return max(1, min(RECIPES[kind].get("threads", 1), jobs))
-
-
-def schedule(minutes: dict[str, float], threads: dict[str, int], jobs: int) -> tuple[list[list[str]], list[str], float]:
-    """`lanes` for the one-thread kinds, then each kind that wants more threads alone, longest first; with the
-    planned wall minutes of both phases. With one job everything is one lane."""
-    solo = [k for k in _longest_first(minutes) if jobs > 1 and threads.get(k, 1) > 1]
-    plan, wall = lanes({k: m for k, m in minutes.items() if k not in solo}, jobs)
-    return plan, solo, wall + sum(minutes[k] for k in solo)
-
-
-def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> list[str]:
-    cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
-           "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
-           "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(args.lr), "--seed", str(args.seed),
-           "--pool", str(args.pool),
-           "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
-           "--ae-kind", args.ae_kind, "--no-progress"]
-    return cmd + (["--quick"] if args.quick else [])
-
-
-def _train_parallel(args, kinds: list[str], runs: Path, out: Path) -> tuple[dict, int]:
-    """Runs the kinds as `train-defaults --only KIND --jobs 1` worker processes in the order `schedule` plans: the
-    one-thread kinds args.jobs at a time, longest first onto whichever worker frees up, then each kind whose recipe
-    asks for more threads alone with them (at most args.jobs); gathers each worker's summary."""
-    minutes = {k: args.minutes_per_model or RECIPES[k]["minutes"] for k in kinds}
-    plan, solo, wall = schedule(minutes, {k: recipe_threads(k, args.jobs) for k in kinds}, args.jobs)
-    print(json.dumps({"plan": plan, "then": solo, "planned_minutes": wall}), flush=True)
-    summary, failed = _run_workers(args, [k for k in _longest_first(minutes) if k not in solo], args.jobs, 1, runs, out)
-    for kind in solo:
-        part, bad = _run_workers(args, [kind], 1, recipe_threads(kind, args.jobs), runs, out)
-        summary.update(part)
-        failed += bad
-    return summary, failed
-
-
-def _run_workers(args, queue: list[str], width: int, threads: int, runs: Path, out: Path) -> tuple[dict, int]:
-    """Worker processes for the queued kinds, `width` at a time with `threads` threads each."""
-    import os
-    import subprocess
-
-    queue = list(queue)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running, summary, failed = {}, {}, 0
-    while queue or running:
-        while queue and len(running) < width:
-            kind = queue.pop(0)
-            (runs / kind).mkdir(parents=True, exist_ok=True)
-            (runs / kind / "summary.json").unlink(missing_ok=True)
-            log = open(runs / kind / "train.log", "w")
-            proc = subprocess.Popen(_worker_cmd(args, kind, runs, out, threads), stdout=log, stderr=subprocess.STDOUT,
-                                    env=env)
-            running[kind] = (proc, log)
-            print(f"{kind}: started, {threads} thread(s) (log {runs / kind / 'train.log'})", flush=True)
-        time.sleep(0.5 if args.quick else 5.0)
-        for kind, (proc, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[kind]
-            part = runs / kind / "summary.json"
-            if proc.returncode == 0 and part.exists():
-                summary[kind] = json.loads(part.read_text())[kind]
-            else:
-                failed += 1
-                summary[kind] = {"kind": kind, "error": f"exit {proc.returncode}, see {runs / kind / 'train.log'}"}
-            print(json.dumps(summary[kind]), flush=True)
-    return summary, failed
-
-
-def cmd_train_defaults(args) -> int:
-    """The KL-f4 first stages the recipes name (side by side, and decoder fine-tunes where asked), then the five
-    world LDMs by RECIPES, `--jobs` worker processes at a time; resumable run by run."""
-    from engine.train import finetune_decoder
-
-    torch.set_num_threads(max(1, args.threads, args.jobs))  # the first stage has the machine to itself
-    runs, out = Path(args.runs), Path(args.out)
-    quick = args.quick
-    t_all = time.time()
-    steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
-                 seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
-    kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
-    bases, sharps = first_stage_runs(kinds)
-    summary = train_first_stages(args, bases, runs)
-    for sharp in sharps:
-        if not (runs / sharp / "ae.pt").exists():
-            spec = RunSpec(runs / sharp, **dict(steps, minutes=0.0 if quick else args.decoder_minutes, lr=3e-4,
-                                                batch=16, warmup=20))
-            ae = finetune_decoder(spec, runs / sharp.removesuffix("-sharp") / "ae.pt", eval_n=8 if quick else 256)
-            summary[sharp] = {k: v for k, v in ae.items() if k not in ("state_dict", "config")}
-            print(json.dumps({sharp: summary[sharp]}), flush=True)
-    targets = {kind: out / f"{DEFAULT_NAMES[kind]}.safetensors" for kind in kinds}
-    todo = []
-    for kind, target in targets.items():
-        if target.exists() and not args.overwrite:
-            print(f"{target} exists, skipped", flush=True)
-        else:
-            todo.append(kind)
-    parallel, failed = args.jobs > 1 and len(todo) > 1, 0
-    if parallel:
-        part, failed = _train_parallel(args, todo, runs, out)
-        summary.update(part)
-    for kind in [] if parallel else todo:
-        recipe = RECIPES[kind]
-        minutes = 0.0 if quick else (args.minutes_per_model or recipe["minutes"])
-        torch.set_num_threads(max(1, args.threads) if args.jobs == 1 else recipe_threads(kind, args.jobs))
-        t0 = time.time()
-        batch = 8 if quick else recipe_batch(kind, args.batch)
-        info = train_ldm(kind, RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch)),
-                         runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
-        summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
-        print(json.dumps(summary[kind]), flush=True)
-    if not args.summary:
-        summary["wall_minutes"] = round((time.time() - t_all) / 60, 2)
-    path = Path(args.summary) if args.summary else runs / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2))
-    return 1 if failed else 0
-
-
 def _common(p, minutes: float) -> None:
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: no step limit)")
     p.add_argument("--minutes", type=float, default=minutes, help="stop after this much training time")
@@ -593,6 +372,8 @@ def _common(p, minutes: float) -> None:
 
 def add_commands(sub) -> None:
     """Registers train-ae, train-ldm, train-defaults and eval on the `python -m engine` parser."""
+    from engine.train_defaults import FIRST_STAGE
+
     p = sub.add_parser("train-ae", help="train the KL-f4 / VQ-f4 first stage (shapes world or --images DIR)")
     _common(p, 6.0)
     p.add_argument("--images", default=None)
@@ -622,20 +403,9 @@ def add_commands(sub) -> None:
     p.add_argument("--coords", action="store_true",
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
     p.set_defaults(func=cmd_train_ldm)
-    p = sub.add_parser("train-defaults", help="train the bundled models: their KL-f4 first stages, then five world LDMs")
-    _common(p, 0.0)
-    p.add_argument("--out", default="resources/models")
-    p.add_argument("--runs", default="runs/defaults")
-    p.add_argument("--minutes-per-model", type=float, default=0.0, help="0: each kind's RECIPES minutes")
-    p.add_argument("--ae-minutes", type=float, default=20.0)
-    p.add_argument("--decoder-minutes", type=float, default=10.0, help="each decoder fine-tune a recipe asks for")
-    p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
-    p.add_argument("--only", default=None, help="comma-separated kinds")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes at once, one thread each: first "
-                   "stages side by side, then the LDMs, longest kinds first")
-    p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train_defaults, batch=0)  # 0: each kind's RECIPES batch
+    from engine.train_defaults import add_command as add_train_defaults
+
+    add_train_defaults(sub)
     try:
         from engine.evaluate import add_command
     except ImportError:

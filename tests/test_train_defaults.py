@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_ldm import FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, schedule
+from engine.train_defaults import FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
