@@ -33,7 +33,7 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,
                model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False,
                parameterization: str = "v", attention: tuple[int, ...] | None = None,
-               raster: bool = False, coords: bool = False) -> ModelConfig:
+               raster: bool = False, coords: bool = False, channel_mult: tuple[int, ...] | None = None) -> ModelConfig:
     """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4);
     v-prediction by default (Salimans & Ho 2022): at high noise it regresses the image, which a short run learns.
     raster: layout as a hybrid model, the boxes' per-class coverage map concatenated to the latent as well as the box
@@ -63,7 +63,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
     xattn = key in ("crossattn", "hybrid")
     unet = UNetConfig(
         in_channels=in_ch, out_channels=c, model_channels=model_channels, num_res_blocks=1,
-        attention_resolutions=attention or ((2,) if tiny else (2, 4)), channel_mult=(1, 2) if tiny else (1, 2, 2),
+        attention_resolutions=attention or ((2,) if tiny else (2, 4)), channel_mult=tuple(channel_mult or ((1, 2) if tiny else (1, 2, 2))),
         num_head_channels=32, use_spatial_transformer=xattn, context_dim=context_dim if xattn else None,
         image_size=size // first_stage.factor,
     )

@@ -518,3 +518,17 @@ def test_semantic_trains_with_any_share_of_multiscale_windows(ae_path, tmp_path,
                  "--no-progress"]) == 0
     facts = json.loads((tmp_path / "run" / "info.json").read_text())
     assert facts["steps"] == 1 and facts["multiscale"]["share"] == share
+
+
+def test_train_ldm_cli_width_and_channel_mult_shape_the_unet_and_reload(ae_path, tmp_path):
+    from engine.__main__ import main
+
+    out = tmp_path / "wide.safetensors"
+    assert main(["train-ldm", "--kind", "txt2img", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
+                 "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / "wide"), "--no-progress",
+                 "--width", "64", "--channel-mult", "1,1,2"]) == 0
+    model = load(out)
+    unet = model.config.unet
+    assert (unet.model_channels, tuple(unet.channel_mult)) == (64, (1, 1, 2))
+    assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 64
+    assert model.model.diffusion_model.middle_block[0].in_layers[0].weight.shape[0] == 128

@@ -128,3 +128,25 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
     assert sorted(p.name for p in out.iterdir()) == ["world-inpaint.safetensors", "world-semantic.safetensors",
                                                      "world-sr4.safetensors"]
     assert '"plan"' in res.stdout
+
+
+def test_bundled_files_are_what_their_recipes_build():
+    """Each shipped file's UNet, batch, multi-scale share and first stage are those its RECIPES entry asks for."""
+    from engine.api import default_models_dir
+    from engine.checkpoint import load
+    from engine.train import DEFAULT_NAMES, ldm_config
+
+    for kind, recipe in RECIPES.items():
+        path = Path(default_models_dir()) / f"{DEFAULT_NAMES[kind]}.safetensors"
+        if not path.exists():
+            pytest.skip(f"{path.name} not trained yet")
+        model = load(path)
+        facts = json.loads(model.metadata["latent_canvas.training"])
+        cfg = {k: v for k, v in recipe["cfg"].items() if k not in ("multiscale", "importance", "min_snr")}
+        want = ldm_config(kind, model.config.first_stage, **cfg).unet
+        got = model.config.unet
+        assert (got.model_channels, tuple(got.channel_mult), got.in_channels) == \
+            (want.model_channels, tuple(want.channel_mult), want.in_channels), kind
+        assert model.config.first_stage.embed_dim == FIRST_STAGES[recipe["first_stage"].removesuffix("-sharp")]["z"]
+        assert facts["batch"] == recipe.get("batch", 32), kind
+        assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
