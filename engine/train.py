@@ -63,7 +63,8 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
     xattn = key in ("crossattn", "hybrid")
     unet = UNetConfig(
         in_channels=in_ch, out_channels=c, model_channels=model_channels, num_res_blocks=1,
-        attention_resolutions=attention or ((2,) if tiny else (2, 4)), channel_mult=tuple(channel_mult or ((1, 2) if tiny else (1, 2, 2))),
+        attention_resolutions=attention or ((2,) if tiny else (2, 4)),
+        channel_mult=tuple(channel_mult or ((1, 2) if tiny else (1, 2, 2))),
         num_head_channels=32, use_spatial_transformer=xattn, context_dim=context_dim if xattn else None,
         image_size=size // first_stage.factor,
     )

@@ -351,10 +351,17 @@ def cmd_train_ldm(args) -> int:
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
-                     raster=args.raster, coords=args.coords, model_channels=args.width,
-                     channel_mult=tuple(int(m) for m in args.channel_mult.split(",")) if args.channel_mult else None)
+                     raster=args.raster, coords=args.coords, **_unet_shape(args))
     print(json.dumps(info))
     return 0
+
+
+def _unet_shape(args) -> dict:
+    """ldm_config's model_channels / channel_mult from --width / --channel-mult, only those given."""
+    shape = {"model_channels": args.width} if args.width else {}
+    if args.channel_mult:
+        shape["channel_mult"] = tuple(int(m) for m in args.channel_mult.split(","))
+    return shape
 
 
 def _common(p, minutes: float) -> None:
@@ -403,7 +410,7 @@ def add_commands(sub) -> None:
                    help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")
     p.add_argument("--coords", action="store_true",
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
-    p.add_argument("--width", type=int, default=32, help="UNet model_channels (a multiple of 32: GroupNorm32)")
+    p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")
     p.add_argument("--channel-mult", default=None, help="UNet channel_mult per level, e.g. 1,1,2 (default 1,2,2)")
     p.set_defaults(func=cmd_train_ldm)
     from engine.train_defaults import add_command as add_train_defaults
