@@ -28,7 +28,8 @@ class UNetConfig:
     use_scale_shift_norm: bool = False
     resblock_updown: bool = False
     conv_resample: bool = True
-    num_classes: int | None = None
+    num_classes: int | str | None = None  # "sequential": a vector y through label_emb's MLP (SDXL's ADM input)
+    adm_in_channels: int | None = None
     legacy: bool = True
     image_size: int = 64
     disable_middle_self_attn: bool = False
@@ -115,6 +116,7 @@ class ModelConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     latent_size: int = 64
     noise_level_max: int = 0
+    pooled_context: bool = False  # y is the context's mean over tokens (a "sequential" label_emb; world txt2img)
     description: str = ""
 
     @property

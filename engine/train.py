@@ -33,11 +33,13 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,
                model_channels: int = 32, context_dim: int = 128, n_layer: int = 4, tiny: bool = False,
                parameterization: str = "v", attention: tuple[int, ...] | None = None,
-               raster: bool = False, coords: bool = False, channel_mult: tuple[int, ...] | None = None) -> ModelConfig:
+               raster: bool = False, coords: bool = False, channel_mult: tuple[int, ...] | None = None,
+               pooled: bool = False) -> ModelConfig:
     """A small world LDM of one kind on the shared first stage (UNet channel_mult (1,2,2), attention at 2 and 4);
     v-prediction by default (Salimans & Ho 2022): at high noise it regresses the image, which a short run learns.
     raster: layout as a hybrid model, the boxes' per-class coverage map concatenated to the latent as well as the box
-    tokens through cross-attention; coords: with the raster's box-relative coordinate channels (implies raster)."""
+    tokens through cross-attention; coords: with the raster's box-relative coordinate channels (implies raster);
+    pooled (txt2img): the caption's mean token also through the timestep embedding, to every ResBlock."""
     from engine.world import OBJECT_CLASSES, SEMANTIC_CLASSES, VOCAB
 
     c = first_stage.embed_dim
@@ -67,10 +69,12 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
         channel_mult=tuple(channel_mult or ((1, 2) if tiny else (1, 2, 2))),
         num_head_channels=32, use_spatial_transformer=xattn, context_dim=context_dim if xattn else None,
         image_size=size // first_stage.factor,
+        **({"num_classes": "sequential", "adm_in_channels": context_dim} if pooled and kind == "txt2img" else {}),
     )
     return ModelConfig(family=f"world-{kind}", unet=unet, first_stage=first_stage, cond=cond, conditioning_key=key,
                        parameterization=parameterization, scale_factor=scale_factor, schedule=WORLD_SCHEDULE, latent_size=size // first_stage.factor,
-                       description=f"shapes-world {kind} LDM (Latent Canvas training)")
+                       description=f"shapes-world {kind} LDM (Latent Canvas training)",
+                       pooled_context=pooled and kind == "txt2img")
 
 
 # ---------------------------------------------------------------- first stage

@@ -351,7 +351,7 @@ def cmd_train_ldm(args) -> int:
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
-                     raster=args.raster, coords=args.coords, **_unet_shape(args))
+                     raster=args.raster, coords=args.coords, **_unet_shape(args), **({"pooled": True} if args.pooled else {}))
     print(json.dumps(info))
     return 0
 
@@ -410,6 +410,8 @@ def add_commands(sub) -> None:
                    help="layout: a hybrid model, the boxes also as a per-class coverage map beside the box tokens")
     p.add_argument("--coords", action="store_true",
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
+    p.add_argument("--pooled", action="store_true",
+                   help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")
     p.add_argument("--channel-mult", default=None, help="UNet channel_mult per level, e.g. 1,1,2 (default 1,2,2)")
     p.set_defaults(func=cmd_train_ldm)

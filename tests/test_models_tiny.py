@@ -80,6 +80,20 @@ def test_label_required_iff_class_conditional():
     assert isinstance(model.label_emb, torch.nn.Embedding) and model.label_emb.num_embeddings == 1000
 
 
+def test_sequential_label_emb_takes_a_vector_under_sdxl_key_paths():
+    cfg = UNetConfig(4, 4, 32, 1, (2,), (1, 2), num_head_channels=32, use_spatial_transformer=True, context_dim=24,
+                     num_classes="sequential", adm_in_channels=24)
+    model = UNetModel(cfg).eval()
+    sd = model.state_dict()
+    assert sd["label_emb.0.0.weight"].shape == (128, 24) and sd["label_emb.0.2.weight"].shape == (128, 128)
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 24)
+    with torch.no_grad():
+        a, b = model(x, t, ctx, y=torch.zeros(2, 24)), model(x, t, ctx, y=torch.ones(2, 24))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError):
+        UNetModel(UNetConfig(4, 4, 32, 1, (2,), (1, 2), num_head_channels=32, num_classes="sequential"))
+
+
 def test_cross_attention_only_levels_take_context_in_attn1():
     sd = UNetModel(VARIANTS["x4-upscaler (7, label_emb)"]).state_dict()
     assert sd["input_blocks.3.1.transformer_blocks.0.attn1.to_k.weight"].shape[1] == 40

@@ -532,3 +532,25 @@ def test_train_ldm_cli_width_and_channel_mult_shape_the_unet_and_reload(ae_path,
     assert (unet.model_channels, tuple(unet.channel_mult)) == (64, (1, 1, 2))
     assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 64
     assert model.model.diffusion_model.middle_block[0].in_layers[0].weight.shape[0] == 128
+
+
+def test_pooled_txt2img_feeds_the_captions_mean_token_through_label_emb_and_reloads(ae_path, tmp_path):
+    from engine.__main__ import main
+
+    out = tmp_path / "pooled.safetensors"
+    assert main(["train-ldm", "--kind", "txt2img", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
+                 "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / "pooled"), "--no-progress",
+                 "--pooled"]) == 0
+    model = load(out).float().eval()
+    assert model.config.pooled_context and model.config.unet.num_classes == "sequential"
+    assert model.config.unet.adm_in_channels == model.config.unet.context_dim
+    x, t = torch.randn(1, model.config.first_stage.embed_dim, 4, 4), torch.tensor([300])
+    ctx = model.get_learned_conditioning(["a red circle on grass"]).float()
+    with torch.no_grad():
+        implicit = model.model(x, t, context=ctx)
+        explicit = model.model.diffusion_model(x, t, context=ctx, y=ctx.mean(1))
+        other = model.model.diffusion_model(x, t, context=ctx, y=torch.zeros_like(ctx.mean(1)))
+    torch.testing.assert_close(implicit, explicit)
+    assert not torch.allclose(implicit, other)
+    plain = build_model("txt2img", ae_path, size=16, **TINY)
+    assert not plain.config.pooled_context and not hasattr(plain.model.diffusion_model, "label_emb")

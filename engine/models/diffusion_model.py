@@ -126,7 +126,12 @@ class UNetModel(nn.Module):
         if len(dsa) != len(cfg.channel_mult):
             raise ValueError("disable_self_attentions needs one flag per level")
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if cfg.num_classes is not None:
+        if cfg.num_classes == "sequential":
+            if cfg.adm_in_channels is None:
+                raise ValueError('num_classes "sequential" needs adm_in_channels')
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+        elif cfg.num_classes is not None:
             self.label_emb = nn.Embedding(cfg.num_classes, emb_dim)
 
         def res(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
@@ -195,7 +200,7 @@ class UNetModel(nn.Module):
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
         if y is not None:
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y.to(dtype) if y.is_floating_point() else y)
         if context is not None:
             context = context.to(dtype)
         hs = []

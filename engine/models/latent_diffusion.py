@@ -14,13 +14,18 @@ from engine.schedules import alphas_cumprod
 
 
 class DiffusionWrapper(nn.Module):
-    """LDM's DiffusionWrapper: concat inputs joined on channels, context and class labels passed through."""
+    """LDM's DiffusionWrapper: concat inputs joined on channels, context and class labels passed through; pooled:
+    y is the context's mean over its tokens (a global caption vector added to the timestep embedding, as Imagen and
+    SDXL add a pooled text embedding)."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: nn.Module, pooled: bool = False):
         super().__init__()
         self.diffusion_model = unet
+        self.pooled = pooled
 
     def forward(self, x, t, context=None, concat=None, y=None):
+        if self.pooled and y is None and context is not None:
+            y = context.mean(dim=1)
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)
         return self.diffusion_model(x, t, context=context, y=y)
@@ -34,7 +39,7 @@ class LatentDiffusion(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.model = DiffusionWrapper(UNetModel(config.unet))
+        self.model = DiffusionWrapper(UNetModel(config.unet), config.pooled_context)
         self.first_stage_model = make_first_stage(config.first_stage)
         cond = make_cond_stage(config.cond, first_stage=self.first_stage_model)
         if config.cond.kind == "first_stage":
