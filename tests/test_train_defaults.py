@@ -144,10 +144,13 @@ def test_bundled_files_are_what_their_recipes_build():
         model = load(path)
         facts = json.loads(model.metadata["latent_canvas.training"])
         cfg = {k: v for k, v in recipe["cfg"].items() if k in inspect.signature(ldm_config).parameters}
-        want = ldm_config(kind, model.config.first_stage, **cfg).unet
+        built = ldm_config(kind, model.config.first_stage, **cfg)
+        want = built.unet
         got = model.config.unet
         assert (got.model_channels, tuple(got.channel_mult), got.in_channels) == \
             (want.model_channels, tuple(want.channel_mult), want.in_channels), kind
+        assert (got.num_classes, model.config.pooled_context) == \
+            (want.num_classes, built.pooled_context), kind
         assert model.config.first_stage.embed_dim == FIRST_STAGES[recipe["first_stage"].removesuffix("-sharp")]["z"]
         assert facts["batch"] == recipe.get("batch", 32), kind
         assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
