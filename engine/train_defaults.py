@@ -29,10 +29,9 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # rounds corners again). layout: a UNet 64 wide at the 16x16 and 8x8 levels (128 at 4x4), an eighth of each batch
 # multi-scale: 5001 steps, box recall 0.83 on 128 held-out scenes against 0.72 at width 32 (session 17); txt2img at
 # that width, or deeper (1, 2, 4), got fewer steps and drew worse (caption match 0.22 / 0.20 against 0.41).
-# txt2img with a pooled caption vector (ldm_config pooled), Min-SNR gamma 20, the plain v loss or a leaner UNet (32 wide,
-# channel_mult 1,1,2) drew no better than
-# its recipe rerun beside them, and the recipe itself scored 0.31 after 10901 steps against 0.41 after 15201: its
-# steps are what limit it (session 18).
+# txt2img with a pooled caption vector (ldm_config pooled), Min-SNR gamma 20, the plain v loss or a leaner UNet (32
+# wide, channel_mult 1,1,2) drew no better than its recipe rerun beside them, and the recipe itself scored 0.31 after
+# 10901 steps against 0.41 after 15201: its steps are what limit it (session 18).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae"},
     "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.125, "importance": True,
