@@ -44,6 +44,7 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
 
     c = first_stage.embed_dim
     raster = raster or coords
+    pooled = pooled and kind == "txt2img"
     heads = max(1, context_dim // 32)
     text = CondConfig(kind="bert", embed_dim=context_dim, n_layer=n_layer, n_heads=heads, vocab_size=len(VOCAB) + 4,
                       max_seq_len=24, tokenizer="world", vocab=tuple(VOCAB))
@@ -69,12 +70,12 @@ def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 
         channel_mult=tuple(channel_mult or ((1, 2) if tiny else (1, 2, 2))),
         num_head_channels=32, use_spatial_transformer=xattn, context_dim=context_dim if xattn else None,
         image_size=size // first_stage.factor,
-        **({"num_classes": "sequential", "adm_in_channels": context_dim} if pooled and kind == "txt2img" else {}),
+        **({"num_classes": "sequential", "adm_in_channels": context_dim} if pooled else {}),
     )
     return ModelConfig(family=f"world-{kind}", unet=unet, first_stage=first_stage, cond=cond, conditioning_key=key,
                        parameterization=parameterization, scale_factor=scale_factor, schedule=WORLD_SCHEDULE, latent_size=size // first_stage.factor,
                        description=f"shapes-world {kind} LDM (Latent Canvas training)",
-                       pooled_context=pooled and kind == "txt2img")
+                       pooled_context=pooled)
 
 
 # ---------------------------------------------------------------- first stage

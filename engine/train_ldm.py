@@ -351,7 +351,7 @@ def cmd_train_ldm(args) -> int:
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
-                     raster=args.raster, coords=args.coords, **_unet_shape(args), **({"pooled": True} if args.pooled else {}))
+                     raster=args.raster, coords=args.coords, pooled=args.pooled, **_unet_shape(args))
     print(json.dumps(info))
     return 0
 
