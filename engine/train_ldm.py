@@ -243,6 +243,38 @@ def init_conditioner(model, kind: str, token_std: float = 1.0, pos_std: float = 
             weight[i] = sum(vec[w] for w in name.split())
 
 
+def warm_start(model, path) -> dict:
+    """Fine-tuning from another LDM file (as SD's inpainting and depth models start from SD): every UNet tensor is
+    copied from `path`, the first convolution's input channels as far as both have them (concat inputs come after
+    the latent), and every conditioner tensor whose name and shape match; the rest keep their fresh init."""
+    from engine.checkpoint import read_state_dict
+
+    src, _ = read_state_dict(path)
+    counts = {"unet": 0, "unet_sliced": [], "cond": 0, "cond_fresh": []}
+    with torch.no_grad():
+        for name, p in model.model.diffusion_model.named_parameters():
+            v = src.get(f"model.diffusion_model.{name}")
+            if v is not None and v.shape == p.shape:
+                p.copy_(v)
+                counts["unet"] += 1
+            elif v is not None and name == "input_blocks.0.0.weight" and v.shape[0] == p.shape[0] \
+                    and v.shape[2:] == p.shape[2:] and v.shape[1] >= p.shape[1]:
+                p.copy_(v[:, : p.shape[1]])
+                counts["unet_sliced"].append(name)
+            else:
+                raise ValueError(f"warm start: {path} has no UNet tensor {name} of shape {tuple(p.shape)} "
+                                 f"({'missing' if v is None else tuple(v.shape)}); it needs the same UNet config")
+        cond = getattr(model, "_modules", {}).get("cond_stage_model")
+        for name, p in (cond.named_parameters() if cond is not None else ()):
+            v = src.get(f"cond_stage_model.{name}")
+            if v is not None and v.shape == p.shape:
+                p.copy_(v)
+                counts["cond"] += 1
+            else:
+                counts["cond_fresh"].append(name)
+    return {"from": Path(path).name, **counts}
+
+
 def trainable(model) -> list:
     mods = [model.model]
     cond = getattr(model, "_modules", {}).get("cond_stage_model")
@@ -253,10 +285,11 @@ def trainable(model) -> list:
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
-              importance: bool = False, **cfg_kw) -> dict:
+              importance: bool = False, init_from: str | Path | None = None, **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
     multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
-    min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling."""
+    min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling;
+    init_from: an LDM file to fine-tune from (`warm_start`) instead of starting from random weights."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -279,8 +312,12 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
         with torch.no_grad():
             for p, v in zip(params, restored):
                 p.copy_(v)
-    elif kind in ("txt2img", "layout"):
-        init_conditioner(model, kind)
+    else:
+        if kind in ("txt2img", "layout"):
+            init_conditioner(model, kind)
+        if init_from:
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            (spec.run_dir / "warm_start.json").write_text(json.dumps(warm_start(model, init_from)))
         trainer.ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng([spec.seed, trainer.step])
     batches = Batches(model, kind, pool, rng, world=images_dir is None)
@@ -311,6 +348,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "params_trained": n_params,
             "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
+    if init_from:
+        info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
     if n_big:
         info["multiscale"] = {"share": n_big / spec.batch, "sizes": list(scaled.sizes), "window_latent": scaled.window}
     facts = Path(ae_path).with_name("ae.json")
@@ -351,7 +390,8 @@ def cmd_train_ldm(args) -> int:
     run = Path(args.run_dir or f"runs/ldm-{kind}")
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
-                     raster=args.raster, coords=args.coords, pooled=args.pooled, **_unet_shape(args))
+                     raster=args.raster, coords=args.coords, pooled=args.pooled, init_from=args.init_from,
+                     **_unet_shape(args))
     print(json.dumps(info))
     return 0
 
@@ -412,6 +452,8 @@ def add_commands(sub) -> None:
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
     p.add_argument("--pooled", action="store_true",
                    help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")
     p.add_argument("--channel-mult", default=None, help="UNet channel_mult per level, e.g. 1,1,2 (default 1,2,2)")
     p.set_defaults(func=cmd_train_ldm)

@@ -554,3 +554,39 @@ def test_pooled_txt2img_feeds_the_captions_mean_token_through_label_emb_and_relo
     assert not torch.allclose(implicit, other)
     plain = build_model("txt2img", ae_path, size=16, **TINY)
     assert not plain.config.pooled_context and not hasattr(plain.model.diffusion_model, "label_emb")
+
+
+def test_warm_start_copies_a_layout_unet_into_txt2img_and_the_run_records_it(ae_path, tmp_path):
+    from engine.__main__ import main
+    from engine.checkpoint import read_state_dict
+    from engine.train_ldm import warm_start
+
+    def train(kind, name, *extra):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["train-ldm", "--kind", kind, "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
+                     "--size", "16", "--out", str(out), "--run-dir", str(tmp_path / name), "--no-progress",
+                     *extra]) == 0
+        return out
+
+    src = train("layout", "layout", "--raster")
+    sd, _ = read_state_dict(src)
+    model = build_model("txt2img", ae_path, size=16)
+    facts = warm_start(model, src)
+    assert facts["unet_sliced"] == ["input_blocks.0.0.weight"] and facts["unet"] > 50
+    unet = model.model.diffusion_model
+    first = sd["model.diffusion_model.input_blocks.0.0.weight"]
+    z = model.config.unet.out_channels
+    assert first.shape[1] > unet.input_blocks[0][0].weight.shape[1] == z
+    assert torch.equal(unet.input_blocks[0][0].weight, first[:, :z].float())
+    assert torch.equal(unet.out[2].weight, sd["model.diffusion_model.out.2.weight"].float())
+    tr = model.cond_stage_model.transformer
+    assert "transformer.token_emb.weight" in facts["cond_fresh"] and facts["cond"] > 0
+    assert tr.token_emb.weight.shape[0] != sd["cond_stage_model.transformer.token_emb.weight"].shape[0]
+    assert torch.equal(tr.attn_layers.layers[0][1].to_q.weight,
+                       sd["cond_stage_model.transformer.attn_layers.layers.0.1.to_q.weight"].float())
+
+    with pytest.raises(ValueError, match="same UNet config"):
+        warm_start(build_model("txt2img", ae_path, size=16, model_channels=64), src)
+
+    _, meta = read_state_dict(train("txt2img", "warm", "--init-from", str(src)))
+    assert json.loads(meta["latent_canvas.training"])["init_from"]["from"] == "layout.safetensors"
