@@ -246,10 +246,14 @@ def init_conditioner(model, kind: str, token_std: float = 1.0, pos_std: float = 
 def warm_start(model, path) -> dict:
     """Fine-tuning from another LDM file (as SD's inpainting and depth models start from SD): every UNet tensor is
     copied from `path`, the first convolution's input channels as far as both have them (concat inputs come after
-    the latent), and every conditioner tensor whose name and shape match; the rest keep their fresh init."""
+    the latent), and every conditioner tensor whose name and shape match (token embeddings only for the same
+    vocabulary); the rest keep their fresh init."""
     from engine.checkpoint import read_state_dict
 
-    src, _ = read_state_dict(path)
+    src, meta = read_state_dict(path)
+    src_vocab = json.loads(meta.get("latent_canvas.config", "{}")).get("cond", {}).get("vocab")
+    if src_vocab is not None and tuple(src_vocab) != tuple(model.config.cond.vocab):
+        src = {k: v for k, v in src.items() if not k.endswith(("token_emb.weight", "to_logits.weight", "to_logits.bias"))}
     counts = {"unet": 0, "unet_sliced": [], "cond": 0, "cond_fresh": []}
     with torch.no_grad():
         for name, p in model.model.diffusion_model.named_parameters():

@@ -588,5 +588,14 @@ def test_warm_start_copies_a_layout_unet_into_txt2img_and_the_run_records_it(ae_
     with pytest.raises(ValueError, match="same UNet config"):
         warm_start(build_model("txt2img", ae_path, size=16, model_channels=64), src)
 
-    _, meta = read_state_dict(train("txt2img", "warm", "--init-from", str(src)))
+    warm = train("txt2img", "warm", "--init-from", str(src))
+    sd, meta = read_state_dict(warm)
     assert json.loads(meta["latent_canvas.training"])["init_from"]["from"] == "layout.safetensors"
+    emb = sd["cond_stage_model.transformer.token_emb.weight"].float()
+    same = build_model("txt2img", ae_path, size=16)
+    assert "transformer.token_emb.weight" not in warm_start(same, warm)["cond_fresh"]
+    assert torch.equal(same.cond_stage_model.transformer.token_emb.weight, emb)
+    words = tuple(reversed(same.config.cond.vocab))
+    other = build_model("txt2img", ae_path, size=16, vocab=words)
+    assert other.cond_stage_model.transformer.token_emb.weight.shape == emb.shape
+    assert "transformer.token_emb.weight" in warm_start(other, warm)["cond_fresh"]
