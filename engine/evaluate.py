@@ -129,7 +129,7 @@ def score(task: str, case: Case, image: np.ndarray) -> dict:
     if task == "txt2img":
         return {"caption_match": float(metrics.caption_match(image, s.caption)),
                 "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)),
-                **_partial(image, s, at_box=False)}
+                "objects": len(s.objects), **_partial(image, s, at_box=False)}
     if task == "layout":
         hits = metrics.layout_score(image, s.boxes)
         return {"box_recall": float(np.mean(hits)), "boxes": len(hits), **_partial(image, s)}
@@ -207,14 +207,19 @@ def shape_confusion(pairs: list) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Means over cases; box recall over all boxes; the shape confusion over every matched object."""
-    keys = [k for k in rows[0] if k not in ("boxes", "shapes")] if rows else []
+    """Means over cases; box recall over all boxes; the shape confusion over every matched object; caption match by
+    the caption's object count."""
+    keys = [k for k in rows[0] if k not in ("boxes", "shapes", "objects")] if rows else []
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     if rows and "boxes" in rows[0]:
         total = sum(r["boxes"] for r in rows)
         out["box_recall"] = float(sum(r["box_recall"] * r["boxes"] for r in rows) / max(total, 1))
     if rows and "shapes" in rows[0]:
         out.update(shape_confusion([p for r in rows for p in r["shapes"]]))
+    if rows and "objects" in rows[0]:
+        counts = sorted({r["objects"] for r in rows})
+        out["caption_match_by_objects"] = {
+            str(n): float(np.mean([r["caption_match"] for r in rows if r["objects"] == n])) for n in counts}
     return out
 
 

@@ -152,3 +152,22 @@ def test_shape_confusion_separates_placement_from_shape():
     anywhere = summarize([_partial(im, s, at_box=False) for im, s in moved])
     assert anywhere["shape_right"] > 0.8 and sum(map(sum, (r.values() for r in anywhere["shape_confusion"].values()))) \
         > sum(map(sum, (r.values() for r in truth["shape_confusion"].values()))) * 0.8
+
+
+def test_caption_match_is_also_reported_by_the_captions_object_count():
+    """Truth images match every caption at each object count; keeping only each scene's first object (the same
+    background) matches the one-object captions and none of the others, and the overall figure is the counts' mix."""
+    from engine.evaluate import make_cases, score, summarize
+    from engine.world import render
+
+    cases = make_cases("txt2img", 16)
+    truth = summarize([score("txt2img", c, c.scene.image) for c in cases])
+    counts = sorted({len(c.scene.objects) for c in cases})
+    assert len(counts) > 1 and list(truth["caption_match_by_objects"]) == [str(n) for n in counts]
+    assert set(truth["caption_match_by_objects"].values()) == {1.0}
+    first = [render(c.seed, 64, drop=tuple(range(1, len(c.scene.objects)))).image for c in cases]
+    rows = [score("txt2img", c, im) for c, im in zip(cases, first)]
+    by = summarize(rows)["caption_match_by_objects"]
+    assert by["1"] == 1.0 and all(v == 0.0 for n, v in by.items() if n != "1")
+    share = sum(len(c.scene.objects) == 1 for c in cases) / len(cases)
+    assert summarize(rows)["caption_match"] == pytest.approx(share)
