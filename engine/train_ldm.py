@@ -248,10 +248,10 @@ def warm_start(model, path) -> dict:
     copied from `path`, the first convolution's input channels as far as both have them (concat inputs come after
     the latent), and every conditioner tensor whose name and shape match (token embeddings only for the same
     vocabulary); the rest keep their fresh init."""
-    from engine.checkpoint import read_state_dict
+    from engine.checkpoint import META_KEY, read_state_dict
 
     src, meta = read_state_dict(path)
-    src_vocab = json.loads(meta.get("latent_canvas.config", "{}")).get("cond", {}).get("vocab")
+    src_vocab = json.loads(meta.get(META_KEY, "{}")).get("cond", {}).get("vocab")
     if src_vocab is not None and tuple(src_vocab) != tuple(model.config.cond.vocab):
         src = {k: v for k, v in src.items() if not k.endswith(("token_emb.weight", "to_logits.weight", "to_logits.bias"))}
     counts = {"unet": 0, "unet_sliced": [], "cond": 0, "cond_fresh": []}
