@@ -217,6 +217,7 @@ class RunSpec:
     crop: int = 0
     warmup: int = 100
     ema_decay: float = 0.998
+    optimizer: str = "adamw"
 
 
 def plot_losses(losses: list[float], path: Path, title: str) -> None:
@@ -242,11 +243,15 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
 
 
 class Trainer:
-    """Seeded loop with AdamW, optional EMA, resumable state in run_dir/state.pt, tqdm, loss curve."""
+    """Seeded loop with AdamW (or Muon on `matrices`, spec.optimizer), optional EMA, resumable state in
+    run_dir/state.pt, tqdm, loss curve."""
 
-    def __init__(self, spec: RunSpec, params: list, ema_module=None, ema_decay: float | None = None, title: str = "loss"):
+    def __init__(self, spec: RunSpec, params: list, ema_module=None, ema_decay: float | None = None, title: str = "loss",
+                 matrices: list | None = None):
+        from engine.optim import make_optimizer
+
         self.spec, self.params, self.title = spec, params, title
-        self.opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
+        self.opt = make_optimizer(params, spec.lr, spec.optimizer, matrices)
         self.ema_module, self.ema_decay = ema_module, ema_decay or spec.ema_decay
         self.ema = [p.detach().clone() for p in params] if ema_module is not None else None
         self.step, self.losses, self.elapsed = 0, [], 0.0
