@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_defaults import FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, schedule
+from engine.train_defaults import (FIRST_STAGES, OLDER_THAN_RECIPE, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs,
+                                   lanes, recipe_optimizer, schedule)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,18 @@ def test_worker_batch_is_the_recipes_unless_batch_is_given(tmp_path):
     assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).batch for k in RECIPES} == {24}
 
 
+def test_worker_optimizer_is_the_recipes_unless_optimizer_is_given(tmp_path, monkeypatch):
+    import engine.train_defaults as td
+
+    monkeypatch.setitem(td.RECIPES, "sr4", {**td.RECIPES["sr4"], "optimizer": "muon"})
+    plain = _parser().parse_args(["train-defaults", "--runs", str(tmp_path)])
+    assert plain.optimizer is None
+    got = {k: _parser().parse_args(_worker_cmd(plain, k, tmp_path, tmp_path)[3:]).optimizer for k in RECIPES}
+    assert got == {k: RECIPES[k].get("optimizer", "adamw") for k in RECIPES} and got["sr4"] == "muon"
+    given = _parser().parse_args(["train-defaults", "--optimizer", "adamw", "--runs", str(tmp_path)])
+    assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).optimizer for k in RECIPES} == {"adamw"}
+
+
 @pytest.mark.slow
 def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "models"
@@ -132,7 +145,8 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
 
 
 def test_bundled_files_are_what_their_recipes_build():
-    """Each shipped file's UNet, batch, multi-scale share and first stage are those its RECIPES entry asks for."""
+    """Each shipped file's UNet, batch, multi-scale share and first stage are those its RECIPES entry asks for, and its
+    optimizer too unless OLDER_THAN_RECIPE names it (then it must still be the older one)."""
     from engine.api import default_models_dir
     from engine.checkpoint import load
     from engine.train import DEFAULT_NAMES, ldm_config
@@ -154,3 +168,8 @@ def test_bundled_files_are_what_their_recipes_build():
         assert model.config.first_stage.embed_dim == FIRST_STAGES[recipe["first_stage"].removesuffix("-sharp")]["z"]
         assert facts["batch"] == recipe.get("batch", 32), kind
         assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
+        optimizer = facts.get("optimizer", "adamw")
+        if kind in OLDER_THAN_RECIPE:
+            assert optimizer != recipe_optimizer(kind), f"{kind} now matches its recipe: drop it from OLDER_THAN_RECIPE"
+        else:
+            assert optimizer == recipe_optimizer(kind), kind
