@@ -34,13 +34,13 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # 10901 steps against 0.41 after 15201: its steps are what limit it (session 18).
 # Weighting the loss towards object cells biases the denoiser (0.09); oversampling multi-object scenes and
 # cross-attention at 16x16 tie with the recipe per minute (session 20, on an AVX2 machine: about 9k steps in 45 min).
-# txt2img trains with Muon (engine.optim) since session 21: on the AVX2 machine two Muon runs scored caption match
-# 0.33 and 0.33 on 128 held-out scenes (shape right 0.67 / 0.63) after about 6.5k steps, two AdamW runs 0.21 and 0.20
-# (shape right 0.43 / 0.42) after about 9k. world-txt2img is still session 15's AdamW file (0.41, trained on a faster
-# machine), which no Muon run here has beaten; see OLDER_THAN_RECIPE.
+# txt2img trains with Muon (engine.optim) at lr 2e-3 since session 21. On the AVX2 machine, caption match on 128
+# held-out scenes: AdamW 0.21 and 0.20 (about 9k steps), Muon at lr 1e-3 0.33 and 0.33, at lr 2e-3 0.40 (about 6.3k
+# steps: its Newton-Schulz iterations cost 30% of a step); session 15's AdamW file, trained on a 1.6x faster machine,
+# 0.41. The lr 2e-3 run ships.
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
-                "optimizer": "muon"},
+                "optimizer": "muon", "lr": 2e-3},
     "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.125, "importance": True,
                                                      "model_channels": 64, "channel_mult": (1, 1, 2)},
                "first_stage": "ae"},
@@ -48,14 +48,6 @@ RECIPES = {
     "inpaint": {"minutes": 45.0, "cfg": {}, "first_stage": "ae"},
     "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "ae3-sharp", "threads": 2},
 }
-
-# Bundled files that an older recipe built, kept because they score higher than the current recipe has yet built,
-# with why (resources/models/README.md, session 21).
-OLDER_THAN_RECIPE = {
-    "txt2img": "session 15's AdamW file: caption match 0.41 on 128 held-out scenes after 15201 steps on an AVX-512 "
-               "machine; the Muon recipe gave 0.33 on the CI-like AVX2 machine (AdamW there: 0.21)",
-}
-
 
 def first_stage_runs(kinds) -> tuple[list[str], list[str]]:
     """The FIRST_STAGES the kinds' recipes need (their own or under a decoder fine-tune), and the fine-tunes."""
@@ -130,6 +122,11 @@ def recipe_batch(kind: str, batch: int = 0) -> int:
     return batch or RECIPES[kind].get("batch", 32)
 
 
+def recipe_lr(kind: str, lr: float | None = None) -> float:
+    """Peak learning rate of a kind's run: `--lr` when given, else its recipe's `lr` (1e-3 if unset)."""
+    return lr or RECIPES[kind].get("lr", 1e-3)
+
+
 def recipe_optimizer(kind: str, optimizer: str | None = None) -> str:
     """Optimizer of a kind's run: `--optimizer` when given, else its recipe's `optimizer` (AdamW if unset)."""
     return optimizer or RECIPES[kind].get("optimizer", "adamw")
@@ -151,7 +148,8 @@ def schedule(minutes: dict[str, float], threads: dict[str, int], jobs: int) -> t
 def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
            "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
-           "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(args.lr), "--seed", str(args.seed),
+           "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(recipe_lr(kind, args.lr)),
+           "--seed", str(args.seed),
            "--optimizer", recipe_optimizer(kind, args.optimizer),
            "--pool", str(args.pool),
            "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
@@ -218,7 +216,7 @@ def cmd_train_defaults(args) -> int:
     quick = args.quick
     t_all = time.time()
     steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
-                 seed=args.seed, lr=args.lr, pool_size=64 if quick else args.pool, progress=not args.no_progress)
+                 seed=args.seed, lr=args.lr or 1e-3, pool_size=64 if quick else args.pool, progress=not args.no_progress)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
     bases, sharps = first_stage_runs(kinds)
     summary = train_first_stages(args, bases, runs)
@@ -246,7 +244,7 @@ def cmd_train_defaults(args) -> int:
         torch.set_num_threads(max(1, args.threads) if args.jobs == 1 else recipe_threads(kind, args.jobs))
         t0 = time.time()
         batch = 8 if quick else recipe_batch(kind, args.batch)
-        spec = RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch,
+        spec = RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch, lr=recipe_lr(kind, args.lr),
                                            optimizer=recipe_optimizer(kind, args.optimizer)))
         info = train_ldm(kind, spec,
                          runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
@@ -275,4 +273,4 @@ def add_command(sub) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once, one thread each: first "
                    "stages side by side, then the LDMs, longest kinds first")
     p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train_defaults, batch=0, optimizer=None)  # each kind's RECIPES batch and optimizer
+    p.set_defaults(func=cmd_train_defaults, batch=0, lr=None, optimizer=None)  # each kind's RECIPES values

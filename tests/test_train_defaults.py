@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_defaults import (FIRST_STAGES, OLDER_THAN_RECIPE, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs,
-                                   lanes, recipe_optimizer, schedule)
+from engine.train_defaults import (FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, recipe_lr,
+                                   recipe_optimizer, schedule)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,16 +106,19 @@ def test_worker_batch_is_the_recipes_unless_batch_is_given(tmp_path):
     assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).batch for k in RECIPES} == {24}
 
 
-def test_worker_optimizer_is_the_recipes_unless_optimizer_is_given(tmp_path, monkeypatch):
+def test_worker_optimizer_and_lr_are_the_recipes_unless_given(tmp_path, monkeypatch):
     import engine.train_defaults as td
 
-    monkeypatch.setitem(td.RECIPES, "sr4", {**td.RECIPES["sr4"], "optimizer": "muon"})
+    monkeypatch.setitem(td.RECIPES, "sr4", {**td.RECIPES["sr4"], "optimizer": "muon", "lr": 5e-4})
     plain = _parser().parse_args(["train-defaults", "--runs", str(tmp_path)])
-    assert plain.optimizer is None
-    got = {k: _parser().parse_args(_worker_cmd(plain, k, tmp_path, tmp_path)[3:]).optimizer for k in RECIPES}
-    assert got == {k: RECIPES[k].get("optimizer", "adamw") for k in RECIPES} and got["sr4"] == "muon"
-    given = _parser().parse_args(["train-defaults", "--optimizer", "adamw", "--runs", str(tmp_path)])
-    assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).optimizer for k in RECIPES} == {"adamw"}
+    assert plain.optimizer is None and plain.lr is None
+    subs = {k: _parser().parse_args(_worker_cmd(plain, k, tmp_path, tmp_path)[3:]) for k in RECIPES}
+    assert {k: s.optimizer for k, s in subs.items()} == {k: RECIPES[k].get("optimizer", "adamw") for k in RECIPES}
+    assert {k: s.lr for k, s in subs.items()} == {k: RECIPES[k].get("lr", 1e-3) for k in RECIPES}
+    assert (subs["sr4"].optimizer, subs["sr4"].lr, subs["semantic"].lr) == ("muon", 5e-4, 1e-3)
+    given = _parser().parse_args(["train-defaults", "--optimizer", "adamw", "--lr", "3e-4", "--runs", str(tmp_path)])
+    again = [_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]) for k in RECIPES]
+    assert {(s.optimizer, s.lr) for s in again} == {("adamw", 3e-4)}
 
 
 @pytest.mark.slow
@@ -145,8 +148,8 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
 
 
 def test_bundled_files_are_what_their_recipes_build():
-    """Each shipped file's UNet, batch, multi-scale share and first stage are those its RECIPES entry asks for, and its
-    optimizer too unless OLDER_THAN_RECIPE names it (then it must still be the older one)."""
+    """Each shipped file's UNet, batch, multi-scale share, first stage, optimizer and lr are those its RECIPES entry
+    asks for."""
     from engine.api import default_models_dir
     from engine.checkpoint import load
     from engine.train import DEFAULT_NAMES, ldm_config
@@ -168,8 +171,4 @@ def test_bundled_files_are_what_their_recipes_build():
         assert model.config.first_stage.embed_dim == FIRST_STAGES[recipe["first_stage"].removesuffix("-sharp")]["z"]
         assert facts["batch"] == recipe.get("batch", 32), kind
         assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
-        optimizer = facts.get("optimizer", "adamw")
-        if kind in OLDER_THAN_RECIPE:
-            assert optimizer != recipe_optimizer(kind), f"{kind} now matches its recipe: drop it from OLDER_THAN_RECIPE"
-        else:
-            assert optimizer == recipe_optimizer(kind), kind
+        assert (facts.get("optimizer", "adamw"), facts["lr"]) == (recipe_optimizer(kind), recipe_lr(kind)), kind
