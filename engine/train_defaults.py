@@ -35,9 +35,9 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # Weighting the loss towards object cells biases the denoiser (0.09); oversampling multi-object scenes and
 # cross-attention at 16x16 tie with the recipe per minute (session 20, on an AVX2 machine: about 9k steps in 45 min).
 # txt2img trains with Muon (engine.optim) at lr 2e-3 since session 21. On the AVX2 machine, caption match on 128
-# held-out scenes: AdamW 0.21 and 0.20 (about 9k steps), Muon at lr 1e-3 0.33 and 0.33, at lr 2e-3 0.40 (about 6.3k
-# steps: its Newton-Schulz iterations cost 30% of a step); session 15's AdamW file, trained on a 1.6x faster machine,
-# 0.41. The lr 2e-3 run ships.
+# held-out scenes: AdamW 0.21 and 0.20 (about 9k steps), Muon at lr 1e-3 0.33, 0.33 and 0.40 (seed 1), at lr 2e-3
+# 0.40 (about 6.3k steps: its Newton-Schulz iterations cost 30% of a step); session 15's AdamW file, trained on a
+# 1.6x faster machine, 0.41. The lr 2e-3 run ships.
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
                 "optimizer": "muon", "lr": 2e-3},
