@@ -49,6 +49,7 @@ RECIPES = {
     "sr4": {"minutes": 45.0, "cfg": {"min_snr": 0.0}, "first_stage": "ae3-sharp", "threads": 2},
 }
 
+
 def first_stage_runs(kinds) -> tuple[list[str], list[str]]:
     """The FIRST_STAGES the kinds' recipes need (their own or under a decoder fine-tune), and the fine-tunes."""
     wanted = {RECIPES[k]["first_stage"] for k in kinds}
@@ -149,9 +150,7 @@ def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> lis
     cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
            "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
            "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(recipe_lr(kind, args.lr)),
-           "--seed", str(args.seed),
-           "--optimizer", recipe_optimizer(kind, args.optimizer),
-           "--pool", str(args.pool),
+           "--optimizer", recipe_optimizer(kind, args.optimizer), "--seed", str(args.seed), "--pool", str(args.pool),
            "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
            "--ae-kind", args.ae_kind, "--no-progress"]
     return cmd + (["--quick"] if args.quick else [])
@@ -246,8 +245,7 @@ def cmd_train_defaults(args) -> int:
         batch = 8 if quick else recipe_batch(kind, args.batch)
         spec = RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch, lr=recipe_lr(kind, args.lr),
                                            optimizer=recipe_optimizer(kind, args.optimizer)))
-        info = train_ldm(kind, spec,
-                         runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
+        info = train_ldm(kind, spec, runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
     if not args.summary:

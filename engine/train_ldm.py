@@ -443,7 +443,7 @@ def _common(p, minutes: float) -> None:
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: no step limit)")
     p.add_argument("--minutes", type=float, default=minutes, help="stop after this much training time")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW lr (100-step warm-up, cosine decay to a tenth)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak lr (100-step warm-up, cosine decay to a tenth)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
                    help="muon: Muon on the weight matrices (LDM runs), AdamW on the rest, at the same lr")
     p.add_argument("--seed", type=int, default=0)
