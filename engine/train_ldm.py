@@ -21,14 +21,15 @@ class PoolEncoder:
     float rounding, about 1.5x faster on a CPU, where re-encoding refreshed pools took a fifth of a txt2img run."""
 
     def __init__(self, model):
+        from engine.models.cond_stage_model import FirstStageEncoder
+
         fs = copy.deepcopy(model.first_stage_model).eval().requires_grad_(False)
-        self.fs, self.scale = fs.to(memory_format=torch.channels_last), model.scale_factor
+        self.enc, self.scale = FirstStageEncoder(fs.to(memory_format=torch.channels_last)), model.scale_factor
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Unscaled first-stage features of images in [-1, 1] (KL: the posterior mode; VQ: before quantizing)."""
-        out = self.fs.encode(x.contiguous(memory_format=torch.channels_last))
-        return (out if isinstance(out, torch.Tensor) else out.mode()).contiguous()
+        return self.enc.encode(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         """encode_first_stage of uint8 images."""
@@ -299,21 +300,21 @@ def warm_start(model, path) -> dict:
     return {"from": Path(path).name, **counts}
 
 
-def trainable(model) -> list:
-    mods = [model.model]
+def trained_modules(model) -> list:
+    """The UNet wrapper and, where the model has a registered one, its conditioner."""
     cond = getattr(model, "_modules", {}).get("cond_stage_model")
-    if cond is not None:
-        mods.append(cond)
-    return [p for m in mods for p in m.parameters()]
+    return [model.model] + ([cond] if cond is not None else [])
+
+
+def trainable(model) -> list:
+    return [p for m in trained_modules(model) for p in m.parameters()]
 
 
 def matrices(model) -> list:
     """The weights Muon updates: every UNet and encoder matrix or convolution but the first and last convolutions and
     the embeddings (Jordan et al. 2024 leave input and output layers to AdamW)."""
     skip = ("input_blocks.0.0.weight", "out.2.weight", "token_emb.weight", "pos_emb.emb.weight", "to_logits.weight")
-    cond = getattr(model, "_modules", {}).get("cond_stage_model")
-    named = [*model.model.named_parameters(), *(cond.named_parameters() if cond is not None else ())]
-    return [p for n, p in named if p.ndim >= 2 and not n.endswith(skip)]
+    return [p for m in trained_modules(model) for n, p in m.named_parameters() if p.ndim >= 2 and not n.endswith(skip)]
 
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
@@ -402,7 +403,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
 def _spec(args, run_dir) -> RunSpec:
     return RunSpec(Path(run_dir), steps=args.steps or 10**9, minutes=args.minutes or 0.0, batch=args.batch,
                    lr=args.lr, seed=args.seed, pool_size=args.pool, progress=not args.no_progress, crop=args.crop,
-                   optimizer=getattr(args, "optimizer", "adamw"))
+                   optimizer=args.optimizer)
 
 
 def _threads(args) -> None:
