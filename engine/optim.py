@@ -9,14 +9,24 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Newton-Schulz quintic iteration towards U V^T of g = U S V^T (Muon's zeroth power), on a batch of matrices."""
+    """Newton-Schulz quintic iteration towards U V^T of g = U S V^T (Muon's zeroth power), on a batch of matrices.
+    Each iterate is p(X X^T) X, so for a matrix at least twice as wide as tall the iteration runs on the small Gram
+    matrix instead (X_k = Q_k X, Q_k a polynomial in X X^T) and touches the wide one twice in all."""
     a, b, c = NS_COEFFS
     wide = g.shape[-2] <= g.shape[-1]
     x = g if wide else g.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
-        s = x @ x.mT
-        x = a * x + (b * s + c * s @ s) @ x
+    if x.shape[-1] >= 2 * x.shape[-2]:
+        gram = x @ x.mT
+        q = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device).expand_as(gram)
+        for _ in range(steps):
+            s = q @ gram @ q
+            q = a * q + (b * s + c * s @ s) @ q
+        x = q @ x
+    else:
+        for _ in range(steps):
+            s = x @ x.mT
+            x = a * x + (b * s + c * s @ s) @ x
     return x if wide else x.mT
 
 
