@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import train_data as data
+from engine.grounding import CrossAttentionMaps, grounding_loss, token_targets
 from engine.train import RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
 
 TEXT_DROPOUT = 0.1
@@ -39,8 +40,9 @@ class PoolEncoder:
 class Batches:
     """Training batches for one LDM kind from a refreshable pool: latents, concat/context inputs, dropout."""
 
-    def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool):
+    def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool, grounded: bool = False):
         self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
+        self.grounded, self.targets = grounded and world and kind == "txt2img", None
         self.fs = model.first_stage_model
         self.encoder = PoolEncoder(model)
         self.tok = data.layout_tokenizer(model.config.cond.vocab_size) if kind == "layout" else None
@@ -108,6 +110,8 @@ class Batches:
         if self.kind == "txt2img":
             caps = ["" if self.rng.random() < TEXT_DROPOUT else self.pool.captions[i] for i in idx]  # CFG (Ho & Salimans)
             kw["context"] = cond.encode(caps)
+            if self.grounded:
+                self.targets = token_targets(caps, [self.pool.boxes[i] for i in idx], self.pool.labels[idx])
         elif self.kind == "layout":
             h, w = z0.shape[-2:]
             rasters = None
@@ -319,11 +323,12 @@ def matrices(model) -> list:
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
-              importance: bool = False, init_from: str | Path | None = None, **cfg_kw) -> dict:
+              importance: bool = False, init_from: str | Path | None = None, grounding: float = 0.0, **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
     multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
     min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling;
-    init_from: an LDM file to fine-tune from (`warm_start`) instead of starting from random weights."""
+    init_from: an LDM file to fine-tune from (`warm_start`) instead of starting from random weights;
+    grounding: weight of the token grounding loss (txt2img on the world: `engine.grounding`, TokenCompose)."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -354,7 +359,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             (spec.run_dir / "warm_start.json").write_text(json.dumps(warm_start(model, init_from)))
         trainer.ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng([spec.seed, trainer.step])
-    batches = Batches(model, kind, pool, rng, world=images_dir is None)
+    batches = Batches(model, kind, pool, rng, world=images_dir is None, grounded=grounding > 0)
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
     model.model.train()
 
@@ -365,6 +370,10 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     n_big = int(round(multiscale * spec.batch)) if scaled else 0
 
     def step_fn(step):
+        if batches.grounded:
+            with CrossAttentionMaps(model.model) as maps:
+                loss = diffusion_loss(model, *batches(spec.batch), gen, min_snr, importance)
+            return loss + grounding * grounding_loss(maps, *batches.targets)
         parts = [(batches, spec.batch - n_big), (scaled, n_big)]
         return sum(diffusion_loss(model, *source(n), gen, min_snr, importance) * n for source, n in parts if n) / spec.batch
 
@@ -383,6 +392,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "params_trained": n_params,
             "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
+    if batches.grounded:
+        info["grounding"] = grounding
     if init_from:
         info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
     if n_big:
@@ -427,6 +438,7 @@ def cmd_train_ldm(args) -> int:
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
                      raster=args.raster, coords=args.coords, pooled=args.pooled, init_from=args.init_from,
+                     grounding=args.grounding,
                      **_unet_shape(args))
     print(json.dumps(info))
     return 0
@@ -490,6 +502,8 @@ def add_commands(sub) -> None:
                    help="layout: --raster plus each cell's box-relative coordinates (two more map channels)")
     p.add_argument("--pooled", action="store_true",
                    help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
+    p.add_argument("--grounding", type=float, default=0.0,
+                   help="txt2img on the world: weight of the token grounding loss (object words attend to their objects)")
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")
