@@ -38,12 +38,14 @@ def token_targets(captions: list[str], boxes: list, labels: np.ndarray) -> tuple
     valid (n, 2K). An empty caption (classifier-free dropout) has none."""
     n, (h, w) = len(captions), labels.shape[1:]
     k = 2 * MAX_OBJECTS
-    tok, masks, valid = torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k, h, w), torch.zeros(n, k, dtype=torch.bool)
+    tok, masks = torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k, h, w)
+    valid = torch.zeros(n, k, dtype=torch.bool)
     for i, cap in enumerate(captions):
         pairs = object_words(cap)[:MAX_OBJECTS]
         if not pairs or len(pairs) != len(boxes[i]):
             continue
-        shapes = [WorldTokenizer.words(cap)[s - 1] for _, s in pairs]
+        words = WorldTokenizer.words(cap)
+        shapes = [words[s - 1] for _, s in pairs]
         m = torch.from_numpy(object_masks(labels[i], boxes[i], shapes))
         for j, pair in enumerate(pairs):
             tok[i, 2 * j:2 * j + 2] = torch.tensor(pair)
@@ -79,12 +81,16 @@ class CrossAttentionMaps:
             h.remove()
 
 
-def grounding_loss(maps: list[torch.Tensor], tok: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def grounding_loss(maps: list[torch.Tensor], tok: torch.Tensor, masks: torch.Tensor,
+                   valid: torch.Tensor) -> torch.Tensor:
     """TokenCompose's token loss: (1 - share of each object word's attention over pixels that lies on its object)^2,
     averaged over words and attention layers; the masks are max-pooled to each layer's grid (a cell an object
     touches counts as the object's)."""
+    if maps:
+        valid = valid & (tok < maps[0].shape[-1])
     if not valid.any() or not maps:
         return torch.zeros(())
+    tok = tok.clamp(max=maps[0].shape[-1] - 1)
     terms = []
     for a in maps:
         side = math.isqrt(a.shape[1])

@@ -40,7 +40,8 @@ class PoolEncoder:
 class Batches:
     """Training batches for one LDM kind from a refreshable pool: latents, concat/context inputs, dropout."""
 
-    def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool, grounded: bool = False):
+    def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool,
+                 grounded: bool = False):
         self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
         self.grounded, self.targets = grounded and world and kind == "txt2img", None
         self.fs = model.first_stage_model
@@ -332,6 +333,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
+    if grounding and (kind != "txt2img" or images_dir):
+        raise ValueError("the grounding loss needs the world's object masks: txt2img on the shapes world only")
     torch.manual_seed(spec.seed)
     low = size // 4 if kind == "sr4" else 0
     pool_rng = np.random.default_rng(spec.seed)
@@ -503,7 +506,7 @@ def add_commands(sub) -> None:
     p.add_argument("--pooled", action="store_true",
                    help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
     p.add_argument("--grounding", type=float, default=0.0,
-                   help="txt2img on the world: weight of the token grounding loss (object words attend to their objects)")
+                   help="txt2img on the world: weight of the token grounding loss (object words' attention on their objects)")
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")

@@ -1,4 +1,5 @@
-"""Token grounding loss (TokenCompose): object words' positions and masks, the hooked attention maps, the loss, a run."""
+"""Token grounding loss (TokenCompose): object words' positions and masks, the hooked attention maps, the loss, a
+run."""
 import json
 
 import numpy as np
@@ -86,6 +87,7 @@ def test_grounding_loss_is_the_squared_share_outside_and_its_gradient_moves_atte
     loss = grounding_loss([a], tok, masks, valid)
     torch.testing.assert_close(loss, torch.tensor((1 - 4 / 16) ** 2))
     assert float(grounding_loss([a], tok, masks, torch.zeros_like(valid))) == 0.0
+    assert float(grounding_loss([a], torch.tensor([[1, 7]]), masks, torch.tensor([[False, True]]))) == 0.0
     on = torch.zeros(1, 16, 3)
     on[0, [0, 1, 4, 5], 1] = 1
     assert float(grounding_loss([on], tok, masks, valid)) == 0.0
@@ -125,3 +127,6 @@ def test_a_grounded_txt2img_run_lowers_the_grounding_loss_and_records_its_weight
     plain = train_ldm("txt2img", RunSpec(tmp_path / "run2", steps=1, batch=2, pool_size=8, progress=False), ae_path,
                       tmp_path / "p.safetensors", size=16, **TINY)
     assert "grounding" not in plain
+    with pytest.raises(ValueError, match="shapes world"):
+        train_ldm("layout", RunSpec(tmp_path / "run3", steps=1, batch=2, pool_size=8, progress=False), ae_path,
+                  tmp_path / "l.safetensors", size=16, grounding=0.05, **TINY)
