@@ -22,11 +22,12 @@ def object_words(caption: str) -> list[tuple[int, int]]:
     return [(i + 1, i + 2) for i in range(len(words) - 1) if words[i] in COLOURS and words[i + 1] in SHAPES]
 
 
-def object_masks(labels: np.ndarray, boxes: list, shapes: list[str]) -> np.ndarray:
+def object_masks(labels: np.ndarray, boxes: list) -> np.ndarray:
     """(K, H, W) float masks: each object's pixels, its shape's label inside its (one pixel grown) box."""
     h, w = labels.shape
     out = np.zeros((len(boxes), h, w), np.float32)
-    for k, ((_, (x0, y0, x1, y1)), shape) in enumerate(zip(boxes, shapes)):
+    for k, (label, (x0, y0, x1, y1)) in enumerate(boxes):
+        shape = label.split()[-1]
         ys = slice(max(0, int(y0 * h) - 1), min(h, math.ceil(y1 * h) + 1))
         xs = slice(max(0, int(x0 * w) - 1), min(w, math.ceil(x1 * w) + 1))
         out[k, ys, xs] = labels[ys, xs] == SHAPE_CLASS[shape]
@@ -44,9 +45,7 @@ def token_targets(captions: list[str], boxes: list, labels: np.ndarray) -> tuple
         pairs = object_words(cap)[:MAX_OBJECTS]
         if not pairs or len(pairs) != len(boxes[i]):
             continue
-        words = WorldTokenizer.words(cap)
-        shapes = [words[s - 1] for _, s in pairs]
-        m = torch.from_numpy(object_masks(labels[i], boxes[i], shapes))
+        m = torch.from_numpy(object_masks(labels[i], boxes[i]))
         for j, pair in enumerate(pairs):
             tok[i, 2 * j:2 * j + 2] = torch.tensor(pair)
             masks[i, 2 * j:2 * j + 2] = m[j]

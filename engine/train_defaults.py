@@ -37,8 +37,9 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # txt2img trains with Muon (engine.optim) since session 21. On the AVX2 machine, caption match on 128 held-out scenes:
 # AdamW 0.21 and 0.20 (about 9k steps); Muon at lr 1e-3 0.33, 0.33 and 0.40 (seed 1), at lr 2e-3 0.40 (session 21),
 # at lr 3e-3 0.47 (seeds 1 and 2: 0.43, 0.38), at 4e-3 0.34, at 6e-3 0.27 (session 22, seed 0 unless marked,
-# 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. The lr 3e-3 seed-0 run ships. A token grounding loss (engine.grounding, weight 0.01)
-# localised the object words' attention but scored 0.45 against 0.47 in 12% fewer steps (session 22).
+# 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. The lr 3e-3 seed-0 run ships.
+# A token grounding loss (engine.grounding, weight 0.01) localised the object words' attention but scored 0.45
+# against 0.47 in 12% fewer steps (session 22).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
                 "optimizer": "muon", "lr": 3e-3},

@@ -38,12 +38,13 @@ class PoolEncoder:
 
 
 class Batches:
-    """Training batches for one LDM kind from a refreshable pool: latents, concat/context inputs, dropout."""
+    """Training batches for one LDM kind from a refreshable pool: latents, concat/context inputs, dropout; grounded
+    (txt2img on the world): each batch's `token_targets` kept in .targets for the grounding loss."""
 
     def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool,
                  grounded: bool = False):
         self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
-        self.grounded, self.targets = grounded and world and kind == "txt2img", None
+        self.grounded, self.targets = grounded, None
         self.fs = model.first_stage_model
         self.encoder = PoolEncoder(model)
         self.tok = data.layout_tokenizer(model.config.cond.vocab_size) if kind == "layout" else None
@@ -395,7 +396,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "params_trained": n_params,
             "final_loss": float(np.mean(trainer.losses[-100:])),
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
-    if batches.grounded:
+    if grounding:
         info["grounding"] = grounding
     if init_from:
         info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
@@ -506,7 +507,7 @@ def add_commands(sub) -> None:
     p.add_argument("--pooled", action="store_true",
                    help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
     p.add_argument("--grounding", type=float, default=0.0,
-                   help="txt2img on the world: weight of the token grounding loss (object words' attention on their objects)")
+                   help="txt2img on the world: token grounding loss weight (object words attend to their objects)")
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")
