@@ -85,12 +85,13 @@ def test_layout_model_draws_each_boxs_colour_in_its_box(results):
 CONV_SIZE, CONV_TOLERANCE, CONV_N = 256, 0.1, {"semantic": 8, "layout": 16}
 # Measured on this sample: semantic 0.93 at 64 px, 0.96 in two passes, 0.84 in one (on the 4-channel first stage its
 # recipe drew purple skies at 4x: 0.92 -> 0.82 / 0.73; with every batch multi-scale 0.87 -> 0.78 / 0.78). Layout
-# (session 17's file, 64 wide): box recall 0.83 at 64 px, 0.90 through the x4 upscaler (the app's choice at 4x), 0.57
-# after Lanczos and a 0.5 repaint, 0.40 in one pass. Session 16's 32-wide file: 0.67, 0.70, 0.60, 0.40.
-LAYOUT_ONE_PASS = ("measured box recall 0.83 at 64 px -> 0.40 at 256 px in one pass (16 scenes): at 4x the size "
+# (session 23's file, 64 wide, Muon): box recall 0.83 at 64 px, 0.87 through the x4 upscaler (the app's choice at 4x),
+# 0.67 after Lanczos and a 0.5 repaint, 0.47 in one pass. Session 17's (AdamW): 0.83, 0.90, 0.57, 0.40. Session 16's
+# 32-wide file: 0.67, 0.70, 0.60, 0.40.
+LAYOUT_ONE_PASS = ("measured box recall 0.83 at 64 px -> 0.47 at 256 px in one pass (16 scenes): at 4x the size "
                    "objects fill their boxes")
-LAYOUT_REPAINT = ("measured box recall 0.83 at 64 px -> 0.57 at 256 px after Lanczos and a 0.5 repaint (16 scenes): "
-                  "the repaint breaks shapes up; the x4 upscaler, the app's choice for a 64 px model, keeps 0.90")
+LAYOUT_REPAINT = ("measured box recall 0.83 at 64 px -> 0.67 at 256 px after Lanczos and a 0.5 repaint (16 scenes): "
+                  "the repaint breaks shapes up; the x4 upscaler, the app's choice for a 64 px model, keeps 0.87")
 
 
 # Enlarging the layout composition with the bundled x4 upscaler instead (hires_upscaler 'model', no repaint; A1111's
