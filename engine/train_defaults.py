@@ -39,9 +39,9 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # at lr 3e-3 0.47 (seeds 1 and 2: 0.43, 0.38), at 4e-3 0.34, at 6e-3 0.27 (session 22, seed 0 unless marked,
 # 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. The lr 3e-3 seed-0 run ships.
 # A token grounding loss (engine.grounding, weight 0.01) localised the object words' attention but scored 0.45
-# against 0.47 in 12% fewer steps (session 22). Batches of 32 and 64 scored 0.46 and 0.45 (seeds 0 and 1 at 32: 0.46,
-# 0.45), within the seed spread. layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90
-# after 2675 steps, against 0.83 and 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
+# against 0.47 in 12% fewer steps (session 22). Batches of 32 (seeds 0 and 1: 0.46, 0.45) and 64 (0.45) stayed
+# within the seed spread. layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675
+# steps, against 0.83 and 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
                 "optimizer": "muon", "lr": 3e-3},
