@@ -85,11 +85,13 @@ def grounding_loss(maps: list[torch.Tensor], tok: torch.Tensor, masks: torch.Ten
     """TokenCompose's token loss: (1 - share of each object word's attention over pixels that lies on its object)^2,
     averaged over words and attention layers; the masks are max-pooled to each layer's grid (a cell an object
     touches counts as the object's)."""
-    if maps:
-        valid = valid & (tok < maps[0].shape[-1])
-    if not valid.any() or not maps:
+    if not maps:
         return torch.zeros(())
-    tok = tok.clamp(max=maps[0].shape[-1] - 1)
+    n = maps[0].shape[-1]
+    valid = valid & (tok < n)
+    if not valid.any():
+        return torch.zeros(())
+    tok = tok.clamp(max=n - 1)
     terms = []
     for a in maps:
         side = math.isqrt(a.shape[1])
