@@ -37,13 +37,14 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # txt2img trains with Muon (engine.optim) since session 21. On the AVX2 machine, caption match on 128 held-out scenes:
 # AdamW 0.21 and 0.20 (about 9k steps); Muon at lr 1e-3 0.33, 0.33 and 0.40 (seed 1), at lr 2e-3 0.40 (session 21),
 # at lr 3e-3 0.47 (seeds 1 and 2: 0.43, 0.38), at 4e-3 0.34, at 6e-3 0.27 (session 22, seed 0 unless marked,
-# 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. The lr 3e-3 seed-0 run ships.
-# A token grounding loss (engine.grounding, weight 0.01) localised the object words' attention but scored 0.45
-# against 0.47 in 12% fewer steps (session 22). Batches of 32 (seeds 0 and 1: 0.46, 0.45) and 64 (0.45) stayed
-# within the seed spread. layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675
-# steps, against 0.83 and 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
+# 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. A token grounding loss
+# (engine.grounding, weight 0.01) localised the object words' attention but scored 0.45 against 0.47 in 12% fewer
+# steps (session 22). Batches of 32 (1.6x the samples per minute) averaged 0.47 over seeds 0, 1, 2 (0.46, 0.45, 0.51)
+# against 0.43 at 16; 64 gave 0.45. The batch-32 seed-2 run ships (sessions 23-24).
+# layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675 steps, against 0.83 and
+# 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
-    "txt2img": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
+    "txt2img": {"minutes": 45.0, "batch": 32, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
                 "optimizer": "muon", "lr": 3e-3},
     "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.125, "importance": True,
                                                      "model_channels": 64, "channel_mult": (1, 1, 2)},
