@@ -45,7 +45,7 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
     "txt2img": {"minutes": 45.0, "batch": 32, "cfg": {"n_layer": 2, "importance": True}, "first_stage": "ae",
-                "optimizer": "muon", "lr": 3e-3},
+                "optimizer": "muon", "lr": 3e-3, "seed": 2},
     "layout": {"minutes": 45.0, "batch": 16, "cfg": {"n_layer": 2, "raster": True, "multiscale": 0.125, "importance": True,
                                                      "model_channels": 64, "channel_mult": (1, 1, 2)},
                "first_stage": "ae", "optimizer": "muon", "lr": 3e-3},
@@ -65,7 +65,7 @@ def _ae_run(args, name: str) -> dict:
     """One first stage's train-ae settings under train-defaults (0 steps: no step limit)."""
     quick = args.quick
     return dict(FIRST_STAGES[name], steps=args.steps or (30 if quick else 0), minutes=0.0 if quick else args.ae_minutes,
-                batch=16, crop=32, lr=1e-3, seed=args.seed, pool=64 if quick else args.pool)
+                batch=16, crop=32, lr=1e-3, seed=base_seed(args), pool=64 if quick else args.pool)
 
 
 def _ae_cmd(args, name: str, runs: Path) -> list[str]:
@@ -133,6 +133,16 @@ def recipe_lr(kind: str, lr: float | None = None) -> float:
     return lr or RECIPES[kind].get("lr", 1e-3)
 
 
+def recipe_seed(kind: str, seed: int | None = None) -> int:
+    """Seed of a kind's run: `--seed` when given, else its recipe's `seed` (0 if unset)."""
+    return RECIPES[kind].get("seed", 0) if seed is None else seed
+
+
+def base_seed(args) -> int:
+    """Seed of the first stages and decoder fine-tunes: `--seed` when given, else 0."""
+    return 0 if args.seed is None else args.seed
+
+
 def recipe_optimizer(kind: str, optimizer: str | None = None) -> str:
     """Optimizer of a kind's run: `--optimizer` when given, else its recipe's `optimizer` (AdamW if unset)."""
     return optimizer or RECIPES[kind].get("optimizer", "adamw")
@@ -155,8 +165,8 @@ def _worker_cmd(args, kind: str, runs: Path, out: Path, threads: int = 1) -> lis
     cmd = [sys.executable, "-m", "engine", "train-defaults", "--only", kind, "--jobs", "1", "--threads", str(threads),
            "--runs", str(runs), "--out", str(out), "--overwrite", "--summary", str(runs / kind / "summary.json"),
            "--batch", str(recipe_batch(kind, args.batch)), "--lr", str(recipe_lr(kind, args.lr)),
-           "--optimizer", recipe_optimizer(kind, args.optimizer), "--seed", str(args.seed), "--pool", str(args.pool),
-           "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
+           "--optimizer", recipe_optimizer(kind, args.optimizer), "--seed", str(recipe_seed(kind, args.seed)),
+           "--pool", str(args.pool), "--steps", str(args.steps), "--minutes-per-model", str(args.minutes_per_model),
            "--ae-kind", args.ae_kind, "--no-progress"]
     return cmd + (["--quick"] if args.quick else [])
 
@@ -220,7 +230,8 @@ def cmd_train_defaults(args) -> int:
     quick = args.quick
     t_all = time.time()
     steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
-                 seed=args.seed, lr=args.lr or 1e-3, pool_size=64 if quick else args.pool, progress=not args.no_progress)
+                 seed=base_seed(args), lr=args.lr or 1e-3, pool_size=64 if quick else args.pool,
+                 progress=not args.no_progress)
     kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
     bases, sharps = first_stage_runs(kinds)
     summary = train_first_stages(args, bases, runs)
@@ -249,7 +260,8 @@ def cmd_train_defaults(args) -> int:
         t0 = time.time()
         batch = 8 if quick else recipe_batch(kind, args.batch)
         spec = RunSpec(runs / kind, **dict(steps, minutes=minutes, batch=batch, lr=recipe_lr(kind, args.lr),
-                                           optimizer=recipe_optimizer(kind, args.optimizer)))
+                                           optimizer=recipe_optimizer(kind, args.optimizer),
+                                           seed=recipe_seed(kind, args.seed)))
         info = train_ldm(kind, spec, runs / recipe["first_stage"] / "ae.pt", targets[kind], **recipe["cfg"])
         summary[kind] = dict(info, wall_minutes=round((time.time() - t0) / 60, 2))
         print(json.dumps(summary[kind]), flush=True)
@@ -276,4 +288,4 @@ def add_command(sub) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once, one thread each: first "
                    "stages side by side, then the LDMs, longest kinds first")
     p.add_argument("--summary", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train_defaults, batch=0, lr=None, optimizer=None)  # each kind's RECIPES values
+    p.set_defaults(func=cmd_train_defaults, batch=0, lr=None, optimizer=None, seed=None)  # each kind's RECIPES values

@@ -391,7 +391,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
     model.eval()
     n_params = sum(p.numel() for p in params)
     info = {"kind": kind, "steps": trainer.step, "minutes": round(trainer.elapsed / 60, 2), "batch": spec.batch,
-            "lr": spec.lr, "optimizer": spec.optimizer, "min_snr": min_snr, "importance": importance,
+            "lr": spec.lr, "optimizer": spec.optimizer, "seed": spec.seed, "min_snr": min_snr, "importance": importance,
             "threads": torch.get_num_threads(),
             "params_trained": n_params,
             "final_loss": float(np.mean(trainer.losses[-100:])),

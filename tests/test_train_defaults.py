@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.train import add_commands
-from engine.train_defaults import (FIRST_STAGES, RECIPES, _ae_cmd, _worker_cmd, first_stage_runs, lanes, recipe_lr,
-                                   recipe_optimizer, schedule)
+from engine.train_defaults import (FIRST_STAGES, RECIPES, _ae_cmd, _ae_run, _worker_cmd, base_seed, first_stage_runs,
+                                   lanes, recipe_lr, recipe_optimizer, recipe_seed, schedule)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,16 @@ def test_worker_optimizer_and_lr_are_the_recipes_unless_given(tmp_path, monkeypa
     assert {(s.optimizer, s.lr) for s in again} == {("adamw", 3e-4)}
 
 
+def test_worker_seed_is_the_recipes_unless_given(tmp_path):
+    plain = _parser().parse_args(["train-defaults", "--runs", str(tmp_path)])
+    assert plain.seed is None and base_seed(plain) == 0
+    seeds = {k: _parser().parse_args(_worker_cmd(plain, k, tmp_path, tmp_path)[3:]).seed for k in RECIPES}
+    assert seeds == {k: RECIPES[k].get("seed", 0) for k in RECIPES} and set(seeds.values()) != {0}
+    given = _parser().parse_args(["train-defaults", "--seed", "7", "--runs", str(tmp_path)])
+    assert {_parser().parse_args(_worker_cmd(given, k, tmp_path, tmp_path)[3:]).seed for k in RECIPES} == {7}
+    assert base_seed(given) == 7 and _ae_run(given, "ae")["seed"] == 7
+
+
 @pytest.mark.slow
 def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "models"
@@ -148,8 +158,8 @@ def test_train_defaults_quick_runs_kinds_in_parallel_and_gathers_the_summary(tmp
 
 
 def test_bundled_files_are_what_their_recipes_build():
-    """Each shipped file's UNet, batch, multi-scale share, first stage, optimizer and lr are those its RECIPES entry
-    asks for."""
+    """Each shipped file's UNet, batch, multi-scale share, first stage, optimizer, lr and seed are those its RECIPES
+    entry asks for."""
     from engine.api import default_models_dir
     from engine.checkpoint import load
     from engine.train import DEFAULT_NAMES, ldm_config
@@ -172,3 +182,4 @@ def test_bundled_files_are_what_their_recipes_build():
         assert facts["batch"] == recipe.get("batch", 32), kind
         assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
         assert (facts.get("optimizer", "adamw"), facts["lr"]) == (recipe_optimizer(kind), recipe_lr(kind)), kind
+        assert facts.get("seed", 0) == recipe_seed(kind), kind
