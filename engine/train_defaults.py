@@ -40,7 +40,9 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # 5.9k-7k steps); session 15's AdamW file, trained on a 1.6x faster machine, 0.41. A token grounding loss
 # (engine.grounding, weight 0.01) localised the object words' attention but scored 0.45 against 0.47 in 12% fewer
 # steps (session 22). Batches of 32 (1.6x the samples per minute) averaged 0.47 over seeds 0, 1, 2 (0.46, 0.45, 0.51)
-# against 0.43 at 16; 64 gave 0.45. The batch-32 seed-2 run ships (sessions 23-24).
+# against 0.43 at 16; 64 gave 0.45. The batch-32 seed-2 run ships (sessions 23-24); run again it scored 0.51 again,
+# so its seed is in the recipe. A 4-layer encoder (0.46), layout's 64-wide UNet (0.13) and 15 minutes at 32 px
+# before 30 at 64 (0.30) did not help (session 24).
 # layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675 steps, against 0.83 and
 # 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
