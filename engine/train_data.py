@@ -47,9 +47,21 @@ def world_pool(seeds, size: int = 64, low_size: int = 0) -> Pool:
     return Pool(b.images, list(b.captions), list(b.boxes), b.labels, low, np.asarray(list(seeds), np.int64))
 
 
-def train_seeds(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random seeds from the world's training range (never the held-out EVAL_SEEDS)."""
-    return rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop, n)
+def train_seeds(rng: np.random.Generator, n: int, objects: tuple[float, ...] | None = None) -> np.ndarray:
+    """n random seeds from the world's training range (never the held-out EVAL_SEEDS).
+    objects: relative weights of scenes with 1, 2, ... MAX_OBJECTS objects, by rejection on each seed's object count
+    (None: the world's own even mix)."""
+    if objects is None:
+        return rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop, n)
+    if len(objects) != world.MAX_OBJECTS or min(objects) < 0 or max(objects) <= 0:
+        raise ValueError(f"objects: {world.MAX_OBJECTS} non-negative weights, one per object count, not {objects}")
+    accept = np.asarray(objects, np.float64) / max(objects)
+    out: list[int] = []
+    while len(out) < n:
+        for s in rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop, 4 * n):
+            if rng.random() < accept[world.object_count(int(s)) - 1]:
+                out.append(int(s))
+    return np.asarray(out[:n], np.int64)
 
 
 def _square(img: np.ndarray, size: int) -> np.ndarray:

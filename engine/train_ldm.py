@@ -42,8 +42,9 @@ class Batches:
     (txt2img on the world): each batch's `token_targets` kept in .targets for the grounding loss."""
 
     def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool,
-                 grounded: bool = False):
+                 grounded: bool = False, objects: tuple[float, ...] | None = None):
         self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
+        self.objects = objects
         self.grounded, self.targets = grounded, None
         self.fs = model.first_stage_model
         self.encoder = PoolEncoder(model)
@@ -79,7 +80,7 @@ class Batches:
         k = max(1, len(self.pool) // 8)
         j = int(self.rng.integers(0, len(self.pool) - k + 1))
         low = self.pool.low.shape[1] if self.pool.low is not None else 0
-        new = data.world_pool(data.train_seeds(self.rng, k), self.pool.images.shape[1], low)
+        new = data.world_pool(data.train_seeds(self.rng, k, self.objects), self.pool.images.shape[1], low)
         self.pool.images[j:j + k] = new.images
         if self.pool.labels is not None:
             self.pool.labels[j:j + k] = new.labels
@@ -325,17 +326,21 @@ def matrices(model) -> list:
 
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
-              importance: bool = False, init_from: str | Path | None = None, grounding: float = 0.0, **cfg_kw) -> dict:
+              importance: bool = False, init_from: str | Path | None = None, grounding: float = 0.0,
+              objects: tuple[float, ...] | None = None, **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
     multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
     min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling;
     init_from: an LDM file to fine-tune from (`warm_start`) instead of starting from random weights;
-    grounding: weight of the token grounding loss (txt2img on the world: `engine.grounding`, TokenCompose)."""
+    grounding: weight of the token grounding loss (txt2img on the world: `engine.grounding`, TokenCompose);
+    objects: the world's training scenes weighted by object count (`train_data.train_seeds`)."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
     if grounding and (kind != "txt2img" or images_dir):
         raise ValueError("the grounding loss needs the world's object masks: txt2img on the shapes world only")
+    if objects and images_dir:
+        raise ValueError("objects weights the shapes world's scenes by object count; an image folder has none")
     torch.manual_seed(spec.seed)
     low = size // 4 if kind == "sr4" else 0
     pool_rng = np.random.default_rng(spec.seed)
@@ -345,7 +350,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             raise ValueError("txt2img on an image folder needs --captions captions.json")
         vocab = tuple(WorldTokenizer.from_texts(pool.captions).vocab) if kind == "txt2img" else None
     else:
-        pool = data.world_pool(data.train_seeds(pool_rng, spec.pool_size), size, low)
+        pool = data.world_pool(data.train_seeds(pool_rng, spec.pool_size, objects), size, low)
         vocab = None
     model = build_model(kind, ae_path, size, vocab, **cfg_kw)
     params = trainable(model)
@@ -363,7 +368,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             (spec.run_dir / "warm_start.json").write_text(json.dumps(warm_start(model, init_from)))
         trainer.ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng([spec.seed, trainer.step])
-    batches = Batches(model, kind, pool, rng, world=images_dir is None, grounded=grounding > 0)
+    batches = Batches(model, kind, pool, rng, world=images_dir is None, grounded=grounding > 0, objects=objects)
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
     model.model.train()
 
@@ -398,6 +403,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if grounding:
         info["grounding"] = grounding
+    if objects and images_dir is None:
+        info["objects"] = [float(v) for v in objects]
     if init_from:
         info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
     if n_big:
@@ -442,10 +449,13 @@ def cmd_train_ldm(args) -> int:
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
                      raster=args.raster, coords=args.coords, pooled=args.pooled, init_from=args.init_from,
-                     grounding=args.grounding,
-                     **_unet_shape(args))
+                     grounding=args.grounding, objects=_weights(args.objects), **_unet_shape(args))
     print(json.dumps(info))
     return 0
+
+
+def _weights(text: str | None) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in text.split(",")) if text else None
 
 
 def _unet_shape(args) -> dict:
@@ -508,6 +518,8 @@ def add_commands(sub) -> None:
                    help="txt2img: the caption's mean token also through the timestep embedding (label_emb)")
     p.add_argument("--grounding", type=float, default=0.0,
                    help="txt2img on the world: token grounding loss weight (object words attend to their objects)")
+    p.add_argument("--objects", default=None,
+                   help="the world's scenes weighted by object count, e.g. 1,2,4 (default: its even mix of 1-3)")
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")

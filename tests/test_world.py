@@ -57,6 +57,22 @@ def test_scene_statistics_follow_the_spec():
     assert {r for s in scenes for r in np.unique(s.labels)} == set(range(len(S.SEMANTIC_CLASSES)))
 
 
+
+def test_object_count_is_what_render_draws_and_train_seeds_can_weight_it():
+    from engine import train_data as data
+
+    assert [S.object_count(s) for s in range(60)] == [len(S.render(s).objects) for s in range(60)]
+    rng = np.random.default_rng(0)
+    even = np.bincount([S.object_count(int(s)) for s in data.train_seeds(rng, 3000)], minlength=4)[1:] / 3000
+    tilted = data.train_seeds(rng, 3000, (1, 2, 4))
+    share = np.bincount([S.object_count(int(s)) for s in tilted], minlength=4)[1:] / 3000
+    assert np.allclose(even, 1 / 3, atol=0.04) and np.allclose(share, np.array([1, 2, 4]) / 7, atol=0.04)
+    assert len(set(tilted.tolist())) > 2990 and all(s in S.TRAIN_SEEDS for s in tilted[:100])
+    only_two = data.train_seeds(rng, 50, (0, 1, 0))
+    assert {S.object_count(int(s)) for s in only_two} == {2}
+    with pytest.raises(ValueError, match="weights"):
+        data.train_seeds(rng, 5, (1, 2))
+
 def test_label_map_marks_object_pixels_with_their_shape():
     s = S.render_from_layout([("red square", (0.25, 0.25, 0.75, 0.75))], "water", 64, seed=3)
     cls = S.SEMANTIC_CLASSES

@@ -26,6 +26,7 @@ REGION_RGB = np.array([[150, 195, 230], [80, 135, 50], [40, 105, 125], [205, 185
 COLOUR_RGB = np.array([[215, 35, 40], [50, 220, 70], [40, 70, 225], [245, 215, 30], [245, 245, 245], [150, 50, 200]],
                       np.float32)
 
+MAX_OBJECTS = 3
 TRAIN_SEEDS = range(0, 10_000_000)
 EVAL_SEEDS = range(10_000_000, 10_100_000)
 
@@ -361,6 +362,11 @@ def _finish(objects: list[dict], rng: np.random.Generator, img, labels, seed) ->
     return Scene(img, caption, boxes, labels, objects, seed)
 
 
+def object_count(seed: int) -> int:
+    """How many objects render(seed) draws, without rendering it: the first draw of its object generator."""
+    return int(np.random.default_rng([seed, 1]).integers(1, MAX_OBJECTS + 1))
+
+
 def render(seed: int, size: int = 64, drop: tuple[int, ...] = ()) -> Scene:
     """A random scene: band layout of textured regions and 1-3 non-overlapping shapes.
 
@@ -369,7 +375,7 @@ def render(seed: int, size: int = 64, drop: tuple[int, ...] = ()) -> Scene:
     rng_bg, rng_obj = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
     layout = _sample_layout(rng_bg)
     textures = _sample_textures(rng_bg)
-    objects = _sample_objects(rng_obj, int(rng_obj.integers(1, 4)))
+    objects = _sample_objects(rng_obj, int(rng_obj.integers(1, MAX_OBJECTS + 1)))
     objects = [o for i, o in enumerate(objects) if i not in drop]
     regions2x, regions1x = region_map(layout, 2 * size, 2 * size), region_map(layout, size, size)
     ids2x = _draw_ids(objects, 2 * size, 2 * size)
