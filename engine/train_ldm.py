@@ -153,7 +153,7 @@ class ScaledScenes:
 
     @torch.no_grad()
     def render(self, size: int, n: int) -> tuple[np.ndarray | list, torch.Tensor]:
-        pool = data.world_pool(data.train_seeds(self.rng, n), size)
+        pool = data.world_pool(data.train_seeds(self.rng, n, self.b.objects), size)
         z = self.b.encode(pool.images, 16)
         return (pool.boxes if self.b.kind == "layout" else pool.labels), z
 
@@ -403,7 +403,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             "data": images_dir or "shapes world (engine.world, TRAIN_SEEDS)"}
     if grounding:
         info["grounding"] = grounding
-    if objects and images_dir is None:
+    if objects:
         info["objects"] = [float(v) for v in objects]
     if init_from:
         info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
