@@ -44,8 +44,8 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # so its seed is in the recipe. A 4-layer encoder (0.46), layout's 64-wide UNet (0.13) and 15 minutes at 32 px
 # before 30 at 64 (0.30) did not help (session 24).
 # Session 25: scenes weighted 1:1.5:2 or 1:2:4 by object count (train-ldm --objects) 0.50 / 0.48; one phrase
-# token per 'colour shape' 0.46 / 0.50. Scenes 128-255 give the shipped file 0.36, 0.43 over all 256: the first 128
-# chose the seed, so their 0.51 flatters it.
+# token per 'colour shape' 0.46 / 0.50. On 512 scenes the shipped file scores 0.45 (0.51 / 0.36 / 0.45 / 0.46 per
+# 128), and on scenes 128-255 every probe file scores 0.29-0.42: the first 128, which ranked the runs, are easy ones.
 # layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675 steps, against 0.83 and
 # 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
