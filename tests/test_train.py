@@ -357,7 +357,6 @@ def test_train_ldm_cli_width_and_channel_mult_shape_the_unet_and_reload(ae_path,
     assert model.model.diffusion_model.middle_block[0].in_layers[0].weight.shape[0] == 128
 
 
-
 def test_train_ldm_objects_weights_every_pool_it_renders_and_records_it(ae_path, tmp_path, monkeypatch):
     from engine.__main__ import main
     from engine.world.scene import object_count
@@ -369,12 +368,14 @@ def test_train_ldm_objects_weights_every_pool_it_renders_and_records_it(ae_path,
     train_ldm("txt2img", spec, ae_path, tmp_path / "direct.safetensors", size=16, objects=(0, 0, 1), **TINY)
     assert len(drawn) >= 16 + 2 * 2 and {object_count(int(s)) for s in drawn} == {3}
     args = ["train-ldm", "--kind", "txt2img", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
-            "--size", "16", "--out", str(tmp_path / "m.safetensors"), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+            "--size", "16", "--out", str(tmp_path / "m.safetensors"), "--run-dir", str(tmp_path / "run"),
+            "--no-progress"]
     assert main([*args, "--objects", "1,2,4"]) == 0
     assert json.loads((tmp_path / "run" / "info.json").read_text())["objects"] == [1.0, 2.0, 4.0]
     with pytest.raises(ValueError, match="image folder"):
         train_ldm("txt2img", RunSpec(tmp_path / "f", steps=1), ae_path, tmp_path / "f.safetensors",
                   images_dir=str(tmp_path), objects=(1, 1, 1))
+
 
 def test_pooled_txt2img_feeds_the_captions_mean_token_through_label_emb_and_reloads(ae_path, tmp_path):
     from engine.__main__ import main

@@ -57,7 +57,6 @@ def test_scene_statistics_follow_the_spec():
     assert {r for s in scenes for r in np.unique(s.labels)} == set(range(len(S.SEMANTIC_CLASSES)))
 
 
-
 def test_object_count_is_what_render_draws_and_train_seeds_can_weight_it():
     from engine import train_data as data
 
@@ -72,6 +71,7 @@ def test_object_count_is_what_render_draws_and_train_seeds_can_weight_it():
     assert {S.object_count(int(s)) for s in only_two} == {2}
     with pytest.raises(ValueError, match="weights"):
         data.train_seeds(rng, 5, (1, 2))
+
 
 def test_label_map_marks_object_pixels_with_their_shape():
     s = S.render_from_layout([("red square", (0.25, 0.25, 0.75, 0.75))], "water", 64, seed=3)
