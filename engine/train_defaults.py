@@ -46,6 +46,8 @@ FIRST_STAGE = FIRST_STAGES["ae"]
 # Session 25: scenes weighted 1:1.5:2 or 1:2:4 by object count (train-ldm --objects) 0.50 / 0.48; one phrase
 # token per 'colour shape' 0.46 / 0.50. On 512 scenes the shipped file scores 0.45 (0.51 / 0.36 / 0.45 / 0.46 per
 # 128), and on scenes 128-255 every probe file scores 0.29-0.42: the first 128, which ranked the runs, are easy ones.
+# Session 26 (scenes 128-511, where the shipped file scores 0.42): timesteps lognormal in sigma (EDM) 0.28, an lr
+# cooldown to zero 0.36; the recipe for 65 minutes 0.47 (1.36x the steps), so 0.8 would take about ten times its steps.
 # layout with Muon at lr 3e-3: box recall 0.85 on 128 scenes and shape right 0.90 after 2675 steps, against 0.83 and
 # 0.86 for session 17's AdamW file (5001 steps); it ships (session 23).
 RECIPES = {
