@@ -367,6 +367,11 @@ def test_train_ldm_objects_weights_every_pool_it_renders_and_records_it(ae_path,
     spec = RunSpec(tmp_path / "direct", steps=3, batch=2, pool_size=16, refresh_every=1, progress=False)
     train_ldm("txt2img", spec, ae_path, tmp_path / "direct.safetensors", size=16, objects=(0, 0, 1), **TINY)
     assert len(drawn) >= 16 + 2 * 2 and {object_count(int(s)) for s in drawn} == {3}
+    drawn.clear()
+    spec = RunSpec(tmp_path / "scaled", steps=1, batch=4, pool_size=8, progress=False)
+    train_ldm("layout", spec, ae_path, tmp_path / "scaled.safetensors", size=16, multiscale=0.5, objects=(0, 1, 0),
+              **TINY)
+    assert len(drawn) > 8 and {object_count(int(s)) for s in drawn} == {2}
     args = ["train-ldm", "--kind", "txt2img", "--ae", str(ae_path), "--steps", "1", "--batch", "2", "--pool", "8",
             "--size", "16", "--out", str(tmp_path / "m.safetensors"), "--run-dir", str(tmp_path / "run"),
             "--no-progress"]
