@@ -30,6 +30,8 @@ def add_generate(sub) -> None:
     p.add_argument("--image", default=None)
     p.add_argument("--mask", default=None, help="PNG, white (>= 128) = repaint")
     p.add_argument("--boxes", default=None, help='JSON list of {"label": ..., "box": [x0, y0, x1, y1], "prompt"?: ...}')
+    p.add_argument("--planner", default=None,
+                   help="layout without --boxes: the text-to-layout planner file that places the prompt's objects")
     p.add_argument("--labels", default=None, help="PNG (mode L or P) of class ids")
     p.add_argument("--class-id", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -63,7 +65,7 @@ FIELDS = {  # CLI flag -> Request field
     "steps": "steps", "sampler": "sampler", "cfg": "cfg_scale", "eta": "eta", "seed": "seed", "width": "width",
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
-    "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler",
+    "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 
@@ -176,8 +178,12 @@ def cmd_generate(args) -> int:
             print(ev.detail, file=sys.stderr)
         print(f"error: {ev.message}", file=sys.stderr)
         return 2
-    record = request_record(req)
+    from dataclasses import replace
+
+    record = request_record(replace(req, boxes=list(ev.boxes)) if ev.boxes else req)
     record["inputs"] = inputs
+    if ev.boxes:
+        print(json.dumps([{"label": b.label, "box": list(b.box)} for b in ev.boxes]), file=sys.stderr)
     out = Path(args.out)
     for i, img in enumerate(ev.images):
         path = out if len(ev.images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")

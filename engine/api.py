@@ -77,6 +77,7 @@ class Request:
     hires_upscaler: str = "lanczos"  # how the composition is enlarged: one of HIRES_UPSCALERS
     refine_strength: float = 0.0
     refine_model: str = "default"
+    planner: str = "default"  # layout with no boxes: the text-to-layout planner that places the prompt's objects
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiles: TileSettings = field(default_factory=TileSettings)
@@ -120,6 +121,7 @@ class Result(Event):
     parameters: str = ""
     seeds: tuple[int, ...] = ()
     elapsed_s: float = 0.0
+    boxes: tuple[Box, ...] = ()  # the boxes the planner placed (layout from a prompt alone)
 
 
 @dataclass(frozen=True)

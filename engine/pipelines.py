@@ -4,7 +4,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,7 @@ def validate(request: Request, model) -> None:
     if cfg.cond.kind == "spatial" and request.labels is None:
         raise EngineError(f"{cfg.family} models need a label map (paint one) for {request.task}")
     if request.task == "layout" and not request.boxes:
-        raise EngineError("layout-to-image needs at least one box")
+        raise EngineError("layout-to-image needs at least one box, or a prompt whose objects the planner can place")
 
 
 def output_size(request: Request, model) -> tuple[int, int]:
@@ -205,6 +205,35 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
+def planner_path(name: str) -> Path:
+    """A planner file, or 'default': the bundled one (resources/models/planner/)."""
+    from engine.api import default_models_dir
+
+    p = Path(default_models_dir()) / "planner" / "world-planner.safetensors" if name in ("", "default") else Path(name)
+    if not p.exists():
+        raise EngineError(f"layout planner not found: {p} (draw boxes, or run `make models`)")
+    return p
+
+
+def plan_boxes(request: Request, cache: dict) -> list:
+    """The prompt's objects placed by the text-to-layout planner (engine.planner), seeded by the request."""
+    from engine import planner
+    from engine.api import Box
+
+    path = planner_path(request.planner)
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if cache.get("planner_key") != key:
+        try:
+            cache["planner"] = planner.load(path)
+        except planner.PlannerError as e:
+            raise EngineError(str(e)) from None
+        cache["planner_key"] = key
+    try:
+        return [Box(label, box) for label, box in planner.plan(cache["planner"], request.prompt, seed=request.seed)]
+    except planner.PlannerError as e:
+        raise EngineError(str(e)) from None
+
+
 def make_plan(request: Request, model, h: int, w: int) -> Plan:
     from engine import tasks
 
@@ -214,6 +243,9 @@ def make_plan(request: Request, model, h: int, w: int) -> Plan:
 def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
     t0 = time.perf_counter()
+    if request.task == "layout" and not request.boxes and request.prompt.strip():
+        request = replace(request, boxes=plan_boxes(request, cache))
+        return replace(run_request(request, ctx, cache), boxes=tuple(request.boxes))
     if request.task == "upscale" and request.refine_strength > 0:
         return upscale_and_refine(request, ctx, cache, t0)
     if request.task == "upscale" and request.upscaler == "esrgan":

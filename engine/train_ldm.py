@@ -483,7 +483,7 @@ def _common(p, minutes: float) -> None:
 
 
 def add_commands(sub) -> None:
-    """Registers train-ae, train-ldm, train-defaults and eval on the `python -m engine` parser."""
+    """Registers train-ae, train-ldm, train-defaults, train-planner and eval on the `python -m engine` parser."""
     from engine.train_defaults import FIRST_STAGE
 
     p = sub.add_parser("train-ae", help="train the KL-f4 / VQ-f4 first stage (shapes world or --images DIR)")
@@ -528,6 +528,9 @@ def add_commands(sub) -> None:
     from engine.train_defaults import add_command as add_train_defaults
 
     add_train_defaults(sub)
+    from engine.planner import add_command as add_train_planner
+
+    add_train_planner(sub)
     try:
         from engine.evaluate import add_command
     except ImportError:

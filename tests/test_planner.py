@@ -1,0 +1,183 @@
+"""Text-to-layout planner: encoding, training, sampling under the world's rules, files, and the engine path."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import planner
+from engine.api import Box, Engine, Failed, Request, Result, default_models_dir
+from engine.train import RunSpec
+from engine.world import EVAL_SEEDS, render
+from engine.world.scene import COLOURS, REGIONS, SHAPES, parse_caption, relation_holds
+
+TINY = planner.PlannerConfig(dim=48, depth=2, heads=2)
+VOCAB = sorted({*COLOURS, *SHAPES, *REGIONS, "a", "above", "below", "left", "right", "of", "and", "on", "under",
+                "the"})
+BUNDLED = Path(default_models_dir()) / "planner" / "world-planner.safetensors"
+LAYOUT = Path(default_models_dir()) / "world-layout.safetensors"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("planner") / "p.safetensors"
+    spec = RunSpec(run_dir=out.parent / "run", steps=150, batch=64, lr=3e-3, warmup=10, progress=False)
+    return planner.train_planner(spec, out, examples=1500, cfg=TINY)
+
+
+def test_bins_cover_the_box_and_round_trip():
+    for x0, y0, x1, y1 in np.random.default_rng(0).random((50, 4)):
+        box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        cells = planner.to_bins(box, 32)
+        back = planner.from_bins(cells, 32)
+        assert back[0] <= box[0] and back[1] <= box[1] and back[2] >= box[2] - 1e-9 and back[3] >= box[3] - 1e-9
+        assert planner.to_bins(back, 32) == cells
+
+
+def test_encoding_predicts_exactly_the_four_cells_of_each_object():
+    m = planner.LayoutPlanner(TINY, VOCAB)
+    scene = render(EVAL_SEEDS.start + 3, 16)
+    ids, tgt = m.encode(scene.caption, scene.boxes)
+    coords = [i for i, t in enumerate(ids) if t >= m.coord0]
+    assert len(coords) == 4 * len(scene.boxes)
+    assert [i for i, t in enumerate(tgt) if t >= 0] == [i - 1 for i in coords]
+    assert [ids[i] - m.coord0 for i in coords[:4]] == planner.to_bins(scene.boxes[0][1], 32)
+    with pytest.raises(planner.PlannerError):
+        m.encode(scene.caption, scene.boxes + scene.boxes)
+
+
+def test_training_learns_the_worlds_boxes(trained):
+    """Held-out cross-entropy of the next cell against a uniform guess (ln 32 = 3.47)."""
+    meta = json.loads(__import__("safetensors").safe_open(str(trained), "pt").metadata()[planner.META_KEY])
+    assert meta["training"]["steps"] == 150
+    assert meta["training"]["val_loss"] < 3.0
+
+
+def test_plan_places_every_object_in_caption_order(trained):
+    m = planner.load(trained)
+    caption = "a green star left of a white triangle and a purple circle on sand under the sky"
+    boxes = planner.plan(m, caption, seed=4)
+    assert [label for label, _ in boxes] == ["green star", "white triangle", "purple circle"]
+    for _, (x0, y0, x1, y1) in boxes:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert planner.plan(m, caption, seed=4) == boxes
+    with pytest.raises(planner.PlannerError, match="names no object"):
+        planner.plan(m, "a sunny day on grass")
+
+
+def test_plausible_applies_the_worlds_rules():
+    assert planner.plausible([[0, 0, 5, 5], [10, 10, 15, 15]], None, 32)
+    assert not planner.plausible([[0, 0, 5, 5], [5, 5, 15, 15]], None, 32)
+    assert planner.plausible([[10, 0, 15, 5], [10, 20, 15, 25]], "above", 32)
+    assert not planner.plausible([[10, 0, 15, 5], [10, 20, 15, 25]], "below", 32)
+
+
+def test_plan_keeps_relations_that_random_boxes_break(trained):
+    """Over 40 held-out two-object captions the chosen layout keeps the caption's relation and no overlap."""
+    m = planner.load(trained)
+    kept = total = 0
+    for seed in range(EVAL_SEEDS.start, EVAL_SEEDS.start + 400):
+        cap = render(seed, 16).caption
+        rel = parse_caption(cap).relation
+        if rel in (None, "and"):
+            continue
+        boxes = [b for _, b in planner.plan(m, cap, seed=seed)]
+        c = [{"center": ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)} for b in boxes]
+        kept += relation_holds(c[0], c[1], rel)
+        total += 1
+        if total == 40:
+            break
+    assert total == 40 and kept >= 36
+
+
+def test_files_load_strictly_and_refuse_others(trained, tmp_path):
+    m = planner.load(trained)
+    again = planner.load(trained)
+    for (k, a), (_, b) in zip(m.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(planner.PlannerError, match="not a layout planner"):
+        planner.load(tmp_path / "other.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file at all")
+    with pytest.raises(planner.PlannerError, match="cannot read"):
+        planner.load(tmp_path / "bad.safetensors")
+    state = {k: v for k, v in m.state_dict().items() if k != "head.bias"}
+    meta = {planner.META_KEY: __import__("safetensors").safe_open(str(trained), "pt").metadata()[planner.META_KEY]}
+    save_file(state, str(tmp_path / "short.safetensors"), metadata=meta)
+    with pytest.raises(planner.PlannerError, match="does not match"):
+        planner.load(tmp_path / "short.safetensors")
+
+
+@pytest.mark.skipif(not LAYOUT.exists(), reason="world-layout not trained")
+def test_engine_plans_a_layout_from_the_prompt_alone(trained):
+    engine = Engine()
+    try:
+        caption = "a red circle above a blue square on grass"
+        job = engine.submit(Request(model=str(LAYOUT), task="layout", prompt=caption, planner=str(trained), steps=2,
+                                    width=64, height=64, seed=3))
+        ev = engine.wait(job)
+        assert isinstance(ev, Result), getattr(ev, "message", ev)
+        assert [b.label for b in ev.boxes] == ["red circle", "blue square"]
+        assert ev.images[0].shape == (64, 64, 3)
+        given = [Box(b.label, b.box) for b in ev.boxes]
+        same = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, steps=2, width=64,
+                                                 height=64, seed=3)))
+        assert np.array_equal(same.images[0], ev.images[0]) and same.boxes == ()
+        bad = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", prompt="a sunny day",
+                                                planner=str(trained), steps=2)))
+        assert isinstance(bad, Failed) and "names no object" in bad.message
+        missing = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", prompt=caption,
+                                                    planner="/nonexistent/p.safetensors", steps=2)))
+        assert isinstance(missing, Failed) and "planner not found" in missing.message
+        empty = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", steps=2)))
+        assert isinstance(empty, Failed) and "at least one box" in empty.message
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled planner is not trained yet")
+def test_bundled_planner_draws_world_layouts_unlike_random_weights():
+    """Raw samples (one candidate, no choice) on 150 held-out captions: the world's rules kept, sizes in its range."""
+    trained = planner.load(BUNDLED)
+    rnd = planner.LayoutPlanner(trained.cfg, trained.tokenizer.vocab).eval()
+    kept, sizes = {}, {}
+    for name, m in (("trained", trained), ("random", rnd)):
+        ok, size = [], []
+        for seed in range(EVAL_SEEDS.start, EVAL_SEEDS.start + 150):
+            cap = render(seed, 16).caption
+            boxes = [b for _, b in planner.plan(m, cap, seed=seed, candidates=1, choose="first")]
+            ok.append(planner.plausible([planner.to_bins(b, 32) for b in boxes], parse_caption(cap).relation, 32))
+            size += [max(b[2] - b[0], b[3] - b[1]) for b in boxes]
+        kept[name], sizes[name] = np.mean(ok), np.array(size)
+    assert kept["trained"] >= 0.85 and kept["random"] <= 0.7, kept
+    in_range = {k: np.mean((v >= 0.15) & (v <= 0.55)) for k, v in sizes.items()}
+    assert in_range["trained"] >= 0.95 and in_range["random"] <= 0.6, in_range
+
+
+@pytest.mark.skipif(not LAYOUT.exists(), reason="world-layout not trained")
+def test_cli_plans_prints_the_boxes_and_reproduces_without_the_planner(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out, again = tmp_path / "planned.png", tmp_path / "again.png"
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "engine", "generate", *map(str, a)], capture_output=True,
+                                    text=True, cwd=Path(__file__).resolve().parents[1])
+    r = cli("--task", "layout", "--prompt", "a yellow star left of a green circle", "--planner", trained, "--model",
+            LAYOUT, "--steps", 2, "--seed", 5, "--out", out)
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stderr.strip().splitlines()[-1])
+    assert [b["label"] for b in printed] == ["yellow star", "green circle"]
+    record = json.loads(Image.open(out).text["latent_canvas"])
+    assert [b["label"] for b in record["boxes"]] == ["yellow star", "green circle"]
+    trained.rename(trained.with_suffix(".gone"))
+    try:
+        r = cli("--from", out, "--out", again)
+    finally:
+        trained.with_suffix(".gone").rename(trained)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
