@@ -231,6 +231,15 @@ class Document:
         if new != old:
             self._edit_boxes("edit box", self.boxes[:index] + [new] + self.boxes[index + 1:])
 
+    def add_planned_boxes(self, boxes, rect: tuple[int, int, int, int]) -> None:
+        """The planner's (label, box) pairs, normalised to the generated rect, as layout boxes: one undo step."""
+        x, y, w, h = rect
+        new = [LayoutBox(label, ((x + b[0] * w) / self.width, (y + b[1] * h) / self.height,
+                                 (x + b[2] * w) / self.width, (y + b[3] * h) / self.height)).normalized()
+               for label, b in boxes]
+        if new:
+            self._edit_boxes("plan layout", self.boxes + new)
+
     def delete_box(self, index: int) -> None:
         self._edit_boxes("delete box", self.boxes[:index] + self.boxes[index + 1:])
 

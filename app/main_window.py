@@ -41,6 +41,7 @@ class MainWindow(FileActions, QMainWindow):
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
         self.last_region: tuple | None = None
+        self.last_rect: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._device_known = False
         self.written: list[Path] = []
         self._started_at = 0.0
@@ -282,7 +283,7 @@ class MainWindow(FileActions, QMainWindow):
         if self.bridge.busy:
             return None
         req = self.doc.to_request(self.settings)
-        self.last_request, self.last_region = req, self.doc.region
+        self.last_request, self.last_region, self.last_rect = req, self.doc.region, self.doc.generation_rect()
         self._started_at = time.perf_counter()
         job = self.bridge.submit(req)
         self.generate_bar.set_busy(True)
@@ -322,7 +323,11 @@ class MainWindow(FileActions, QMainWindow):
             self.canvas.set_preview(ev.images[0], self.last_region)
             self.history_strip.select_last()
         self.generate_bar.finish("done")
-        self.statusBar().showMessage(f"Done in {ev.elapsed_s or time.perf_counter() - self._started_at:.1f} s", 8000)
+        done = f"Done in {ev.elapsed_s or time.perf_counter() - self._started_at:.1f} s"
+        if ev.boxes and not self.doc.boxes:
+            self.doc.add_planned_boxes([(b.label, b.box) for b in ev.boxes], self.last_rect)
+            done += f"; planned {len(ev.boxes)} boxes from the prompt (move them and generate again)"
+        self.statusBar().showMessage(done, 8000)
         self.write_outputs(ev.images, texts)
         self.autosave()
 

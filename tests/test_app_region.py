@@ -155,3 +155,17 @@ def test_task_options_survive_project_and_png_round_trips(tmp_path):
     assert (parsed["mask_grow"], parsed["mask_feather"]) == (6, 3) and "inpaint_crop" not in parsed
     doc.set_param("inpaint_crop", True)
     assert parse_parameters(format_parameters(doc.to_request(seed=1)))["inpaint_crop"] is True
+
+
+def test_planned_boxes_land_where_they_were_generated_as_one_undo_step():
+    doc = Document(128, 96)
+    doc.set_task_override("layout")
+    doc.set_region((32, 16, 64, 48))
+    planned = [("red circle", (0.0, 0.0, 0.5, 0.5)), ("blue square", (0.5, 0.25, 1.0, 1.0))]
+    doc.add_planned_boxes(planned, doc.generation_rect())
+    assert [b.label for b in doc.boxes] == ["red circle", "blue square"]
+    assert np.allclose(doc.boxes[0].rect, (32 / 128, 16 / 96, 64 / 128, 40 / 96))
+    req = doc.to_request(seed=1)
+    assert [(b.label, tuple(np.round(b.box, 6))) for b in req.boxes] == [(lbl, b) for lbl, b in planned]
+    doc.undo()
+    assert doc.boxes == [] and doc.to_request(seed=1).boxes == []

@@ -311,3 +311,25 @@ def test_recovery_offer_restores_autosave(make_window, tmp_path):
     win.ask = lambda title, q: True
     assert win.offer_recovery()
     assert (win.doc.width, win.doc.height) == (64, 40) and win.doc.labels[5, 5] == 4 and win.doc.dirty
+
+
+def test_a_layout_from_the_prompt_alone_shows_the_planned_boxes(make_window, qtbot):
+    def planning_runner(request, ctx, cache):
+        res = fake_runner(request, ctx, cache, step_s=0.002)
+        if request.task == "layout" and not request.boxes:
+            return api.Result(res.job_id, res.images, res.parameters, res.seeds, res.elapsed_s,
+                              boxes=(api.Box("red circle", (0.25, 0.25, 0.5, 0.75)),))
+        return res
+
+    seen = []
+    win = make_window(runner=lambda r, ctx, cache: seen.append(r) or planning_runner(r, ctx, cache))
+    win.doc.set_param("prompt", "a red circle on grass")
+    win.doc.set_task_override("layout")
+    win.generate()
+    qtbot.waitUntil(lambda: not win.bridge.busy and bool(win.doc.boxes), timeout=10000)
+    assert seen[0].boxes == [] and seen[0].prompt == "a red circle on grass"
+    assert [(b.label, b.rect) for b in win.doc.boxes] == [("red circle", (0.25, 0.25, 0.5, 0.75))]
+    assert "planned 1 boxes" in win.statusBar().currentMessage()
+    win.generate()
+    qtbot.waitUntil(lambda: not win.bridge.busy and len(seen) == 2, timeout=10000)
+    assert [b.label for b in seen[1].boxes] == ["red circle"] and len(win.doc.boxes) == 1
