@@ -227,9 +227,28 @@ def _run_workers(args, queue: list[str], width: int, threads: int, runs: Path, o
     return summary, failed
 
 
+def train_default_planner(args, runs: Path, out: Path) -> dict:
+    """The text-to-layout planner by engine.planner.RECIPE on every thread, unless its file is there already."""
+    from engine import planner
+
+    target = out / "planner" / "world-planner.safetensors"
+    if target.exists() and not args.overwrite:
+        print(f"{target} exists, skipped", flush=True)
+        return {"skipped": str(target)}
+    r, quick, t0 = planner.RECIPE, args.quick, time.time()
+    torch.set_num_threads(max(1, args.threads, args.jobs))
+    spec = RunSpec(runs / "planner", steps=args.steps or (30 if quick else r["steps"]),
+                   batch=16 if quick else r["batch"], lr=r["lr"],
+                   seed=r["seed"] if args.seed is None else args.seed, progress=not args.no_progress)
+    planner.train_planner(spec, target, examples=500 if quick else r["examples"])
+    facts = dict(json.loads(planner._metadata(target))["training"], wall_minutes=round((time.time() - t0) / 60, 2))
+    print(json.dumps({"planner": facts}), flush=True)
+    return facts
+
+
 def cmd_train_defaults(args) -> int:
-    """The KL-f4 first stages the recipes name (side by side, and decoder fine-tunes where asked), then the five
-    world LDMs by RECIPES, `--jobs` worker processes at a time; resumable run by run."""
+    """The text-to-layout planner, the KL-f4 first stages the recipes name (side by side, and decoder fine-tunes where
+    asked), then the five world LDMs by RECIPES, `--jobs` worker processes at a time; resumable run by run."""
     from engine.train import finetune_decoder
 
     torch.set_num_threads(max(1, args.threads, args.jobs))  # the first stage has the machine to itself
@@ -239,9 +258,13 @@ def cmd_train_defaults(args) -> int:
     steps = dict(steps=args.steps or (30 if quick else 10**9), minutes=0.0, batch=8 if quick else args.batch or 32,
                  seed=base_seed(args), lr=args.lr or 1e-3, pool_size=64 if quick else args.pool,
                  progress=not args.no_progress)
-    kinds = args.only.split(",") if args.only else list(DEFAULT_NAMES)
+    kinds = args.only.split(",") if args.only else [*DEFAULT_NAMES, "planner"]
+    planned = train_default_planner(args, runs, out) if "planner" in kinds else None
+    kinds = [k for k in kinds if k != "planner"]
     bases, sharps = first_stage_runs(kinds)
     summary = train_first_stages(args, bases, runs)
+    if planned is not None:
+        summary["planner"] = planned
     for sharp in sharps:
         if not (runs / sharp / "ae.pt").exists():
             spec = RunSpec(runs / sharp, **dict(steps, minutes=0.0 if quick else args.decoder_minutes, lr=3e-4,
@@ -282,7 +305,8 @@ def cmd_train_defaults(args) -> int:
 
 def add_command(sub) -> None:
     """Registers train-defaults on the `python -m engine` parser."""
-    p = sub.add_parser("train-defaults", help="train the bundled models: their KL-f4 first stages, then five world LDMs")
+    p = sub.add_parser("train-defaults",
+                       help="train the bundled models: the layout planner, KL-f4 first stages, then five world LDMs")
     _common(p, 0.0)
     p.add_argument("--out", default="resources/models")
     p.add_argument("--runs", default="runs/defaults")
@@ -290,7 +314,7 @@ def add_command(sub) -> None:
     p.add_argument("--ae-minutes", type=float, default=20.0)
     p.add_argument("--decoder-minutes", type=float, default=10.0, help="each decoder fine-tune a recipe asks for")
     p.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
-    p.add_argument("--only", default=None, help="comma-separated kinds")
+    p.add_argument("--only", default=None, help="comma-separated kinds (planner among them)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--jobs", type=int, default=2, help="worker processes at once, one thread each: first "
                    "stages side by side, then the LDMs, longest kinds first")

@@ -183,3 +183,19 @@ def test_bundled_files_are_what_their_recipes_build():
         assert facts.get("multiscale", {}).get("share", 0.0) == recipe["cfg"].get("multiscale", 0.0), kind
         assert (facts.get("optimizer", "adamw"), facts["lr"]) == (recipe_optimizer(kind), recipe_lr(kind)), kind
         assert facts.get("seed", 0) == recipe_seed(kind), kind
+
+
+def test_train_defaults_trains_the_layout_planner_first_and_skips_it_once_made(tmp_path):
+    from engine import planner
+
+    runs, out = tmp_path / "runs", tmp_path / "models"
+    cmd = [sys.executable, "-m", "engine", "train-defaults", "--quick", "--steps", "3", "--only", "planner", "--runs",
+           str(runs), "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    target = out / "planner" / "world-planner.safetensors"
+    assert planner.load(target).cfg == planner.PlannerConfig()
+    assert json.loads((runs / "summary.json").read_text())["planner"]["steps"] == 3
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "exists, skipped" in again.stdout
