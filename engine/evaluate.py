@@ -11,10 +11,10 @@ import numpy as np
 from engine.world import EVAL_SEEDS, render, render_from_layout  # noqa: F401  (render_from_layout: public twin)
 from engine.world import metrics
 
-TASKS = ("txt2img", "layout", "semantic", "inpaint", "upscale")
+TASKS = ("txt2img", "planned", "layout", "semantic", "inpaint", "upscale")
 ALIASES = {"sr": "upscale", "sr4": "upscale", "text": "txt2img"}
-HEADLINE = {"txt2img": "caption_match", "layout": "box_recall", "semantic": "pixel_accuracy",
-            "inpaint": "removal_ok", "upscale": "psnr_gain_db"}
+HEADLINE = {"txt2img": "caption_match", "planned": "caption_match", "layout": "box_recall",
+            "semantic": "pixel_accuracy", "inpaint": "removal_ok", "upscale": "psnr_gain_db"}
 
 
 @dataclass
@@ -59,6 +59,9 @@ def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float,
     from engine.api import Box, Request
 
     s = case.scene
+    if task == "planned":
+        return Request(model=model, task="layout", prompt=s.caption, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
+                       seed=case.seed, width=s.image.shape[0], height=s.image.shape[0], hires=hires, **hires_kw)
     r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed,
                 colour_fix=colour_fix, hires=hires, **hires_kw)
     if task in ("txt2img", "layout"):
@@ -126,7 +129,7 @@ def _partial(image: np.ndarray, scene, at_box: bool = True) -> dict:
 def score(task: str, case: Case, image: np.ndarray) -> dict:
     """Per-case scores with engine.world.metrics (headline first, then _partial diagnostics for text and layout)."""
     s = case.scene
-    if task == "txt2img":
+    if task in ("txt2img", "planned"):
         return {"caption_match": float(metrics.caption_match(image, s.caption)),
                 "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)),
                 "objects": len(s.objects), **_partial(image, s, at_box=False)}
@@ -256,7 +259,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     task = ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    path = str(resolve_model(model, task))
+    path = str(resolve_model(model, "layout" if task == "planned" else task))
     cases = make_cases(task, n, offset, size)
     engine = Engine()
     try:
@@ -303,7 +306,8 @@ def cmd_eval(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
-                   hires=args.hires, hires_strength=args.hires_strength, hires_upscaler=args.hires_upscaler)
+                   hires=args.hires, hires_strength=args.hires_strength, hires_upscaler=args.hires_upscaler,
+                   planner=args.planner)
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -329,4 +333,5 @@ def add_command(sub) -> None:
     p.add_argument("--hires-upscaler", default="lanczos", choices=HIRES_UPSCALERS,
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
+    p.add_argument("--planner", default="default", help="planned: the text-to-layout planner file")
     p.set_defaults(func=cmd_eval)
