@@ -145,14 +145,21 @@ def smallest_area(cells: list[list[int]]) -> int:
     return min((c[2] - c[0] + 1) * (c[3] - c[1] + 1) for c in cells)
 
 
-CHOICES = ("first", "likely", "large")
+def smallest_gap(cells: list[list[int]], cap: int = 4) -> int:
+    """Empty grid cells between the two closest boxes (along the axis that separates them), at most cap."""
+    gaps = [max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) - 1 for i, a in enumerate(cells) for b in cells[i + 1:]]
+    return min([cap, *gaps])
+
+
+CHOICES = ("spread", "first", "likely", "large")
 
 
 @torch.no_grad()
 def plan(model: LayoutPlanner, caption: str, seed: int = 0, candidates: int = 16, temperature: float = 1.0,
-         choose: str = "first") -> list[tuple[str, tuple[float, float, float, float]]]:
+         choose: str = "spread") -> list[tuple[str, tuple[float, float, float, float]]]:
     """(label, box) per caption object: `candidates` layouts sampled at once; of those that keep the world's rules
-    (else all), the first drawn, the one the planner finds most likely, or the one whose smallest box is largest."""
+    (else all), the first with the widest gap between its two closest boxes (up to 4 cells; abutting objects merge
+    when drawn), the first drawn, the one the planner finds most likely, or the one whose smallest box is largest."""
     from engine.world.scene import parse_caption
 
     if choose not in CHOICES:
@@ -181,6 +188,8 @@ def plan(model: LayoutPlanner, caption: str, seed: int = 0, candidates: int = 16
     order = [i for i in range(candidates) if plausible(cells[i].tolist(), rel, bins)] or list(range(candidates))
     if choose == "likely":
         best = max(order, key=lambda i: float(logp[i]))
+    elif choose == "spread":
+        best = max(order, key=lambda i: smallest_gap(cells[i].tolist()))
     elif choose == "large":
         best = max(order, key=lambda i: smallest_area(cells[i].tolist()))
     else:

@@ -66,6 +66,20 @@ def test_plan_places_every_object_in_caption_order(trained):
         planner.plan(m, "a sunny day on grass")
 
 
+def test_gaps_and_the_choice_between_candidates(trained):
+    assert planner.smallest_gap([[0, 0, 5, 5], [6, 0, 9, 5]]) == 0
+    assert planner.smallest_gap([[0, 0, 5, 5], [8, 9, 12, 12], [20, 20, 25, 25]]) == 3
+    assert planner.smallest_gap([[0, 0, 5, 5]]) == 4
+    m = planner.load(trained)
+    caption = "a red circle and a blue star and a white square"
+    for seed in range(5):
+        first = [planner.to_bins(b, 32) for _, b in planner.plan(m, caption, seed=seed, choose="first")]
+        spread = [planner.to_bins(b, 32) for _, b in planner.plan(m, caption, seed=seed, choose="spread")]
+        assert planner.smallest_gap(spread) >= planner.smallest_gap(first)
+    with pytest.raises(planner.PlannerError, match="unknown choice"):
+        planner.plan(m, caption, choose="best")
+
+
 def test_plausible_applies_the_worlds_rules():
     assert planner.plausible([[0, 0, 5, 5], [10, 10, 15, 15]], None, 32)
     assert not planner.plausible([[0, 0, 5, 5], [5, 5, 15, 15]], None, 32)
