@@ -285,11 +285,11 @@ def cmd_train_planner(args) -> int:
     spec = RunSpec(Path(args.run_dir), steps=args.steps or 10**9, minutes=args.minutes, batch=args.batch, lr=args.lr,
                    seed=args.seed, progress=not args.no_progress)
     out = train_planner(spec, args.out, examples=args.examples)
-    print(json.dumps(json.loads(_metadata(out))["training"]))
+    print(json.dumps(json.loads(metadata_of(out))["training"]))
     return 0
 
 
-def _metadata(path) -> str:
+def metadata_of(path) -> str:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:

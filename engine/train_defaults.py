@@ -241,7 +241,7 @@ def train_default_planner(args, runs: Path, out: Path) -> dict:
                    batch=16 if quick else r["batch"], lr=r["lr"],
                    seed=r["seed"] if args.seed is None else args.seed, progress=not args.no_progress)
     planner.train_planner(spec, target, examples=500 if quick else r["examples"])
-    facts = dict(json.loads(planner._metadata(target))["training"], wall_minutes=round((time.time() - t0) / 60, 2))
+    facts = dict(json.loads(planner.metadata_of(target))["training"], wall_minutes=round((time.time() - t0) / 60, 2))
     print(json.dumps({"planner": facts}), flush=True)
     return facts
 

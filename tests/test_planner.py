@@ -49,7 +49,7 @@ def test_encoding_predicts_exactly_the_four_cells_of_each_object():
 
 def test_training_learns_the_worlds_boxes(trained):
     """Held-out cross-entropy of the next cell against a uniform guess (ln 32 = 3.47)."""
-    meta = json.loads(__import__("safetensors").safe_open(str(trained), "pt").metadata()[planner.META_KEY])
+    meta = json.loads(planner.metadata_of(trained))
     assert meta["training"]["steps"] == 150
     assert meta["training"]["val_loss"] < 3.0
 
@@ -119,7 +119,7 @@ def test_files_load_strictly_and_refuse_others(trained, tmp_path):
     with pytest.raises(planner.PlannerError, match="cannot read"):
         planner.load(tmp_path / "bad.safetensors")
     state = {k: v for k, v in m.state_dict().items() if k != "head.bias"}
-    meta = {planner.META_KEY: __import__("safetensors").safe_open(str(trained), "pt").metadata()[planner.META_KEY]}
+    meta = {planner.META_KEY: planner.metadata_of(trained)}
     save_file(state, str(tmp_path / "short.safetensors"), metadata=meta)
     with pytest.raises(planner.PlannerError, match="does not match"):
         planner.load(tmp_path / "short.safetensors")
@@ -150,6 +150,13 @@ def test_engine_plans_a_layout_from_the_prompt_alone(trained):
         assert isinstance(empty, Failed) and "at least one box" in empty.message
     finally:
         engine.shutdown()
+
+
+@pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled planner is not trained yet")
+def test_bundled_planner_is_what_its_recipe_builds():
+    facts = json.loads(planner.metadata_of(BUNDLED))
+    assert {k: facts["training"][k] for k in planner.RECIPE} == planner.RECIPE
+    assert facts["config"] == planner.PlannerConfig().__dict__ and planner.load(BUNDLED).cfg == planner.PlannerConfig()
 
 
 @pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled planner is not trained yet")
