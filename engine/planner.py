@@ -147,7 +147,8 @@ def smallest_area(cells: list[list[int]]) -> int:
 
 def smallest_gap(cells: list[list[int]], cap: int = 4) -> int:
     """Empty grid cells between the two closest boxes (along the axis that separates them), at most cap."""
-    gaps = [max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) - 1 for i, a in enumerate(cells) for b in cells[i + 1:]]
+    gaps = [max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) - 1
+            for i, a in enumerate(cells) for b in cells[i + 1:]]
     return min([cap, *gaps])
 
 
