@@ -32,6 +32,8 @@ def add_generate(sub) -> None:
     p.add_argument("--boxes", default=None, help='JSON list of {"label": ..., "box": [x0, y0, x1, y1], "prompt"?: ...}')
     p.add_argument("--planner", default=None,
                    help="layout without --boxes: the text-to-layout planner file that places the prompt's objects")
+    p.add_argument("--best-of", type=int, default=None,
+                   help="layout without --boxes: draw this many and keep the one the text model finds closest")
     p.add_argument("--labels", default=None, help="PNG (mode L or P) of class ids")
     p.add_argument("--class-id", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -66,6 +68,7 @@ FIELDS = {  # CLI flag -> Request field
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
+    "best_of": "best_of",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -234,6 +234,48 @@ def plan_boxes(request: Request, cache: dict) -> list:
         raise EngineError(str(e)) from None
 
 
+def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
+    """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
+    and seed (seed + 7919 k), and keeps the one the judge text model finds closest to the prompt (engine.judge)."""
+    if request.best_of < 1 or request.best_of > 64:
+        raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
+    if request.best_of > 1 and request.batch_size > 1:
+        raise EngineError("best_of picks one image: use batch size 1")
+    tries = []
+    for k in range(request.best_of):
+        sub = replace(request, seed=int(request.seed) + 7919 * k, best_of=1)
+        sub = replace(sub, boxes=plan_boxes(sub, cache))
+        tries.append((sub, run_request(sub, ctx, cache)))
+    best = 0
+    if len(tries) > 1:
+        errors = judge_errors(request, [res.images[0] for _, res in tries], cache)
+        best = min(range(len(tries)), key=errors.__getitem__)
+    sub, res = tries[best]
+    return replace(res, boxes=tuple(sub.boxes), elapsed_s=time.perf_counter() - t0)
+
+
+def judge_errors(request: Request, images: list, cache: dict) -> list[float]:
+    from engine.checkpoint import CheckpointError, load
+    from engine.judge import prompt_error
+
+    path = resolve_model(request.judge, "txt2img")
+    device, dtype = pick_device(request)
+    key = (str(path.resolve()), path.stat().st_mtime, str(device), str(dtype))
+    if cache.get("judge_key") != key:
+        try:
+            cache["judge"] = load(path, device=device, dtype=dtype)
+        except CheckpointError as e:
+            raise EngineError(f"judge: {e}") from None
+        cache["judge_key"] = key
+    from engine.families import tasks_for
+
+    judge = cache["judge"]
+    if "txt2img" not in tasks_for(judge.config):
+        raise EngineError(f"the judge must be a text-to-image model; {path.name} is {judge.config.family}")
+    with torch.inference_mode():
+        return prompt_error(judge, images, request.prompt, int(request.seed))
+
+
 def make_plan(request: Request, model, h: int, w: int) -> Plan:
     from engine import tasks
 
@@ -244,8 +286,7 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
     t0 = time.perf_counter()
     if request.task == "layout" and not request.boxes and request.prompt.strip():
-        request = replace(request, boxes=plan_boxes(request, cache))
-        return replace(run_request(request, ctx, cache), boxes=tuple(request.boxes))
+        return run_planned(request, ctx, cache, t0)
     if request.task == "upscale" and request.refine_strength > 0:
         return upscale_and_refine(request, ctx, cache, t0)
     if request.task == "upscale" and request.upscaler == "esrgan":

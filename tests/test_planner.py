@@ -202,3 +202,41 @@ def test_cli_plans_prints_the_boxes_and_reproduces_without_the_planner(trained, 
         trained.with_suffix(".gone").rename(trained)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+TEXT = Path(default_models_dir()) / "world-txt2img.safetensors"
+
+
+@pytest.mark.skipif(not TEXT.exists(), reason="world-txt2img not trained")
+def test_the_text_model_judges_a_scene_closer_to_its_own_caption_than_another_scene():
+    """engine.judge on 16 held-out scenes: each caption against its own image and the next scene's."""
+    from engine.checkpoint import load
+    from engine.judge import prompt_error
+
+    judge = load(TEXT)
+    scenes = [render(EVAL_SEEDS.start + 600 + i, 64) for i in range(17)]
+    wins = 0
+    for i in range(16):
+        own, other = prompt_error(judge, [scenes[i].image, scenes[i + 1].image], scenes[i].caption, seed=i)
+        wins += own < other
+    assert wins >= 13
+
+
+@pytest.mark.skipif(not (TEXT.exists() and LAYOUT.exists()), reason="bundled models not trained")
+def test_best_of_keeps_one_of_its_tries_and_refuses_bad_settings(trained):
+    engine = Engine()
+    caption = "a white circle left of a red triangle"
+    base = dict(model=str(LAYOUT), task="layout", prompt=caption, planner=str(trained), steps=2, width=64, height=64,
+                seed=21)
+    try:
+        ev = engine.wait(engine.submit(Request(**base, best_of=3)))
+        assert isinstance(ev, Result) and len(ev.images) == 1, getattr(ev, "message", ev)
+        assert ev.seeds[0] in (21, 21 + 7919, 21 + 2 * 7919)
+        again = engine.wait(engine.submit(Request(**dict(base, seed=ev.seeds[0]), boxes=list(ev.boxes))))
+        assert np.array_equal(again.images[0], ev.images[0])
+        for bad, words in ((dict(best_of=0), "between 1 and 64"), (dict(best_of=2, batch_size=2), "batch size 1"),
+                           (dict(best_of=2, judge=str(LAYOUT)), "must be a text-to-image model")):
+            failed = engine.wait(engine.submit(Request(**base, **bad)))
+            assert isinstance(failed, Failed) and words in failed.message, (bad, failed)
+    finally:
+        engine.shutdown()
