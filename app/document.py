@@ -58,6 +58,7 @@ class Params:
     hires_upscaler: str = "lanczos"
     refine_strength: float = 0.0
     refine_model: str = "default"
+    best_of: int = 1
     label_prompts: dict = field(default_factory=dict)
 
     @classmethod
@@ -421,7 +422,8 @@ class Document:
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop), upscaler=p.upscaler, noise_level=int(p.noise_level),
             colour_fix=bool(p.colour_fix), hires=p.hires, hires_strength=float(p.hires_strength),
             hires_upscaler=p.hires_upscaler,
-            refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model)
+            refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,
+            best_of=int(p.best_of) if task == "layout" and not boxes else 1)
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision
             req.tiles = api.TileSettings(mode=settings.tile_mode, tile=settings.tile_size, overlap=settings.tile_overlap)

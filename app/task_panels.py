@@ -48,7 +48,8 @@ class UpscaleDropTarget(QLabel):
 
 
 class TaskOptionsPanel(QWidget):
-    """Noise level, upscaler and upscale-then-refine for the x4 task; mask grow and feather for inpainting."""
+    """Noise level, upscaler and upscale-then-refine for the x4 task; mask grow and feather for inpainting; planned
+    tries for a layout from the prompt alone."""
 
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
@@ -84,6 +85,9 @@ class TaskOptionsPanel(QWidget):
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
+        self.best_of = QSpinBox(minimum=1, maximum=16)
+        self.best_of.setToolTip("Layout from the prompt alone (no boxes): plan and draw this many, and keep the one the "
+                                "text model finds closest to the prompt")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -99,6 +103,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Mask grow", self.mask_grow)
         form.addRow("Mask feather", self.mask_feather)
         form.addRow("", self.inpaint_crop)
+        form.addRow("Planned tries", self.best_of)
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
@@ -113,6 +118,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_grow.valueChanged.connect(lambda v: self.doc.set_param("mask_grow", v))
         self.mask_feather.valueChanged.connect(lambda v: self.doc.set_param("mask_feather", v))
         self.inpaint_crop.toggled.connect(lambda v: self.doc.set_param("inpaint_crop", v))
+        self.best_of.valueChanged.connect(lambda v: self.doc.set_param("best_of", v))
 
     def set_models(self, models) -> None:
         """Refine model choices: Automatic plus every readable model that does img2img."""
@@ -134,7 +140,7 @@ class TaskOptionsPanel(QWidget):
                      (self.hires_upscaler, p.hires_upscaler),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
-                     (self.inpaint_crop, p.inpaint_crop)):
+                     (self.inpaint_crop, p.inpaint_crop), (self.best_of, int(p.best_of))):
             _set(w, v)
         task = doc.task()
         for w in (self.upscaler, self.noise_level, self.refine_strength):
@@ -147,6 +153,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")
         self.inpaint_crop.setEnabled(task == "inpaint")
+        self.best_of.setEnabled(task == "layout" and not doc.boxes)
 
 
 class RegionPromptsPanel(QWidget):

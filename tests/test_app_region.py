@@ -167,5 +167,7 @@ def test_planned_boxes_land_where_they_were_generated_as_one_undo_step():
     assert np.allclose(doc.boxes[0].rect, (32 / 128, 16 / 96, 64 / 128, 40 / 96))
     req = doc.to_request(seed=1)
     assert [(b.label, tuple(np.round(b.box, 6))) for b in req.boxes] == [(lbl, b) for lbl, b in planned]
+    doc.set_param("best_of", 4)
+    assert doc.to_request(seed=1).best_of == 1
     doc.undo()
-    assert doc.boxes == [] and doc.to_request(seed=1).boxes == []
+    assert doc.boxes == [] and doc.to_request(seed=1).boxes == [] and doc.to_request(seed=1).best_of == 4

@@ -325,11 +325,14 @@ def test_a_layout_from_the_prompt_alone_shows_the_planned_boxes(make_window, qtb
     win = make_window(runner=lambda r, ctx, cache: seen.append(r) or planning_runner(r, ctx, cache))
     win.doc.set_param("prompt", "a red circle on grass")
     win.doc.set_task_override("layout")
+    assert win.task_options.best_of.isEnabled()
+    win.task_options.best_of.setValue(3)
     win.generate()
     qtbot.waitUntil(lambda: not win.bridge.busy and bool(win.doc.boxes), timeout=10000)
-    assert seen[0].boxes == [] and seen[0].prompt == "a red circle on grass"
+    assert seen[0].boxes == [] and seen[0].prompt == "a red circle on grass" and seen[0].best_of == 3
+    assert not win.task_options.best_of.isEnabled()
     assert [(b.label, b.rect) for b in win.doc.boxes] == [("red circle", (0.25, 0.25, 0.5, 0.75))]
     assert "planned 1 boxes" in win.statusBar().currentMessage()
     win.generate()
     qtbot.waitUntil(lambda: not win.bridge.busy and len(seen) == 2, timeout=10000)
-    assert [b.label for b in seen[1].boxes] == ["red circle"] and len(win.doc.boxes) == 1
+    assert [b.label for b in seen[1].boxes] == ["red circle"] and len(win.doc.boxes) == 1 and seen[1].best_of == 1
