@@ -86,8 +86,8 @@ class TaskOptionsPanel(QWidget):
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
         self.best_of = QSpinBox(minimum=1, maximum=16)
-        self.best_of.setToolTip("Layout from the prompt alone (no boxes): plan and draw this many, and keep the one the "
-                                "text model finds closest to the prompt")
+        self.best_of.setToolTip("Layout from the prompt alone (no boxes): plan and draw this many, and keep the one "
+                                "the text model finds closest to the prompt")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
