@@ -59,14 +59,11 @@ def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float,
     from engine.api import Box, Request
 
     s = case.scene
-    if task == "planned":
-        return Request(model=model, task="layout", prompt=s.caption, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
-                       seed=case.seed, width=s.image.shape[0], height=s.image.shape[0], hires=hires, **hires_kw)
-    r = Request(model=model, task=task, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=case.seed,
-                colour_fix=colour_fix, hires=hires, **hires_kw)
-    if task in ("txt2img", "layout"):
+    r = Request(model=model, task="layout" if task == "planned" else task, steps=steps, cfg_scale=cfg_scale,
+                sampler=sampler, seed=case.seed, colour_fix=colour_fix, hires=hires, **hires_kw)
+    if task in ("txt2img", "planned", "layout"):
         r.width = r.height = s.image.shape[0]
-    if task == "txt2img":
+    if task in ("txt2img", "planned"):
         r.prompt = s.caption
     elif task == "layout":
         r.boxes = [Box(label, tuple(box)) for label, box in s.boxes]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.schedules import noised
+from engine.train_data import to_tensor
+
 JUDGE_TIMESTEPS = (50, 150, 250, 350, 450, 600, 750, 900)
 
 
@@ -12,16 +15,13 @@ JUDGE_TIMESTEPS = (50, 150, 250, 350, 450, 600, 750, 900)
 def prompt_error(judge, images: list[np.ndarray], prompt: str, seed: int = 0) -> list[float]:
     """Per image: the judge's mean squared error on its own target (eps or v) at JUDGE_TIMESTEPS, conditioned on the
     prompt, with the same noise for every image (lower: the image fits the prompt better)."""
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).float() / 127.5 - 1
-    z0 = judge.encode_first_stage(x.to(judge.device)).float()
+    z0 = judge.encode_first_stage(to_tensor(np.stack(images)).to(judge.device)).float()
     steps = torch.tensor(JUDGE_TIMESTEPS, device=judge.device)
     eps = torch.randn((len(steps), *z0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(judge.device)
     context = judge.get_learned_conditioning([prompt] * len(steps))
-    ac = judge.alphas_cumprod.float().to(judge.device)[steps].view(-1, 1, 1, 1)
     errors = []
     for z in z0:
-        zt = ac.sqrt() * z[None] + (1 - ac).sqrt() * eps
-        target = ac.sqrt() * eps - (1 - ac).sqrt() * z[None] if judge.config.parameterization == "v" else eps
+        zt, target = noised(judge.alphas_cumprod, judge.config.parameterization, z[None], steps, eps)
         out = judge.model(zt.to(judge.dtype), steps, context=context.to(judge.dtype)).float()
         errors.append(float((out - target).pow(2).mean()))
     return errors

@@ -215,21 +215,23 @@ def planner_path(name: str) -> Path:
     return p
 
 
+def cached(cache: dict, slot: str, path: Path, load_fn, *extra):
+    """cache[slot] from load_fn(), loaded again when the file (path, mtime) or `extra` change."""
+    key = (str(path.resolve()), path.stat().st_mtime, *extra)
+    if cache.get(f"{slot}_key") != key:
+        cache[slot], cache[f"{slot}_key"] = load_fn(), key
+    return cache[slot]
+
+
 def plan_boxes(request: Request, cache: dict) -> list:
     """The prompt's objects placed by the text-to-layout planner (engine.planner), seeded by the request."""
     from engine import planner
     from engine.api import Box
 
     path = planner_path(request.planner)
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if cache.get("planner_key") != key:
-        try:
-            cache["planner"] = planner.load(path)
-        except planner.PlannerError as e:
-            raise EngineError(str(e)) from None
-        cache["planner_key"] = key
     try:
-        return [Box(label, box) for label, box in planner.plan(cache["planner"], request.prompt, seed=request.seed)]
+        model = cached(cache, "planner", path, lambda: planner.load(path))
+        return [Box(label, box) for label, box in planner.plan(model, request.prompt, seed=request.seed)]
     except planner.PlannerError as e:
         raise EngineError(str(e)) from None
 
@@ -256,20 +258,15 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
 
 def judge_errors(request: Request, images: list, cache: dict) -> list[float]:
     from engine.checkpoint import CheckpointError, load
+    from engine.families import tasks_for
     from engine.judge import prompt_error
 
     path = resolve_model(request.judge, "txt2img")
     device, dtype = pick_device(request)
-    key = (str(path.resolve()), path.stat().st_mtime, str(device), str(dtype))
-    if cache.get("judge_key") != key:
-        try:
-            cache["judge"] = load(path, device=device, dtype=dtype)
-        except CheckpointError as e:
-            raise EngineError(f"judge: {e}") from None
-        cache["judge_key"] = key
-    from engine.families import tasks_for
-
-    judge = cache["judge"]
+    try:
+        judge = cached(cache, "judge", path, lambda: load(path, device=device, dtype=dtype), str(device), str(dtype))
+    except CheckpointError as e:
+        raise EngineError(f"judge: {e}") from None
     if "txt2img" not in tasks_for(judge.config):
         raise EngineError(f"the judge must be a text-to-image model; {path.name} is {judge.config.family}")
     with torch.inference_mode():

@@ -125,15 +125,16 @@ def loss_of(model: LayoutPlanner, ids: torch.Tensor, tgt: torch.Tensor) -> torch
     return F.cross_entropy(rearrange(model(ids), "b n k -> (b n) k"), tgt.flatten(), ignore_index=-1)
 
 
-def _disjoint(a, b) -> bool:
-    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+def gap(a, b) -> int:
+    """Empty grid cells between two boxes along the axis that separates them (negative: they share cells)."""
+    return max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) - 1
 
 
 def plausible(cells: list[list[int]], relation: str | None, bins: int) -> bool:
     """No two boxes share a grid cell, and the first is `relation` of the second (the world's rules)."""
     from engine.world.scene import relation_holds
 
-    if any(not _disjoint(a, b) for i, a in enumerate(cells) for b in cells[i + 1:]):
+    if any(gap(a, b) < 0 for i, a in enumerate(cells) for b in cells[i + 1:]):
         return False
     if relation and relation != "and" and len(cells) >= 2:
         centre = lambda c: {"center": ((c[0] + c[2] + 1) / 2, (c[1] + c[3] + 1) / 2)}
@@ -146,10 +147,8 @@ def smallest_area(cells: list[list[int]]) -> int:
 
 
 def smallest_gap(cells: list[list[int]], cap: int = 4) -> int:
-    """Empty grid cells between the two closest boxes (along the axis that separates them), at most cap."""
-    gaps = [max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) - 1
-            for i, a in enumerate(cells) for b in cells[i + 1:]]
-    return min([cap, *gaps])
+    """The gap between the two closest boxes, at most cap."""
+    return min([cap, *(gap(a, b) for i, a in enumerate(cells) for b in cells[i + 1:])])
 
 
 CHOICES = ("spread", "first", "likely", "large")

@@ -32,6 +32,14 @@ def alphas_cumprod(cfg: ScheduleConfig) -> Tensor:
     return torch.cumprod(1.0 - make_betas(cfg), dim=0)
 
 
+def noised(alphas_cumprod: Tensor, parameterization: str, z0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """q(z_t | z_0) at timesteps t with noise eps, and the model's regression target there (eps, or v: Salimans & Ho
+    2022)."""
+    ac = alphas_cumprod.float().to(z0.device)[t].view(-1, 1, 1, 1)
+    zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
+    return zt, ac.sqrt() * eps - (1 - ac).sqrt() * z0 if parameterization == "v" else eps
+
+
 def ddim_timesteps(num_steps: int, num_train: int) -> list[int]:
     """LDM's 'uniform' DDIM timesteps: range(0, T, T // n) + 1, ascending (n + 1 entries when n does not divide T)."""
     if not 1 <= num_steps <= num_train:

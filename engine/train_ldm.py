@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine import train_data as data
 from engine.grounding import CrossAttentionMaps, grounding_loss, token_targets
+from engine.schedules import noised
 from engine.train import RunSpec, Trainer, ae_config, ldm_config, load_ae, train_ae
 
 TEXT_DROPOUT = 0.1
@@ -220,11 +221,8 @@ def diffusion_loss(model, z0: torch.Tensor, kw: dict, gen: torch.Generator | Non
     else:
         t = torch.randint(0, model.config.schedule.timesteps, (n,), generator=gen)
         scale = w[t]
-    ac = model.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
     eps = torch.randn(z0.shape, generator=gen)
-    zt = ac.sqrt() * z0 + (1 - ac).sqrt() * eps
-    v = model.config.parameterization == "v"
-    target = ac.sqrt() * eps - (1 - ac).sqrt() * z0 if v else eps
+    zt, target = noised(model.alphas_cumprod, model.config.parameterization, z0, t, eps)
     err = (model.model(zt, t, **kw) - target).pow(2).mean(dim=(1, 2, 3))
     return (err * scale).mean()
 
