@@ -58,7 +58,7 @@ class Params:
     hires_upscaler: str = "lanczos"
     refine_strength: float = 0.0
     refine_model: str = "default"
-    best_of: int = 1
+    best_of: int = 4
     label_prompts: dict = field(default_factory=dict)
 
     @classmethod

@@ -87,7 +87,7 @@ class TaskOptionsPanel(QWidget):
         self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
         self.best_of = QSpinBox(minimum=1, maximum=16)
         self.best_of.setToolTip("Layout from the prompt alone (no boxes): plan and draw this many, and keep the one "
-                                "the text model finds closest to the prompt")
+                                "whose shapes the text model reads as the prompt's")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)

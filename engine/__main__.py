@@ -33,7 +33,8 @@ def add_generate(sub) -> None:
     p.add_argument("--planner", default=None,
                    help="layout without --boxes: the text-to-layout planner file that places the prompt's objects")
     p.add_argument("--best-of", type=int, default=None,
-                   help="layout without --boxes: draw this many and keep the one the text model finds closest")
+                   help="layout without --boxes: draw this many (default 4) and keep the one whose shapes the text "
+                   "model reads as the prompt's")
     p.add_argument("--labels", default=None, help="PNG (mode L or P) of class ids")
     p.add_argument("--class-id", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)

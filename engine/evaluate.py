@@ -304,7 +304,7 @@ def cmd_eval(args) -> int:
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
                    hires=args.hires, hires_strength=args.hires_strength, hires_upscaler=args.hires_upscaler,
-                   planner=args.planner, best_of=args.best_of)
+                   planner=args.planner, **({} if args.best_of is None else {"best_of": args.best_of}))
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -331,6 +331,6 @@ def add_command(sub) -> None:
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.add_argument("--planner", default="default", help="planned: the text-to-layout planner file")
-    p.add_argument("--best-of", type=int, default=1,
-                   help="planned: draw this many per scene and keep the text model's pick (engine.judge)")
+    p.add_argument("--best-of", type=int, default=None,
+                   help="planned: draw this many per scene and keep the text model's pick (default: Request.best_of)")
     p.set_defaults(func=cmd_eval)

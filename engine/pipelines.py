@@ -238,28 +238,31 @@ def plan_boxes(request: Request, cache: dict) -> list:
 
 def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
-    and seed (seed + 7919 k), and keeps the one the judge text model finds closest to the prompt (engine.judge)."""
+    and seed (seed + 7919 k), and keeps the one whose objects the judge text model reads as the prompted shapes most
+    often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at the first pass's size and only the
+    kept one is enlarged."""
     if request.best_of < 1 or request.best_of > 64:
         raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
     if request.best_of > 1 and request.batch_size > 1:
         raise EngineError("best_of picks one image: use batch size 1")
-    tries = []
-    for k in range(request.best_of):
-        sub = replace(request, seed=int(request.seed) + 7919 * k, best_of=1)
-        sub = replace(sub, boxes=plan_boxes(sub, cache))
-        tries.append((sub, run_request(sub, ctx, cache)))
-    best = 0
-    if len(tries) > 1:
-        errors = judge_errors(request, [res.images[0] for _, res in tries], cache)
-        best = min(range(len(tries)), key=errors.__getitem__)
-    sub, res = tries[best]
-    return replace(res, boxes=tuple(sub.boxes), elapsed_s=time.perf_counter() - t0)
+    subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(request.best_of)]
+    subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
+    if len(subs) == 1:
+        return replace(run_request(subs[0], ctx, cache), boxes=tuple(subs[0].boxes), elapsed_s=time.perf_counter() - t0)
+    model = get_model(request, cache, *pick_device(request))
+    first = first_pass_size(request, model, *output_size(request, model))
+    small = {} if first is None else dict(height=first[0], width=first[1], hires="off")
+    tries = [run_request(replace(sub, **small), ctx, cache) for sub in subs]
+    votes = judge_votes(request, [res.images[0] for res in tries], cache)
+    best = max(range(len(tries)), key=votes.__getitem__)
+    res = run_request(subs[best], ctx, cache) if small else tries[best]
+    return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
 
 
-def judge_errors(request: Request, images: list, cache: dict) -> list[float]:
+def judge_votes(request: Request, images: list, cache: dict) -> list[tuple[int, float]]:
     from engine.checkpoint import CheckpointError, load
     from engine.families import tasks_for
-    from engine.judge import prompt_error
+    from engine.judge import shape_votes
 
     path = resolve_model(request.judge, "txt2img")
     device, dtype = pick_device(request)
@@ -270,7 +273,7 @@ def judge_errors(request: Request, images: list, cache: dict) -> list[float]:
     if "txt2img" not in tasks_for(judge.config):
         raise EngineError(f"the judge must be a text-to-image model; {path.name} is {judge.config.family}")
     with torch.inference_mode():
-        return prompt_error(judge, images, request.prompt, int(request.seed))
+        return shape_votes(judge, images, request.prompt, int(request.seed))
 
 
 def make_plan(request: Request, model, h: int, w: int) -> Plan:
