@@ -86,8 +86,8 @@ class TaskOptionsPanel(QWidget):
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
         self.best_of = QSpinBox(minimum=1, maximum=16)
-        self.best_of.setToolTip("Layout from the prompt alone (no boxes): plan and draw this many, and keep the one "
-                                "whose shapes the text model reads as the prompt's")
+        self.best_of.setToolTip("Layout from the prompt alone (no boxes, batch size 1): plan and draw this many, and "
+                                "keep the one whose shapes the text model reads as the prompt's")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -153,7 +153,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")
         self.inpaint_crop.setEnabled(task == "inpaint")
-        self.best_of.setEnabled(task == "layout" and not doc.boxes)
+        self.best_of.setEnabled(task == "layout" and not doc.boxes and p.batch_size == 1)
 
 
 class RegionPromptsPanel(QWidget):

@@ -78,7 +78,7 @@ class Request:
     refine_strength: float = 0.0
     refine_model: str = "default"
     planner: str = "default"  # layout with no boxes: the text-to-layout planner that places the prompt's objects
-    best_of: int = 4  # layout with no boxes: draw this many (each its own plan and seed), keep the judge's pick
+    best_of: int = 4  # layout with no boxes, batch size 1: draw this many (own plan and seed), keep the judge's pick
     judge: str = "default"  # best_of: the text model that reads each try's shapes against the prompt (engine.judge)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -240,12 +240,11 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
     """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
     and seed (seed + 7919 k), and keeps the one whose objects the judge text model reads as the prompted shapes most
     often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at the first pass's size and only the
-    kept one is enlarged."""
+    kept one is enlarged. A batch (batch_size > 1) shares one plan and is not judged."""
     if request.best_of < 1 or request.best_of > 64:
         raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
-    if request.best_of > 1 and request.batch_size > 1:
-        raise EngineError("best_of picks one image: use batch size 1")
-    subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(request.best_of)]
+    tries = request.best_of if request.batch_size == 1 else 1
+    subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(tries)]
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
     if len(subs) == 1:
         return replace(run_request(subs[0], ctx, cache), boxes=tuple(subs[0].boxes), elapsed_s=time.perf_counter() - t0)

@@ -325,6 +325,10 @@ def test_a_layout_from_the_prompt_alone_shows_the_planned_boxes(make_window, qtb
     win = make_window(runner=lambda r, ctx, cache: seen.append(r) or planning_runner(r, ctx, cache))
     win.doc.set_param("prompt", "a red circle on grass")
     win.doc.set_task_override("layout")
+    assert win.task_options.best_of.isEnabled() and win.task_options.best_of.value() == 4
+    win.doc.set_param("batch_size", 2)
+    assert not win.task_options.best_of.isEnabled()
+    win.doc.set_param("batch_size", 1)
     assert win.task_options.best_of.isEnabled()
     win.task_options.best_of.setValue(3)
     win.generate()

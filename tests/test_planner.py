@@ -265,7 +265,9 @@ def test_best_of_keeps_one_of_its_tries_and_refuses_bad_settings(trained):
         assert isinstance(ev, Result) and ev.images[0].shape == (256, 256, 3), getattr(ev, "message", ev)
         again = engine.wait(engine.submit(Request(**dict(big, seed=ev.seeds[0]), boxes=list(ev.boxes))))
         assert np.array_equal(again.images[0], ev.images[0])
-        for bad, words in ((dict(best_of=0), "between 1 and 64"), (dict(best_of=2, batch_size=2), "batch size 1"),
+        batch = engine.wait(engine.submit(Request(**base, best_of=3, batch_size=2)))
+        assert isinstance(batch, Result) and batch.seeds == (21, 22), getattr(batch, "message", batch)
+        for bad, words in ((dict(best_of=0), "between 1 and 64"),
                            (dict(best_of=2, judge=str(LAYOUT)), "must be a text-to-image model")):
             failed = engine.wait(engine.submit(Request(**base, **bad)))
             assert isinstance(failed, Failed) and words in failed.message, (bad, failed)
