@@ -11,7 +11,7 @@ from engine.tokenizers import WorldTokenizer
 from engine.world.scene import COLOURS, SHAPES
 
 JUDGE_TIMESTEPS = (50, 150, 250, 350, 450, 600, 750, 900)
-SWAP_TIMESTEPS = (25, 75, 150, 225, 300, 375)
+SWAP_TIMESTEPS = (25, 75, 150, 225, 300, 375) * 2  # two noise draws at each
 
 
 @torch.no_grad()
