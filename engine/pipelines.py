@@ -246,15 +246,15 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
     tries = request.best_of if request.batch_size == 1 else 1
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(tries)]
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
-    if len(subs) == 1:
-        return replace(run_request(subs[0], ctx, cache), boxes=tuple(subs[0].boxes), elapsed_s=time.perf_counter() - t0)
-    model = get_model(request, cache, *pick_device(request))
-    first = first_pass_size(request, model, *output_size(request, model))
-    small = {} if first is None else dict(height=first[0], width=first[1], hires="off")
-    tries = [run_request(replace(sub, **small), ctx, cache) for sub in subs]
-    votes = judge_votes(request, [res.images[0] for res in tries], cache)
-    best = max(range(len(tries)), key=votes.__getitem__)
-    res = run_request(subs[best], ctx, cache) if small else tries[best]
+    small, best = {}, 0
+    if len(subs) > 1:
+        model = get_model(request, cache, *pick_device(request))
+        first = first_pass_size(request, model, *output_size(request, model))
+        small = {} if first is None else dict(height=first[0], width=first[1], hires="off")
+    made = [run_request(replace(sub, **small), ctx, cache) for sub in subs]
+    if len(made) > 1:
+        best = max(range(len(made)), key=judge_votes(request, [res.images[0] for res in made], cache).__getitem__)
+    res = run_request(subs[best], ctx, cache) if small else made[best]
     return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
 
 
