@@ -54,6 +54,43 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
     return out
 
 
+def wide_cases(task: str, n: int, offset: int = 0, size: int = 256, native: int = 64, max_boxes: int = 30) -> list[Case]:
+    """The same n held-out scenes as make_cases at the training size, tiled over size x size canvases (a wider view
+    with every object at the size the model was trained on: convolutional sampling, not enlargement). A layout canvas
+    takes whole scenes while their boxes fit the layout tokenizer (max_boxes); empty tiles are left as the first
+    tile's background. Each canvas's extra["tiles"] holds (row, column, Case) in native-size tiles."""
+    from engine.world.scene import Scene
+
+    k = size // native
+    if k < 2 or size % native:
+        raise ValueError(f"a wide canvas must be a multiple of {native} px, at least twice it; got {size}")
+    scenes, out, i = make_cases(task, n, offset, native), [], 0
+    while i < len(scenes):
+        tiles, nboxes = [], 0
+        while i < len(scenes) and len(tiles) < k * k and (task != "layout" or nboxes + len(scenes[i].scene.boxes) <= max_boxes):
+            tiles.append((*divmod(len(tiles), k), scenes[i]))
+            nboxes, i = nboxes + len(scenes[i].scene.boxes), i + 1
+        image = np.tile(tiles[0][2].scene.image, (k, k, 1))
+        labels = np.tile(tiles[0][2].scene.labels, (k, k))
+        boxes = []
+        for r, q, c in tiles:
+            image[r * native:(r + 1) * native, q * native:(q + 1) * native] = c.scene.image
+            labels[r * native:(r + 1) * native, q * native:(q + 1) * native] = c.scene.labels
+            boxes += [(lab, ((q + b[0]) / k, (r + b[1]) / k, (q + b[2]) / k, (r + b[3]) / k)) for lab, b in c.scene.boxes]
+        out.append(Case(tiles[0][2].seed, Scene(image, "", boxes, labels), extra={"tiles": tiles}))
+    return out
+
+
+def score_rows(task: str, case: Case, image: np.ndarray) -> list[dict]:
+    """score() of a case, or of each tile's own scene on its crop of a wide canvas (comparable row for row with the
+    same scenes made at the training size)."""
+    tiles = case.extra.get("tiles")
+    if not tiles:
+        return [score(task, case, image)]
+    side = image.shape[0] // (case.scene.image.shape[0] // tiles[0][2].scene.image.shape[0])
+    return [score(task, c, image[r * side:(r + 1) * side, q * side:(q + 1) * side]) for r, q, c in tiles]
+
+
 def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim",
                 colour_fix: bool = True, hires: str = "auto", **hires_kw):
     from engine.api import Box, Request
@@ -224,12 +261,12 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
-    """Rows of equally sized images, one column per source, saved as a PNG."""
+    """Rows of images, one column per source, each at the largest image's size (at most 256 px), saved as a PNG."""
     from PIL import Image, ImageDraw
 
     import cv2
 
-    h = 64
+    h = min(256, max(a.shape[0] for row in rows for a in row))
     cols = len(rows[0])
     img = Image.new("RGB", (cols * (h + 4) + 4, len(rows) * (h + 4) + 18), "white")
     d = ImageDraw.Draw(img)
@@ -244,12 +281,13 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
              sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64,
-             colour_fix: bool = True, hires: str = "auto", **hires_kw) -> dict:
+             colour_fix: bool = True, hires: str = "auto", wide: bool = False, **hires_kw) -> dict:
     """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
     size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2);
     colour_fix: the upscale task's Request.colour_fix; hires: Request.hires ('auto' makes 4x the training size two
-    passes, 'off' samples it in one); hires_kw: other Request fields of the two passes (hires_strength,
-    hires_upscaler)."""
+    passes, 'off' samples it in one); wide (layout, semantic): the same n scenes tiled over size px canvases at the
+    training size (wide_cases) instead of each enlarged to size; hires_kw: other Request fields of the two passes
+    (hires_strength, hires_upscaler)."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
@@ -257,7 +295,9 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     path = str(resolve_model(model, "layout" if task == "planned" else task))
-    cases = make_cases(task, n, offset, size)
+    if wide and task not in ("layout", "semantic"):
+        raise ValueError("wide canvases are for the layout and semantic tasks")
+    cases = wide_cases(task, n, offset, size) if wide else make_cases(task, n, offset, size)
     engine = Engine()
     try:
         made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires, **hires_kw)
@@ -267,19 +307,19 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         if task == "upscale":
             result["colour_fix"] = colour_fix
         if size != 64:
-            result["hires"] = hires
+            result["hires"], result["wide"] = hires, wide
             result.update(hires_kw)
-        rows = {"model": [score(task, c, im) for c, im in zip(cases, made)]}
+        rows = {"model": [r for c, im in zip(cases, made) for r in score_rows(task, c, im)]}
         images = {"model": made}
         if ceiling:
             images["ceiling"] = ceiling_images(task, cases, path)
-            rows["ceiling"] = [score(task, c, im) for c, im in zip(cases, images["ceiling"])]
+            rows["ceiling"] = [r for c, im in zip(cases, images["ceiling"]) for r in score_rows(task, c, im)]
         if chance:
             with tempfile.TemporaryDirectory() as tmp:
                 rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
                 images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix,
                                                                  hires, **hires_kw) for c in cases])
-            rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
+            rows["chance"] = [r for c, im in zip(cases, images["chance"]) for r in score_rows(task, c, im)]
     finally:
         engine.shutdown()
     result["scores"] = {k: summarize(v) for k, v in rows.items()}
@@ -287,13 +327,14 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        name = (f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "") + ("-onepass" if hires == "off" else "")
+        name = (f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "") + ("-wide" if wide else "")
+                + ("-onepass" if hires == "off" else "")
                 + ("-nofix" if task == "upscale" and not colour_fix else ""))
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
                  for c in cases]
         cols = ["input" if task in ("upscale", "inpaint") else "truth", *images]
-        grid([[first[i], *(images[k][i] for k in images)] for i in range(min(8, n))], out / f"{name}.png", cols)
+        grid([[first[i], *(images[k][i] for k in images)] for i in range(min(8, len(cases)))], out / f"{name}.png", cols)
     return result
 
 
@@ -303,8 +344,8 @@ def cmd_eval(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
-                   hires=args.hires, hires_strength=args.hires_strength, hires_upscaler=args.hires_upscaler,
-                   planner=args.planner, **({} if args.best_of is None else {"best_of": args.best_of}))
+                   hires=args.hires, wide=args.wide, hires_strength=args.hires_strength,
+                   hires_upscaler=args.hires_upscaler, planner=args.planner, **({} if args.best_of is None else {"best_of": args.best_of}))
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -324,6 +365,9 @@ def add_command(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--size", type=int, default=64, help="scene size in px (e.g. 256: convolutional sampling at 4x)")
     p.add_argument("--no-chance", action="store_true")
+    p.add_argument("--wide", action="store_true",
+                   help="layout, semantic with --size: tile the held-out scenes over the canvas at the training size "
+                        "(a wider view) instead of enlarging each one")
     p.add_argument("--hires", default="auto", choices=["auto", "on", "off"],
                    help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling)")
     p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")

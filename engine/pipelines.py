@@ -239,22 +239,28 @@ def plan_boxes(request: Request, cache: dict) -> list:
 def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
     and seed (seed + 7919 k), and keeps the one whose objects the judge text model reads as the prompted shapes most
-    often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at the first pass's size and only the
-    kept one is enlarged. A batch (batch_size > 1) shares one plan and is not judged."""
+    often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at their first pass's size (the
+    smallest where their plans differ) and only the kept one is enlarged. A batch (batch_size > 1) shares one plan
+    and is not judged."""
+    from engine.images import resize_rgb
+
     if request.best_of < 1 or request.best_of > 64:
         raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
     tries = request.best_of if request.batch_size == 1 else 1
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(tries)]
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
-    small, best = {}, 0
+    small, best = [{}] * len(subs), 0
     if len(subs) > 1:
         model = get_model(request, cache, *pick_device(request))
-        first = first_pass_size(request, model, *output_size(request, model))
-        small = {} if first is None else dict(height=first[0], width=first[1], hires="off")
-    made = [run_request(replace(sub, **small), ctx, cache) for sub in subs]
+        firsts = [first_pass_size(sub, model, *output_size(sub, model)) for sub in subs]
+        small = [{} if f is None else dict(height=f[0], width=f[1], hires="off") for f in firsts]
+    made = [run_request(replace(sub, **kw), ctx, cache) for sub, kw in zip(subs, small)]
     if len(made) > 1:
-        best = max(range(len(made)), key=judge_votes(request, [res.images[0] for res in made], cache).__getitem__)
-    res = run_request(subs[best], ctx, cache) if small else made[best]
+        images = [res.images[0] for res in made]
+        h, w = min(im.shape[0] for im in images), min(im.shape[1] for im in images)
+        images = [im if im.shape[:2] == (h, w) else resize_rgb(im, w, h) for im in images]
+        best = max(range(len(made)), key=judge_votes(request, images, cache).__getitem__)
+    res = run_request(subs[best], ctx, cache) if small[best] else made[best]
     return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
 
 
@@ -310,9 +316,23 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
 
 
+# A layout model's typical object: its box's longer side as a share of the training size (the shapes world draws
+# 0.2-0.45; layouts of photographs spread wider around a similar middle).
+TRAINED_BOX_SHARE = 0.325
+
+
+def box_scale(request: Request, native: int, h: int, w: int) -> float:
+    """How many times its training size a layout's median box is drawn on an h x w canvas (0 without boxes)."""
+    sides = [max((b.box[2] - b.box[0]) * w, (b.box[3] - b.box[1]) * h) for b in request.boxes]
+    return float(np.median(sides)) / (TRAINED_BOX_SHARE * native) if sides else 0.0
+
+
 def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
     """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
-    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto')."""
+    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto'). A layout in 'auto' is
+    composed where its boxes come out at the size the model drew objects in training (box_scale): boxes at most
+    1.5x that size keep one pass at any canvas size, since convolutional sampling draws many objects of the trained
+    size well and a composition at the training size would shrink them below it."""
     if request.hires == "off" or request.task not in HIRES_TASKS or request.image is not None:
         return None
     native = model.config.image_size
@@ -320,6 +340,11 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
         return None
     m = model.config.factor * 2 ** (len(model.config.unet.channel_mult) - 1)
     k = min(1.0, native / (h * w) ** 0.5)
+    if request.hires == "auto" and request.task == "layout" and request.boxes:
+        scale = box_scale(request, native, h, w)
+        if scale <= 1.5:
+            return None
+        k = min(1.0, max(k, 1 / scale))
     h0, w0 = (max(m, int(round(v * k / m)) * m) for v in (h, w))
     return None if (h0, w0) == (h, w) else (h0, w0)
 

@@ -177,6 +177,35 @@ def test_large_canvas_can_enlarge_the_composition_with_the_upscaler_model(tiny_m
     assert np.array_equal(again.images[0], second.images[0])
 
 
+def test_a_layout_is_composed_where_its_boxes_have_the_trained_size(tiny_models, engine):
+    """hires 'auto' for a layout: boxes about the size the model drew objects at keep one pass on a large canvas
+    (convolutional sampling), larger ones are composed where they shrink to it; 'on' keeps the training area."""
+    from engine.checkpoint import load
+    from engine.pipelines import TRAINED_BOX_SHARE, first_pass_size
+
+    path = tiny_models("ldm-layout2img")
+    model = load(path)
+    n = model.config.image_size
+    canvas = 4 * n
+
+    def boxes(scale):
+        s = scale * TRAINED_BOX_SHARE * n / canvas
+        return [Box("Cat", (0.1, 0.1, 0.1 + s, 0.1 + s)), Box("Dog", (0.5, 0.5, 0.5 + 0.8 * s, 0.5 + s))]
+
+    def first(scale, **kw):
+        req = Request(**request_for(path, "layout", width=canvas, height=canvas, boxes=boxes(scale), **kw))
+        return first_pass_size(req, model, canvas, canvas)
+
+    assert first(1.0) is None and first(1.4) is None
+    assert first(2.0) == (2 * n, 2 * n) and first(4.0) == (n, n) and first(8.0) == (n, n)
+    assert first(1.0, hires="on") == (n, n) and first(1.0, hires="off") is None
+    ev, events = run(engine, **request_for(path, "layout", width=canvas, height=canvas, boxes=boxes(1.0)))
+    assert isinstance(ev, Result) and ev.images[0].shape == (canvas, canvas, 3) and "First pass" not in ev.parameters
+    assert len([e for e in events if isinstance(e, Started)]) == 1
+    ev, events = run(engine, **request_for(path, "layout", width=canvas, height=canvas, boxes=boxes(2.0)))
+    assert f"First pass: {2 * n}x{2 * n}" in ev.parameters
+
+
 def test_inpaint_crop_pastes_back(tiny_models, engine):
     img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
     mask = np.zeros((96, 96), np.uint8)
