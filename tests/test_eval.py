@@ -107,8 +107,8 @@ UPSCALED = {"hires_upscaler": "model", "hires_strength": 0.0}
 
 # A wider view instead (evaluate(wide=True)): the same 16 scenes tiled over one 256 px canvas, every object at the size
 # the model was trained on, the boxes scored tile by tile. The app's choice there ('auto' with the upscaler) samples
-# the canvas in one pass (engine.pipelines.first_pass_size). Measured: 0.80 against 0.83 at 64 px (32 scenes at DDIM
-# 20 on 4x4 canvases: 0.79 against 0.86 for the same boxes); the 64 px composition this canvas got before 0.03.
+# the canvas in one pass (engine.pipelines.first_pass_size). Measured: 0.80 against 0.83 at 64 px (128 scenes at DDIM
+# 20: 0.78 against 0.85); the 64 px composition this canvas got before scored 0.03.
 WIDE = dict(UPSCALED, wide=True)
 
 
