@@ -321,18 +321,32 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
 TRAINED_BOX_SHARE = 0.325
 
 
-def box_scale(request: Request, native: int, h: int, w: int) -> float:
-    """How many times its training size a layout's median box is drawn on an h x w canvas (0 without boxes)."""
-    sides = [max((b.box[2] - b.box[0]) * w, (b.box[3] - b.box[1]) * h) for b in request.boxes]
-    return float(np.median(sides)) / (TRAINED_BOX_SHARE * native) if sides else 0.0
+def object_scale(request: Request, native: int, h: int, w: int) -> float:
+    """How many times the size a model drew objects at in training a request's objects come out on an h x w canvas:
+    a layout's median box; a label map's lower quartile of connected regions (specks under 0.1% left out), since its
+    large regions are background. 0 when there is nothing to measure."""
+    if request.task == "layout":
+        sides = [max((b.box[2] - b.box[0]) * w, (b.box[3] - b.box[1]) * h) for b in request.boxes]
+        return float(np.median(sides)) / (TRAINED_BOX_SHARE * native) if sides else 0.0
+    if request.task != "semantic" or request.labels is None:
+        return 0.0
+    import cv2
+
+    lab = np.asarray(request.labels)
+    sy, sx = h / lab.shape[0], w / lab.shape[1]
+    sides = []
+    for c in np.unique(lab):
+        _, _, stats, _ = cv2.connectedComponentsWithStats((lab == c).astype(np.uint8), connectivity=4)
+        sides += [max(bw * sx, bh * sy) for _, _, bw, bh, area in stats[1:] if area >= 0.001 * lab.size]
+    return float(np.percentile(sides, 25)) / (TRAINED_BOX_SHARE * native) if sides else 0.0
 
 
 def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
     """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
-    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto'). A layout in 'auto' is
-    composed where its boxes come out at the size the model drew objects in training (box_scale): boxes at most
-    1.5x that size keep one pass at any canvas size, since convolutional sampling draws many objects of the trained
-    size well and a composition at the training size would shrink them below it."""
+    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto'). A layout or label map in
+    'auto' is composed where its objects come out at the size the model drew them in training (object_scale):
+    objects at most 1.5x that size keep one pass at any canvas size, since convolutional sampling draws many objects
+    of the trained size well and a composition at the training size would shrink them below it."""
     if request.hires == "off" or request.task not in HIRES_TASKS or request.image is not None:
         return None
     native = model.config.image_size
@@ -340,8 +354,8 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
         return None
     m = model.config.factor * 2 ** (len(model.config.unet.channel_mult) - 1)
     k = min(1.0, native / (h * w) ** 0.5)
-    if request.hires == "auto" and request.task == "layout" and request.boxes:
-        scale = box_scale(request, native, h, w)
+    scale = object_scale(request, native, h, w) if request.hires == "auto" else 0.0
+    if scale:
         if scale <= 1.5:
             return None
         k = min(1.0, max(k, 1 / scale))

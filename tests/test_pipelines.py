@@ -206,6 +206,32 @@ def test_a_layout_is_composed_where_its_boxes_have_the_trained_size(tiny_models,
     assert f"First pass: {2 * n}x{2 * n}" in ev.parameters
 
 
+def test_a_label_map_is_composed_where_its_small_regions_have_the_trained_size(tiny_models):
+    """The same rule for semantic synthesis, on the lower quartile of the map's connected regions: small blobs over a
+    large canvas keep one pass, the same map enlarged 4x is composed at the training size."""
+    from engine.checkpoint import load
+    from engine.images import resize_nearest
+    from engine.pipelines import TRAINED_BOX_SHARE, first_pass_size
+
+    path = tiny_models("ldm-semantic")
+    model = load(path)
+    n = model.config.image_size
+    canvas, side = 4 * n, int(TRAINED_BOX_SHARE * n)
+    labels = np.zeros((canvas, canvas), np.int64)
+    labels[canvas // 2:] = 2
+    for i in range(4):
+        for j in range(4):
+            labels[i * n + 2:i * n + 2 + side, j * n + 2:j * n + 2 + side] = 3 + (i + j) % 2
+
+    def first(lab, **kw):
+        req = Request(**request_for(path, "semantic", width=canvas, height=canvas, labels=lab, **kw))
+        return first_pass_size(req, model, canvas, canvas)
+
+    assert first(labels) is None and first(labels, hires="on") == (n, n)
+    zoomed = resize_nearest(labels[:n, :n], canvas, canvas)
+    assert first(zoomed) == (n, n)
+
+
 def test_inpaint_crop_pastes_back(tiny_models, engine):
     img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
     mask = np.zeros((96, 96), np.uint8)
