@@ -54,7 +54,8 @@ def make_cases(task: str, n: int, offset: int = 0, size: int = 64) -> list[Case]
     return out
 
 
-def wide_cases(task: str, n: int, offset: int = 0, size: int = 256, native: int = 64, max_boxes: int = 30) -> list[Case]:
+def wide_cases(task: str, n: int, offset: int = 0, size: int = 256, native: int = 64,
+               max_boxes: int = 30) -> list[Case]:
     """The same n held-out scenes as make_cases at the training size, tiled over size x size canvases (a wider view
     with every object at the size the model was trained on: convolutional sampling, not enlargement). A layout canvas
     takes whole scenes while their boxes fit the layout tokenizer (max_boxes); empty tiles are left as the first
@@ -67,7 +68,8 @@ def wide_cases(task: str, n: int, offset: int = 0, size: int = 256, native: int 
     scenes, out, i = make_cases(task, n, offset, native), [], 0
     while i < len(scenes):
         tiles, nboxes = [], 0
-        while i < len(scenes) and len(tiles) < k * k and (task != "layout" or nboxes + len(scenes[i].scene.boxes) <= max_boxes):
+        while i < len(scenes) and len(tiles) < k * k and (
+                task != "layout" or nboxes + len(scenes[i].scene.boxes) <= max_boxes):
             tiles.append((*divmod(len(tiles), k), scenes[i]))
             nboxes, i = nboxes + len(scenes[i].scene.boxes), i + 1
         image = np.tile(tiles[0][2].scene.image, (k, k, 1))
@@ -76,7 +78,8 @@ def wide_cases(task: str, n: int, offset: int = 0, size: int = 256, native: int 
         for r, q, c in tiles:
             image[r * native:(r + 1) * native, q * native:(q + 1) * native] = c.scene.image
             labels[r * native:(r + 1) * native, q * native:(q + 1) * native] = c.scene.labels
-            boxes += [(lab, ((q + b[0]) / k, (r + b[1]) / k, (q + b[2]) / k, (r + b[3]) / k)) for lab, b in c.scene.boxes]
+            boxes += [(lab, ((q + b[0]) / k, (r + b[1]) / k, (q + b[2]) / k, (r + b[3]) / k))
+                      for lab, b in c.scene.boxes]
         out.append(Case(tiles[0][2].seed, Scene(image, "", boxes, labels), extra={"tiles": tiles}))
     return out
 
@@ -334,7 +337,8 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
                  for c in cases]
         cols = ["input" if task in ("upscale", "inpaint") else "truth", *images]
-        grid([[first[i], *(images[k][i] for k in images)] for i in range(min(8, len(cases)))], out / f"{name}.png", cols)
+        grid([[first[i], *(images[k][i] for k in images)] for i in range(min(8, len(cases)))], out / f"{name}.png",
+             cols)
     return result
 
 
@@ -345,7 +349,8 @@ def cmd_eval(args) -> int:
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
                    hires=args.hires, wide=args.wide, hires_strength=args.hires_strength,
-                   hires_upscaler=args.hires_upscaler, planner=args.planner, **({} if args.best_of is None else {"best_of": args.best_of}))
+                   hires_upscaler=args.hires_upscaler, planner=args.planner,
+                   **({} if args.best_of is None else {"best_of": args.best_of}))
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 

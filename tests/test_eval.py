@@ -113,7 +113,8 @@ UPSCALED = {"hires_upscaler": "model", "hires_strength": 0.0}
 WIDE = dict(UPSCALED, wide=True)
 
 
-@pytest.mark.parametrize("task,hires,kw", [("semantic", "auto", {}), ("semantic", "off", {}), ("semantic", "auto", WIDE),
+@pytest.mark.parametrize("task,hires,kw", [("semantic", "auto", {}), ("semantic", "off", {}),
+                                           ("semantic", "auto", WIDE),
                                            pytest.param("layout", "auto", {},
                                                         marks=pytest.mark.xfail(reason=LAYOUT_REPAINT)),
                                            ("layout", "auto", UPSCALED), ("layout", "auto", WIDE),
