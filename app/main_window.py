@@ -194,6 +194,7 @@ class MainWindow(FileActions, QMainWindow):
         if what in ("params", "all", "size", "mask", "labels", "boxes", "image", "region"):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
+            self.model_panel.follow_task()
             x, y, w, h = self.doc.generation_rect()
             where = f" · region {w}×{h} at {x},{y}" if self.doc.region else ""
             self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {self.doc.task()}"

@@ -83,6 +83,7 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self.doc, self.extra_dirs = doc, extra_dirs
         self.models: list[api.ModelInfo] = []
+        self._shown_task = ""
         self.combo = QComboBox()
         self.add_button = QPushButton("Add model...")
         self.info = QLabel()
@@ -126,7 +127,13 @@ class ModelPanel(QWidget):
         self.doc.set_param("model", self.combo.currentData() or "default")
         self._show(self.current())
 
-    def _show(self, m: api.ModelInfo | None) -> None:
+    def follow_task(self) -> None:
+        """Automatic means the bundled model of the document's task: name the new one when the task changes."""
+        if self.combo.currentData() == "default" and self.doc.task() != self._shown_task:
+            self._show(self.current(), emit=False)
+
+    def _show(self, m: api.ModelInfo | None, emit: bool = True) -> None:
+        self._shown_task = self.doc.task()
         if m is None:
             self.info.setText("No model found: add a checkpoint (.safetensors/.ckpt).")
         elif self.combo.currentData() == "default":
@@ -135,7 +142,8 @@ class ModelPanel(QWidget):
             self.info.setText(f"<span style='color:#e66'>{m.error}</span>")
         else:
             self.info.setText(f"{m.family} · {', '.join(m.tasks) or 'no tasks'} · {m.image_size or '?'} px")
-        self.modelChanged.emit(m)
+        if emit:
+            self.modelChanged.emit(m)
 
     def sync(self, doc: Document) -> None:
         self.doc = doc

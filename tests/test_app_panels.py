@@ -153,6 +153,23 @@ def user_models(tmp_path, monkeypatch):
     return user, inspect
 
 
+def test_automatic_names_the_bundled_model_of_the_current_task(make_window, monkeypatch):
+    """The model line follows the task the canvas implies: drawing a box turns Automatic to the layout model, undo
+    turns it back, without re-running the model's canvas choices."""
+    bundled = {t: api.ModelInfo(path=f"/m/world-{t}.safetensors", name=f"world-{t}", family=f"world-{t}", tasks=(t,))
+               for t in ("txt2img", "layout")}
+    monkeypatch.setattr(api, "default_model_for", lambda task: bundled.get(task))
+    win = make_window()
+    chosen = []
+    win.model_panel.modelChanged.connect(chosen.append)
+    win.doc.set_param("prompt", "a red circle")
+    assert win.doc.task() == "txt2img" and "world-txt2img" in win.model_panel.info.text()
+    win.doc.add_box("red circle", (0.1, 0.1, 0.4, 0.4))
+    assert win.doc.task() == "layout" and "Automatic: world-layout" in win.model_panel.info.text()
+    win.doc.undo()
+    assert "Automatic: world-txt2img" in win.model_panel.info.text() and chosen == []
+
+
 def test_add_model_dialog_installs_selects_and_reports_errors(make_window, user_models, tmp_path, monkeypatch):
     user, inspect = user_models
     win = make_window()
