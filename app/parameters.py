@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from app.project import atomic_write
-from engine.api import HIRES_TASKS
+from engine.api import LARGE_CANVAS_TASKS
 
 KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
         "Seed": ("seed", int), "Model": ("model", str), "Denoising strength": ("strength", float),
@@ -50,7 +50,7 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
     if request.task == "inpaint" and request.inpaint_crop:
         pairs.append(("Inpaint crop", True))
-    if request.task in HIRES_TASKS:
+    if request.task in LARGE_CANVAS_TASKS:
         pairs += [("Hires", request.hires), ("Hires strength", request.hires_strength),
                   ("Hires upscaler", request.hires_upscaler)]
     if request.task == "upscale":

@@ -8,7 +8,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from app.document import Document
 from app.panels import _set
-from engine.api import HIRES_TASKS
+from engine.api import HIRES_TASKS, LARGE_CANVAS_TASKS
 
 UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
 HIRES = (("two passes when larger than the model (auto)", "auto"), ("always two passes", "on"),
@@ -148,9 +148,9 @@ class TaskOptionsPanel(QWidget):
         for w in (self.upscaler, self.noise_level, self.refine_strength):
             w.setEnabled(task == "upscale")
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
-        self.hires.setEnabled(task in HIRES_TASKS)
+        self.hires.setEnabled(task in LARGE_CANVAS_TASKS)
         self.hires_strength.setEnabled(task in HIRES_TASKS and p.hires != "off")
-        self.hires_upscaler.setEnabled(task in HIRES_TASKS and p.hires != "off")
+        self.hires_upscaler.setEnabled(task in LARGE_CANVAS_TASKS and p.hires != "off")
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")

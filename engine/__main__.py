@@ -120,10 +120,10 @@ def build_request(args):
 def model_hires(req) -> tuple[str, float]:
     """The app's large-canvas choice for the request's model (engine.api.suggested_hires); Lanczos and 0.5 for a
     model that cannot be read here (the job itself then reports why)."""
-    from engine.api import HIRES_TASKS, default_model_for, inspect_model, suggested_hires
+    from engine.api import LARGE_CANVAS_TASKS, default_model_for, inspect_model, suggested_hires
     from engine.pipelines import EngineError, resolve_model
 
-    if req.task not in HIRES_TASKS:
+    if req.task not in LARGE_CANVAS_TASKS:
         return req.hires_upscaler, req.hires_strength
     try:
         info = inspect_model(str(resolve_model(req.model, req.task)))

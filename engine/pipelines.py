@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
+from engine.api import HIRES_TASKS, LARGE_CANVAS_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser
@@ -301,6 +301,8 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     validate(request, model)
     h, w = output_size(request, model)
     first = first_pass_size(request, model, h, w)
+    if first is not None and request.task == "inpaint":
+        return run_scaled_inpaint(request, ctx, cache, t0, first, (h, w), model)
     if first is not None:
         return run_two_pass(request, ctx, cache, t0, first, (h, w), model)
     ctx.emit(Started(ctx.job_id, device=str(device), dtype=str(dtype).replace("torch.", ""), family=model.config.family))
@@ -323,11 +325,19 @@ TRAINED_BOX_SHARE = 0.325
 
 def object_scale(request: Request, native: int, h: int, w: int) -> float:
     """How many times the size a model drew objects at in training a request's objects come out on an h x w canvas:
-    a layout's median box; a label map's lower quartile of connected regions (specks under 0.1% left out), since its
-    large regions are background. 0 when there is nothing to measure."""
+    a layout's median box; an inpainting mask's bounding box (a masked object); a label map's lower quartile of
+    connected regions (specks under 0.1% left out), since its large regions are background. 0 when there is nothing
+    to measure."""
     if request.task == "layout":
         sides = [max((b.box[2] - b.box[0]) * w, (b.box[3] - b.box[1]) * h) for b in request.boxes]
         return float(np.median(sides)) / (TRAINED_BOX_SHARE * native) if sides else 0.0
+    if request.task == "inpaint":
+        ys, xs = np.nonzero(np.asarray(request.mask) > 0)
+        if not len(ys):
+            return 0.0
+        mh, mw = request.mask.shape[:2]
+        side = max((ys.max() - ys.min() + 1) * h / mh, (xs.max() - xs.min() + 1) * w / mw)
+        return float(side) / (TRAINED_BOX_SHARE * native)
     if request.task != "semantic" or request.labels is None:
         return 0.0
     import cv2
@@ -348,7 +358,10 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
     'auto' is composed where its objects come out at the size the model drew them in training (object_scale):
     objects at most 1.5x that size keep one pass at any canvas size, since convolutional sampling draws many objects
     of the trained size well and a composition at the training size would shrink them below it."""
-    if request.hires == "off" or request.task not in HIRES_TASKS or request.image is not None:
+    if request.hires == "off" or request.task not in LARGE_CANVAS_TASKS:
+        return None
+    inpaint = request.task == "inpaint"
+    if (request.image is not None) != inpaint or (inpaint and request.mask is None):
         return None
     native = model.config.image_size
     if request.hires == "auto" and h * w <= 2.25 * native * native:
@@ -393,6 +406,34 @@ def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, firs
     text = (parameters_text(request, model, h, w) + f", Hires strength: {request.hires_strength}, First pass: {w0}x{h0}"
             + f", Hires upscaler: {request.hires_upscaler}")
     return Result(ctx.job_id, tuple(out), text, small.seeds, time.perf_counter() - t0)
+
+
+def run_scaled_inpaint(request: Request, ctx: JobContext, cache: dict, t0: float, small: tuple[int, int],
+                       size: tuple[int, int], model) -> Result:
+    """Inpainting where the masked object comes out at the trained size (A1111's 'only masked' at a resolution):
+    the image and mask scaled down, filled there, the fill enlarged as a hires pass would (Lanczos or the x4
+    upscaler model) and composited into the full image under its grown, feathered mask: pixels outside stay exact."""
+    from dataclasses import replace
+
+    import cv2
+
+    from engine.images import composite, grow_and_feather, resize_rgb
+
+    (h0, w0), (h, w) = small, size
+    k = h0 / h
+    image = resize_rgb(request.image, w, h)
+    mask = cv2.resize((np.asarray(request.mask) > 0).astype(np.float32), (w0, h0), interpolation=cv2.INTER_AREA)
+    sub = replace(request, image=resize_rgb(image, w0, h0), mask=((mask > 0) * 255).astype(np.uint8), width=w0,
+                  height=h0, hires="off", mask_grow=int(np.ceil(request.mask_grow * k)),
+                  mask_feather=int(np.ceil(request.mask_feather * k)))
+    filled = run_request(sub, ctx, cache)
+    soft = grow_and_feather(cv2.resize(np.asarray(request.mask), (w, h), interpolation=cv2.INTER_NEAREST),
+                            request.mask_grow, request.mask_feather)
+    out = tuple(composite(image, enlarge(request, img, seed, (h, w), ctx, cache), soft)
+                for img, seed in zip(filled.images, filled.seeds))
+    text = (parameters_text(request, model, h, w) + f", Hires: {request.hires}, First pass: {w0}x{h0}"
+            + f", Hires upscaler: {request.hires_upscaler}")
+    return Result(ctx.job_id, out, text, filled.seeds, time.perf_counter() - t0)
 
 
 def enlarge(request: Request, img: np.ndarray, seed: int, size: tuple[int, int], ctx: JobContext, cache: dict):

@@ -50,7 +50,7 @@ def test_task_options_panel_sets_the_request_and_an_app_png_restores_them(make_w
     assert (req.hires, req.hires_strength) == ("off", 0.35)
     opts.hires.setCurrentIndex(opts.hires.findData("auto"))
     win.doc.stroke("mask", [(20, 20)], radius=4)
-    assert not opts.hires.isEnabled()
+    assert opts.hires.isEnabled() and opts.hires_upscaler.isEnabled() and not opts.hires_strength.isEnabled()
     assert opts.mask_grow.isEnabled() and not opts.noise_level.isEnabled()
     opts.mask_grow.setValue(5)
     opts.mask_feather.setValue(9)

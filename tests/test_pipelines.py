@@ -232,6 +232,35 @@ def test_a_label_map_is_composed_where_its_small_regions_have_the_trained_size(t
     assert first(zoomed) == (n, n)
 
 
+@pytest.mark.parametrize("family", ["sd1-inpainting", "ldm-inpainting-big", "sd1"])
+def test_inpainting_a_large_object_fills_it_at_the_trained_size(family, tiny_models, engine):
+    """hires 'auto' for inpainting: a mask four times the trained object size is filled on the image scaled to the
+    training size, the fill enlarged and composited (pixels outside exact); hires 'off' fills it in place."""
+    import cv2
+
+    from engine.checkpoint import load
+    from engine.images import composite, grow_and_feather, resize_rgb
+    from engine.pipelines import TRAINED_BOX_SHARE
+
+    path = tiny_models(family)
+    n = load(path).config.image_size
+    canvas, side = 4 * n, int(4 * TRAINED_BOX_SHARE * n)
+    img = (RNG.rand(canvas, canvas, 3) * 255).astype(np.uint8)
+    mask = np.zeros((canvas, canvas), np.uint8)
+    mask[8:8 + side, 16:16 + side] = 255
+    base = request_for(path, "inpaint", image=img, mask=mask, width=None, height=None, labels=None, mask_grow=2)
+    ev, _ = run(engine, **base)
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert f"First pass: {n}x{n}" in ev.parameters and ev.images[0].shape == img.shape
+    soft = grow_and_feather(mask, 2, 0)
+    assert np.array_equal(ev.images[0][soft == 0], img[soft == 0])
+    small_mask = (cv2.resize(mask.astype(np.float32), (n, n), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8) * 255
+    small, _ = run(engine, **dict(base, image=resize_rgb(img, n, n), mask=small_mask, hires="off", mask_grow=1))
+    assert np.array_equal(ev.images[0], composite(img, resize_rgb(small.images[0], canvas, canvas), soft))
+    one, _ = run(engine, **dict(base, hires="off"))
+    assert "First pass" not in one.parameters and not np.array_equal(one.images[0], ev.images[0])
+
+
 def test_inpaint_crop_pastes_back(tiny_models, engine):
     img = (RNG.rand(96, 96, 3) * 255).astype(np.uint8)
     mask = np.zeros((96, 96), np.uint8)
