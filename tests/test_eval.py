@@ -107,7 +107,7 @@ UPSCALED = {"hires_upscaler": "model", "hires_strength": 0.0}
 
 # A wider view instead (evaluate(wide=True)): the same 16 scenes tiled over one 256 px canvas, every object at the size
 # the model was trained on, the boxes scored tile by tile. The app's choice there ('auto' with the upscaler) samples
-# the canvas in one pass (engine.pipelines.first_pass_size). Measured: 0.80 against 0.83 at 64 px (128 scenes at DDIM
+# the canvas in one pass (engine.large_canvas.first_pass_size). Measured: 0.80 against 0.83 at 64 px (128 scenes at DDIM
 # 20: 0.78 against 0.85); the 64 px composition this canvas got before scored 0.03. A label map of the same scenes is
 # drawn in one pass by the same rule (its small regions' size): semantic 0.97 on 16 (the 64 px composition: 0.79).
 # Inpainting on the app's 256 px canvas after a 4x enlargement: the masked object is four times the trained size, so

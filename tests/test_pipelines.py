@@ -181,7 +181,7 @@ def test_a_layout_is_composed_where_its_boxes_have_the_trained_size(tiny_models,
     """hires 'auto' for a layout: boxes about the size the model drew objects at keep one pass on a large canvas
     (convolutional sampling), larger ones are composed where they shrink to it; 'on' keeps the training area."""
     from engine.checkpoint import load
-    from engine.pipelines import TRAINED_BOX_SHARE, first_pass_size
+    from engine.large_canvas import TRAINED_BOX_SHARE, first_pass_size
 
     path = tiny_models("ldm-layout2img")
     model = load(path)
@@ -211,7 +211,7 @@ def test_a_label_map_is_composed_where_its_small_regions_have_the_trained_size(t
     large canvas keep one pass, the same map enlarged 4x is composed at the training size."""
     from engine.checkpoint import load
     from engine.images import resize_nearest
-    from engine.pipelines import TRAINED_BOX_SHARE, first_pass_size
+    from engine.large_canvas import TRAINED_BOX_SHARE, first_pass_size
 
     path = tiny_models("ldm-semantic")
     model = load(path)
@@ -240,7 +240,7 @@ def test_inpainting_a_large_object_fills_it_at_the_trained_size(family, tiny_mod
 
     from engine.checkpoint import load
     from engine.images import composite, grow_and_feather, resize_rgb
-    from engine.pipelines import TRAINED_BOX_SHARE
+    from engine.large_canvas import TRAINED_BOX_SHARE
 
     path = tiny_models(family)
     n = load(path).config.image_size
