@@ -149,7 +149,7 @@ class TaskOptionsPanel(QWidget):
             w.setEnabled(task == "upscale")
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
         self.hires.setEnabled(task in LARGE_CANVAS_TASKS)
-        self.hires_strength.setEnabled(task in HIRES_TASKS and p.hires != "off")
+        self.hires_strength.setEnabled(task in (*HIRES_TASKS, "img2img") and p.hires != "off")
         self.hires_upscaler.setEnabled(task in LARGE_CANVAS_TASKS and p.hires != "off")
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")

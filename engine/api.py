@@ -22,7 +22,8 @@ SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
 HIRES_UPSCALERS = ("lanczos", "model")  # "model": the default x4 upscaler (bundled world-sr4, SD x4, LDM-BSR)
 HIRES_TASKS = ("txt2img", "layout", "semantic")  # made in two passes on large canvases; a start image makes them img2img
-LARGE_CANVAS_TASKS = (*HIRES_TASKS, "inpaint")  # Request.hires applies; inpainting fills at the trained object size
+# Request.hires applies: img2img's first pass starts from the image scaled down; inpainting fills at the object's size
+LARGE_CANVAS_TASKS = (*HIRES_TASKS, "img2img", "inpaint")
 
 
 @dataclass

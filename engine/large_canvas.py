@@ -46,14 +46,15 @@ def object_scale(request: Request, native: int, h: int, w: int) -> float:
 
 def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
     """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
-    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto'). A layout or label map in
+    None for one pass ('off', other tasks, or under 2.25x the training area in 'auto'); img2img and inpainting need
+    their image (and mask), the other tasks none (with one they are img2img repaints). A layout or label map in
     'auto' is composed where its objects come out at the size the model drew them in training (object_scale):
     objects at most 1.5x that size keep one pass at any canvas size, since convolutional sampling draws many objects
     of the trained size well and a composition at the training size would shrink them below it."""
     if request.hires == "off" or request.task not in LARGE_CANVAS_TASKS:
         return None
-    inpaint = request.task == "inpaint"
-    if (request.image is not None) != inpaint or (inpaint and request.mask is None):
+    takes_image = request.task in ("img2img", "inpaint")
+    if (request.image is not None) != takes_image or (request.task == "inpaint" and request.mask is None):
         return None
     native = model.config.image_size
     if request.hires == "auto" and h * w <= 2.25 * native * native:
@@ -71,9 +72,10 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
 
 def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, first: tuple[int, int],
                  size: tuple[int, int], model) -> Result:
-    """A1111's hires fix: compose at about the model's training size, enlarge (Lanczos, or the x4 upscaler model as
-    A1111's LDSR upscaler), then img2img at the canvas size under the same prompt, boxes or label map (convolutional
-    sampling from the enlarged composition); strength 0 keeps the enlargement as it is."""
+    """A1111's hires fix: compose at about the model's training size (img2img: from its image scaled down), enlarge
+    (Lanczos, or the x4 upscaler model as A1111's LDSR upscaler), then img2img at the canvas size under the same
+    prompt, boxes or label map (convolutional sampling from the enlarged composition); strength 0 keeps the
+    enlargement as it is."""
     from engine.api import HIRES_UPSCALERS
     from engine.pipelines import parameters_text, run_request
     from engine.images import resize_nearest

@@ -328,7 +328,7 @@ def upscale_and_refine(request: Request, ctx: JobContext, cache: dict, t0: float
     refined = []
     for img, seed in zip(big.images, big.seeds):
         sub = replace(request, task="img2img", model=request.refine_model, image=img, strength=request.refine_strength,
-                      width=None, height=None, batch_size=1, seed=seed, refine_strength=0.0, tiles=tiles)
+                      width=None, height=None, batch_size=1, seed=seed, refine_strength=0.0, tiles=tiles, hires="off")
         refined.append(run_request(sub, ctx, cache).images[0])
     text = big.parameters + f", Refine strength: {request.refine_strength}, Refine model: {request.refine_model}"
     return Result(ctx.job_id, tuple(refined), text, big.seeds, time.perf_counter() - t0)
