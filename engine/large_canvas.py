@@ -131,12 +131,17 @@ def run_scaled_inpaint(request: Request, ctx: JobContext, cache: dict, t0: float
 
 def enlarge(request: Request, img: np.ndarray, seed: int, size: tuple[int, int], ctx: JobContext, cache: dict):
     """The first pass's image at the canvas size: Lanczos, or x4 steps of the default upscaler model (each sampled
-    under the request's steps and seed, with the colour fix) and Lanczos for the rest."""
+    under the request's steps and seed, with the colour fix) and Lanczos for the rest. An image over a quarter of the
+    canvas is first shrunk to the multiple of 64 px over it, so that x4 lands near the canvas instead of past it
+    (a 128 px composition for 256 px: 64 -> 256 rather than 128 -> 512 -> 256, a quarter of the cost)."""
     from engine.images import resize_rgb
     from engine.pipelines import run_request
 
     h, w = size
     while request.hires_upscaler == "model" and (img.shape[0] < h or img.shape[1] < w):
+        fit = [-(-v // 256) * 64 for v in (h, w)]
+        if fit[0] < img.shape[0] and fit[1] < img.shape[1]:
+            img = resize_rgb(img, fit[1], fit[0])
         up = Request(model="default", task="upscale", image=img, steps=request.steps, seed=seed,
                      sampler=request.sampler, device=request.device, dtype=request.dtype, tiles=request.tiles,
                      preview_interval_s=request.preview_interval_s, memory_budget_mb=request.memory_budget_mb)

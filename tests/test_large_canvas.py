@@ -86,6 +86,27 @@ def test_a_layout_is_composed_where_its_boxes_have_the_trained_size(tiny_models,
     assert f"First pass: {2 * n}x{2 * n}" in ev.parameters
 
 
+def test_the_upscaler_enlarges_a_half_size_composition_from_a_quarter_of_the_canvas(tiny_models, engine):
+    """A composition over a quarter of the canvas goes to the x4 upscaler model shrunk to a quarter (one x4 step that
+    lands on the canvas, instead of overshooting it and shrinking the result)."""
+    from engine.checkpoint import load
+    from engine.images import resize_rgb
+    from engine.large_canvas import TRAINED_BOX_SHARE
+
+    path = tiny_models("ldm-layout2img")
+    n = load(path).config.image_size
+    canvas, s = 256, 2 * TRAINED_BOX_SHARE * n / 256
+    boxes = [Box("Cat", (0.1, 0.1, 0.1 + s, 0.1 + s)), Box("Dog", (0.5, 0.5, 0.5 + s, 0.5 + s))]
+    base = request_for(path, "layout", width=canvas, height=canvas, boxes=boxes, hires_upscaler="model",
+                       hires_strength=0.0, seed=3)
+    ev, events = run(engine, **base)
+    assert isinstance(ev, Result) and "First pass: 128x128" in ev.parameters
+    assert [e.family for e in events if isinstance(e, Started)] == ["ldm-layout2img", "world-sr4"]
+    first, _ = run(engine, **dict(base, width=128, height=128, hires="off"))
+    up, _ = run(engine, model="default", task="upscale", image=resize_rgb(first.images[0], 64, 64), steps=3, seed=3)
+    assert np.array_equal(ev.images[0], up.images[0])
+
+
 def test_a_label_map_is_composed_where_its_small_regions_have_the_trained_size(tiny_models):
     """The same rule for semantic synthesis, on the lower quartile of the map's connected regions: small blobs over a
     large canvas keep one pass, the same map enlarged 4x is composed at the training size."""
