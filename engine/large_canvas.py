@@ -72,11 +72,11 @@ def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] 
 
 
 def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, first: tuple[int, int],
-                 size: tuple[int, int], model) -> Result:
+                 size: tuple[int, int], model, small: Result | None = None) -> Result:
     """A1111's hires fix: compose at about the model's training size (img2img: from its image scaled down), enlarge
     (Lanczos, or the x4 upscaler model as A1111's LDSR upscaler), then img2img at the canvas size under the same
     prompt, boxes or label map (convolutional sampling from the enlarged composition); strength 0 keeps the
-    enlargement as it is."""
+    enlargement as it is. small: the first pass when the caller has already made it."""
     from engine.api import HIRES_UPSCALERS
     from engine.pipelines import parameters_text, run_request
     from engine.images import resize_nearest
@@ -86,8 +86,9 @@ def run_two_pass(request: Request, ctx: JobContext, cache: dict, t0: float, firs
     if request.hires_upscaler not in HIRES_UPSCALERS:
         raise EngineError(f"hires upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {request.hires_upscaler!r}")
     (h0, w0), (h, w) = first, size
-    labels = None if request.labels is None else resize_nearest(request.labels, w0, h0)
-    small = run_request(replace(request, width=w0, height=h0, labels=labels, hires="off"), ctx, cache)
+    if small is None:
+        labels = None if request.labels is None else resize_nearest(request.labels, w0, h0)
+        small = run_request(replace(request, width=w0, height=h0, labels=labels, hires="off"), ctx, cache)
     out = []
     for img, seed in zip(small.images, small.seeds):
         big = enlarge(request, img, seed, (h, w), ctx, cache)

@@ -250,18 +250,20 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
     tries = request.best_of if request.batch_size == 1 else 1
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(tries)]
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
-    small, best = [{}] * len(subs), 0
-    if len(subs) > 1:
-        model = get_model(request, cache, *pick_device(request))
-        firsts = [first_pass_size(sub, model, *output_size(sub, model)) for sub in subs]
-        small = [{} if f is None else dict(height=f[0], width=f[1], hires="off") for f in firsts]
-    made = [run_request(replace(sub, **kw), ctx, cache) for sub, kw in zip(subs, small)]
-    if len(made) > 1:
-        images = [res.images[0] for res in made]
-        h, w = min(im.shape[0] for im in images), min(im.shape[1] for im in images)
-        images = [im if im.shape[:2] == (h, w) else resize_rgb(im, w, h) for im in images]
-        best = max(range(len(made)), key=judge_votes(request, images, cache).__getitem__)
-    res = run_request(subs[best], ctx, cache) if small[best] else made[best]
+    if len(subs) == 1:
+        return replace(run_request(subs[0], ctx, cache), boxes=tuple(subs[0].boxes), elapsed_s=time.perf_counter() - t0)
+    model = get_model(request, cache, *pick_device(request))
+    size = output_size(request, model)
+    firsts = [first_pass_size(sub, model, *size) for sub in subs]
+    made = [run_request(sub if f is None else replace(sub, height=f[0], width=f[1], hires="off"), ctx, cache)
+            for sub, f in zip(subs, firsts)]
+    images = [res.images[0] for res in made]
+    h, w = min(im.shape[0] for im in images), min(im.shape[1] for im in images)
+    images = [im if im.shape[:2] == (h, w) else resize_rgb(im, w, h) for im in images]
+    best = max(range(len(made)), key=judge_votes(request, images, cache).__getitem__)
+    res = made[best]
+    if firsts[best] is not None:
+        res = run_two_pass(subs[best], ctx, cache, t0, firsts[best], size, model, small=res)
     return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
 
 
