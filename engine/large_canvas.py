@@ -110,7 +110,7 @@ def run_scaled_inpaint(request: Request, ctx: JobContext, cache: dict, t0: float
     upscaler model) and composited into the full image under its grown, feathered mask: pixels outside stay exact."""
     import cv2
 
-    from engine.images import composite, grow_and_feather, resize_rgb
+    from engine.images import composite, grow_and_feather, resize_nearest, resize_rgb
     from engine.pipelines import parameters_text, run_request
 
     (h0, w0), (h, w) = small, size
@@ -121,8 +121,7 @@ def run_scaled_inpaint(request: Request, ctx: JobContext, cache: dict, t0: float
                   height=h0, hires="off", mask_grow=int(np.ceil(request.mask_grow * k)),
                   mask_feather=int(np.ceil(request.mask_feather * k)))
     filled = run_request(sub, ctx, cache)
-    soft = grow_and_feather(cv2.resize(np.asarray(request.mask), (w, h), interpolation=cv2.INTER_NEAREST),
-                            request.mask_grow, request.mask_feather)
+    soft = grow_and_feather(resize_nearest(np.asarray(request.mask), w, h), request.mask_grow, request.mask_feather)
     out = tuple(composite(image, enlarge(request, img, seed, (h, w), ctx, cache), soft)
                 for img, seed in zip(filled.images, filled.seeds))
     text = (parameters_text(request, model, h, w) + f", Hires: {request.hires}, First pass: {w0}x{h0}"
