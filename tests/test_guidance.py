@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.config import ScheduleConfig
-from engine.guidance import CFGDenoiser, MaskBlendDenoiser, Region, RegionalDenoiser
+from engine.guidance import CFGDenoiser, DilatedDenoiser, MaskBlendDenoiser, Region, RegionalDenoiser
 from engine.sampling import SAMPLERS, sample
 from engine.schedules import DiscreteDenoiser, alphas_cumprod
 
@@ -148,3 +148,50 @@ def test_regional_over_cfg_merges_cond_one_level():
     lm = left.expand_as(x).bool()
     assert torch.allclose(out[lm], regional[lm], atol=1e-6) and torch.allclose(out[~lm], base[~lm], atol=1e-6)
     assert not torch.allclose(regional, base, atol=1e-3)
+
+
+class Recorder:
+    """A denoiser D(x, sigma, **kw) that records its inputs and returns f(x) pointwise (plus its concat)."""
+
+    def __init__(self, f=lambda x: 0.5 * x):
+        self.calls, self.f = [], f
+
+    def __call__(self, x, sigma, context=None, concat=None):
+        self.calls.append(dict(x=x.clone(), sigma=sigma.clone(), context=context, concat=concat))
+        return self.f(x) + (0.0 if concat is None else concat[:, :1])
+
+
+def test_dilated_is_the_plain_pass_under_one_and_a_half_times_the_trained_size():
+    x, sigma = torch.randn(2, C, 11, 8, generator=gen(1)), torch.full((2,), 20.0)
+    rec = Recorder()
+    out = DilatedDenoiser(rec, native=8)(x, sigma, context=torch.randn(2, 3, 5))
+    assert len(rec.calls) == 1 and torch.equal(rec.calls[0]["x"], x) and torch.equal(out, 0.5 * x)
+
+
+def test_dilated_denoises_interleaved_sub_latents_of_the_trained_size():
+    x, ctx, concat = torch.randn(2, C, 8, 12, generator=gen(2)), torch.randn(2, 3, 5), torch.randn(2, 2, 8, 12)
+    rec = Recorder()
+    DilatedDenoiser(rec, native=4, detail_sigma=1.0)(x, torch.full((2,), 5.0), context=ctx, concat=concat)
+    assert len(rec.calls) == 1, "above detail_sigma only the sub-latent pass runs"
+    call = rec.calls[0]
+    assert call["x"].shape == (12, C, 4, 4) and call["sigma"].shape == (12,)
+    for b in range(2):
+        for i in range(2):
+            for j in range(3):
+                n = b * 6 + i * 3 + j
+                assert torch.equal(call["x"][n], x[b, :, i::2, j::3])
+                assert torch.equal(call["concat"][n], concat[b, :, i::2, j::3])
+                assert torch.equal(call["context"][n], ctx[b])
+
+
+def test_dilated_keeps_the_sub_latent_band_and_adds_the_plain_pass_above_it_at_low_noise():
+    x = torch.randn(1, C, 16, 16, generator=gen(3))
+    den = DilatedDenoiser(Recorder(), native=8, detail_sigma=1.0)
+    low = den(x, torch.full((1,), 0.5))
+    assert torch.allclose(low, 0.5 * x, atol=1e-5), "a pointwise denoiser is the same on sub-latents and the whole"
+    high = den(x, torch.full((1,), 3.0))
+    spec, want = torch.fft.rfft2(high), torch.fft.rfft2(0.5 * x)
+    band = torch.zeros(16, 9, dtype=torch.bool)
+    band[:4, :4] = band[-3:, :4] = True
+    assert torch.allclose(spec[..., band], want[..., band], atol=1e-4)
+    assert spec[..., ~band].abs().max() < 1e-4 < want[..., ~band].abs().max()
