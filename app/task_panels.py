@@ -12,7 +12,8 @@ from engine.api import HIRES_TASKS, LARGE_CANVAS_TASKS
 
 UPSCALERS = (("diffusion x4 (model)", "model"), ("Real-ESRGAN x4", "esrgan"))
 HIRES = (("two passes when larger than the model (auto)", "auto"), ("always two passes", "on"),
-         ("one pass (convolutional sampling)", "off"))
+         ("one pass (convolutional sampling)", "off"), ("one pass, dilated sampling", "dilated"))
+ONE_PASS = ("off", "dilated")
 HIRES_UPSCALERS = (("Lanczos", "lanczos"), ("x4 upscaler model", "model"))
 DROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -68,7 +69,8 @@ class TaskOptionsPanel(QWidget):
         self.hires.setToolTip("On canvases larger than the model's training size, compose at that size first, then "
                               "enlarge and repaint at full size (hires fix). Auto composes a layout or label map where "
                               "its objects come out at the size the model drew them in training: many small boxes or "
-                              "blobs on a large canvas are drawn in one pass")
+                              "blobs on a large canvas are drawn in one pass. Dilated sampling draws one pass at "
+                              "full size whose objects are composed at the trained size (layout, label maps, text)")
         self.hires_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.hires_strength.setSpecialValueText("off (only enlarge)")
         self.hires_strength.setToolTip("How much the full-size pass repaints the enlarged composition")
@@ -149,8 +151,8 @@ class TaskOptionsPanel(QWidget):
             w.setEnabled(task == "upscale")
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
         self.hires.setEnabled(task in LARGE_CANVAS_TASKS)
-        self.hires_strength.setEnabled(task in (*HIRES_TASKS, "img2img") and p.hires != "off")
-        self.hires_upscaler.setEnabled(task in LARGE_CANVAS_TASKS and p.hires != "off")
+        self.hires_strength.setEnabled(task in (*HIRES_TASKS, "img2img") and p.hires not in ONE_PASS)
+        self.hires_upscaler.setEnabled(task in LARGE_CANVAS_TASKS and p.hires not in ONE_PASS)
         self.refine_model.setEnabled(task == "upscale" and p.refine_strength > 0)
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")

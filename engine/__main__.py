@@ -49,8 +49,9 @@ def add_generate(sub) -> None:
     p.add_argument("--mask-grow", type=int, default=None)
     p.add_argument("--mask-feather", type=int, default=None)
     p.add_argument("--tiles", default=None, choices=["auto", "on", "off"])
-    p.add_argument("--hires", default=None, choices=["auto", "on", "off"],
-                   help="two passes (compose at the training size, then img2img at full size): auto above 2.25x its area")
+    p.add_argument("--hires", default=None, choices=["auto", "on", "off", "dilated"],
+                   help="two passes (compose at the training size, then img2img at full size): auto above 2.25x its "
+                        "area; off: one pass; dilated: one pass composed by dilated sampling (DemoFusion)")
     p.add_argument("--hires-strength", type=float, default=None, help="second pass strength (0: only enlarge)")
     p.add_argument("--hires-upscaler", default=None, choices=HIRES_UPSCALERS,
                    help="how the first pass is enlarged: Lanczos, or the default x4 upscaler model")

@@ -74,7 +74,8 @@ class Request:
     upscaler: str = "model"
     noise_level: int = 20
     colour_fix: bool = True
-    hires: Literal["auto", "on", "off"] = "auto"  # two passes (hires fix); auto: canvas over 2.25x the training area
+    # two passes (hires fix); auto: canvas over 2.25x the training area; dilated: one pass, guidance.DilatedDenoiser
+    hires: Literal["auto", "on", "off", "dilated"] = "auto"
     hires_strength: float = 0.5  # 0: keep the enlarged composition as it is
     hires_upscaler: str = "lanczos"  # how the composition is enlarged: one of HIRES_UPSCALERS
     refine_strength: float = 0.0

@@ -331,7 +331,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         name = (f"{Path(path).stem}-{task}" + (f"-{size}" if size != 64 else "") + ("-wide" if wide else "")
-                + ("-onepass" if hires == "off" else "")
+                + {"off": "-onepass", "dilated": "-dilated"}.get(hires, "")
                 + ("-nofix" if task == "upscale" and not colour_fix else ""))
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         first = [c.low if task == "upscale" else (c.mask[..., None].repeat(3, -1) if task == "inpaint" else c.scene.image)
@@ -373,8 +373,9 @@ def add_command(sub) -> None:
     p.add_argument("--wide", action="store_true",
                    help="layout, semantic with --size: tile the held-out scenes over the canvas at the training size "
                         "(a wider view) instead of enlarging each one")
-    p.add_argument("--hires", default="auto", choices=["auto", "on", "off"],
-                   help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling)")
+    p.add_argument("--hires", default="auto", choices=["auto", "on", "off", "dilated"],
+                   help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling; "
+                        "dilated: one pass by dilated sampling)")
     p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")
     p.add_argument("--hires-upscaler", default="lanczos", choices=HIRES_UPSCALERS,
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from engine.api import HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
-from engine.guidance import CFGDenoiser
+from engine.guidance import CFGDenoiser, DilatedDenoiser
 from engine.large_canvas import first_pass_size, run_scaled_inpaint, run_two_pass
 
 
@@ -356,6 +356,8 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     lh, lw = plan.height // f, plan.width // f
     noise = initial_noise(seeds, (c, lh, lw)).to(model.device)
     den = base_denoiser(model)
+    if request.hires == "dilated" and request.task in HIRES_TASKS:
+        den = DilatedDenoiser(den, model.config.image_size // model.config.factor)
     if plan.uncond is not None and request.cfg_scale != 1.0:
         den = CFGDenoiser(den, request.cfg_scale)
         extra = {"cond": plan.cond, "uncond": plan.uncond}
@@ -458,6 +460,8 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Denoising strength"] = request.strength
     if request.task == "upscale" and request.upscaler != "esrgan":
         pairs["Colour fix"] = request.colour_fix
+    if request.hires == "dilated" and request.task in HIRES_TASKS:
+        pairs["Large canvas"] = "dilated sampling"
     if request.eta:
         pairs["Eta"] = request.eta
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

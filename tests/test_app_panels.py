@@ -48,6 +48,9 @@ def test_task_options_panel_sets_the_request_and_an_app_png_restores_them(make_w
     assert not opts.hires_strength.isEnabled() and not opts.hires_upscaler.isEnabled()
     req = win.doc.to_request(win.settings)
     assert (req.hires, req.hires_strength) == ("off", 0.35)
+    opts.hires.setCurrentIndex(opts.hires.findData("dilated"))
+    assert not opts.hires_strength.isEnabled() and not opts.hires_upscaler.isEnabled()
+    assert win.doc.to_request(win.settings).hires == "dilated"
     opts.hires.setCurrentIndex(opts.hires.findData("auto"))
     win.doc.stroke("mask", [(20, 20)], radius=4)
     assert opts.hires.isEnabled() and opts.hires_upscaler.isEnabled() and not opts.hires_strength.isEnabled()

@@ -34,6 +34,25 @@ def test_large_canvas_composes_at_the_training_size_then_repaints_at_full_size(t
     assert isinstance(bad, Failed) and "hires upscaler" in bad.message
 
 
+def test_dilated_sampling_is_one_pass_at_full_size(tiny_models, engine):
+    """hires 'dilated': no first pass, the canvas sampled once through guidance.DilatedDenoiser; under 1.5x the
+    training size it is plain one-pass sampling."""
+    labels = np.zeros((128, 128), np.int64)
+    labels[40:100, 20:90] = 3
+    base = request_for(tiny_models("ldm-semantic"), "semantic", width=128, height=128, labels=labels, label_prompts={},
+                       seed=4)
+    ev, events = run(engine, **dict(base, hires="dilated"))
+    assert isinstance(ev, Result), getattr(ev, "detail", "")
+    assert ev.images[0].shape == (128, 128, 3) and len([e for e in events if isinstance(e, Started)]) == 1
+    assert "Large canvas: dilated sampling" in ev.parameters and "First pass" not in ev.parameters
+    off, _ = run(engine, **dict(base, hires="off"))
+    assert not np.array_equal(ev.images[0], off.images[0])
+    small = dict(base, width=40, height=40, labels=labels[:40, :40])
+    a, _ = run(engine, **dict(small, hires="dilated"))
+    b, _ = run(engine, **dict(small, hires="off"))
+    assert np.array_equal(a.images[0], b.images[0])
+
+
 def test_large_canvas_can_enlarge_the_composition_with_the_upscaler_model(tiny_models, engine):
     """hires_upscaler 'model': the first pass goes through the default x4 upscaler (the bundled world-sr4), then the
     second pass repaints it; hires strength 0 keeps the enlargement as it is."""
