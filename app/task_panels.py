@@ -69,8 +69,8 @@ class TaskOptionsPanel(QWidget):
         self.hires.setToolTip("On canvases larger than the model's training size, compose at that size first, then "
                               "enlarge and repaint at full size (hires fix). Auto composes a layout or label map where "
                               "its objects come out at the size the model drew them in training: many small boxes or "
-                              "blobs on a large canvas are drawn in one pass. Dilated sampling draws one pass at "
-                              "full size whose objects are composed at the trained size (layout, label maps, text)")
+                              "blobs on a large canvas are drawn in one pass. Dilated sampling samples the full size once "
+                              "while composing it on interleaved latents of the trained size")
         self.hires_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.hires_strength.setSpecialValueText("off (only enlarge)")
         self.hires_strength.setToolTip("How much the full-size pass repaints the enlarged composition")

@@ -374,8 +374,8 @@ def add_command(sub) -> None:
                    help="layout, semantic with --size: tile the held-out scenes over the canvas at the training size "
                         "(a wider view) instead of enlarging each one")
     p.add_argument("--hires", default="auto", choices=["auto", "on", "off", "dilated"],
-                   help="two passes over 2.25x the training area (auto), always, or never (plain convolutional sampling; "
-                        "dilated: one pass by dilated sampling)")
+                   help="two passes over 2.25x the training area (auto), always, or never (plain convolutional "
+                        "sampling; dilated: one pass by dilated sampling)")
     p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")
     p.add_argument("--hires-upscaler", default="lanczos", choices=HIRES_UPSCALERS,
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")

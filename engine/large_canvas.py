@@ -47,11 +47,11 @@ def object_scale(request: Request, native: int, h: int, w: int) -> float:
 def first_pass_size(request: Request, model, h: int, w: int) -> tuple[int, int] | None:
     """The two-pass size: the canvas's aspect at about the model's training area, a multiple of the UNet's stride;
     None for one pass ('off', 'dilated', other tasks, or under 2.25x the training area in 'auto'); img2img and
-    inpainting need their image (and mask), the other tasks none (with one they are img2img repaints). A layout, label map or
-    inpainting mask in 'auto' is composed or filled where its objects come out at the size the model drew them in
-    training (object_scale): objects at most 1.5x that size keep one pass at any canvas size, since convolutional
-    sampling draws many objects of the trained size well and a composition at the training size would shrink them
-    below it."""
+    inpainting need their image (and mask), the other tasks none (with one they are img2img repaints). A layout,
+    label map or inpainting mask in 'auto' is composed or filled where its objects come out at the size the model
+    drew them in training (object_scale): objects at most 1.5x that size keep one pass at any canvas size, since
+    convolutional sampling draws many objects of the trained size well and a composition at the training size would
+    shrink them below it."""
     if request.hires in ("off", "dilated") or request.task not in LARGE_CANVAS_TASKS:
         return None
     takes_image = request.task in ("img2img", "inpaint")
