@@ -94,8 +94,8 @@ CONV_SIZE, CONV_TOLERANCE, CONV_N = 256, 0.1, {"semantic": 8, "layout": 16, "inp
 # (session 23's file, 64 wide, Muon): box recall 0.83 at 64 px, 0.87 through the x4 upscaler (the app's choice at 4x),
 # 0.67 after Lanczos and a 0.5 repaint, 0.47 in one pass. Session 17's (AdamW): 0.83, 0.90, 0.57, 0.40. Session 16's
 # 32-wide file: 0.67, 0.70, 0.60, 0.40.
-LAYOUT_ONE_PASS = ("measured box recall 0.83 at 64 px -> 0.47 at 256 px in one pass (16 scenes): at 4x the size "
-                   "objects fill their boxes")
+LAYOUT_ONE_PASS = ("measured box recall 0.83 at 64 px -> 0.47 at 256 px in one plain pass (16 scenes): at 4x the "
+                   "size objects fill their boxes (one pass by dilated sampling keeps them: tested below)")
 LAYOUT_REPAINT = ("measured box recall 0.83 at 64 px -> 0.67 at 256 px after Lanczos and a 0.5 repaint (16 scenes): "
                   "the repaint breaks shapes up; the x4 upscaler, the app's choice for a 64 px model, keeps 0.87")
 
