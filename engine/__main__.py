@@ -20,7 +20,7 @@ def cmd_inspect(args) -> int:
 
 
 def add_generate(sub) -> None:
-    from engine.api import HIRES_UPSCALERS
+    from engine.api import HIRES_MODES, HIRES_UPSCALERS
 
     p = sub.add_parser("generate", help="generate an image (text, img2img, inpaint, layout, semantic, upscale)")
     p.add_argument("--model", default=None, help="checkpoint file (default: the bundled model for the task)")
@@ -49,7 +49,7 @@ def add_generate(sub) -> None:
     p.add_argument("--mask-grow", type=int, default=None)
     p.add_argument("--mask-feather", type=int, default=None)
     p.add_argument("--tiles", default=None, choices=["auto", "on", "off"])
-    p.add_argument("--hires", default=None, choices=["auto", "on", "off", "dilated"],
+    p.add_argument("--hires", default=None, choices=HIRES_MODES,
                    help="two passes (compose at the training size, then img2img at full size): auto above 2.25x its "
                         "area; off: one pass; dilated: one pass composed by dilated sampling (DemoFusion)")
     p.add_argument("--hires-strength", type=float, default=None, help="second pass strength (0: only enlarge)")

@@ -20,6 +20,7 @@ from engine.memory import lean_allocator
 Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
 SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
+HIRES_MODES = ("auto", "on", "off", "dilated")  # Request.hires
 HIRES_UPSCALERS = ("lanczos", "model")  # "model": the default x4 upscaler (bundled world-sr4, SD x4, LDM-BSR)
 HIRES_TASKS = ("txt2img", "layout", "semantic")  # made in two passes on large canvases; a start image makes them img2img
 # Request.hires applies: img2img's first pass starts from the image scaled down; inpainting fills at the object's size

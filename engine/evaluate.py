@@ -356,7 +356,7 @@ def cmd_eval(args) -> int:
 
 
 def add_command(sub) -> None:
-    from engine.api import HIRES_UPSCALERS
+    from engine.api import HIRES_MODES, HIRES_UPSCALERS
 
     p = sub.add_parser("eval", help="score a model on held-out world scenes (with ceiling and chance levels)")
     p.add_argument("--model", default="default")
@@ -373,7 +373,7 @@ def add_command(sub) -> None:
     p.add_argument("--wide", action="store_true",
                    help="layout, semantic with --size: tile the held-out scenes over the canvas at the training size "
                         "(a wider view) instead of enlarging each one")
-    p.add_argument("--hires", default="auto", choices=["auto", "on", "off", "dilated"],
+    p.add_argument("--hires", default="auto", choices=HIRES_MODES,
                    help="two passes over 2.25x the training area (auto), always, or never (plain convolutional "
                         "sampling; dilated: one pass by dilated sampling)")
     p.add_argument("--hires-strength", type=float, default=0.5, help="two passes: the second pass's strength")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
+from engine.api import HIRES_MODES, HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser
@@ -106,6 +106,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"unknown task {request.task!r}; valid: {', '.join(TASKS)}")
     if request.sampler not in SAMPLERS:
         raise EngineError(f"unknown sampler {request.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if request.hires not in HIRES_MODES:
+        raise EngineError(f"unknown large-canvas mode {request.hires!r}; valid: {', '.join(HIRES_MODES)}")
     if request.steps < 1 or request.steps > 1000:
         raise EngineError(f"steps must be between 1 and 1000, got {request.steps}")
     if request.batch_size < 1:

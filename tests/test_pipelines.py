@@ -178,6 +178,7 @@ def test_tiled_sampling_on_a_canvas_wider_than_a_tile(tiny_models, engine):
     (dict(task="inpaint", image=IMG, mask=np.zeros((16, 16), np.uint8)), "mask size"),
     (dict(task="txt2img", prompt="  "), "needs a prompt"),
     (dict(task="txt2img", sampler="heun9"), "unknown sampler"),
+    (dict(task="txt2img", hires="dilate"), "unknown large-canvas mode"),
     (dict(task="txt2img", width=30, height=32), "multiple of 8"),
     (dict(task="upscale", image=IMG), "cannot do 'upscale'"),
 ])
