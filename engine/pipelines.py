@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import HIRES_MODES, HIRES_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
+from engine.api import HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser
@@ -358,7 +358,7 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     lh, lw = plan.height // f, plan.width // f
     noise = initial_noise(seeds, (c, lh, lw)).to(model.device)
     den = base_denoiser(model)
-    if request.hires == "dilated" and request.task in HIRES_TASKS:
+    if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         den = DilatedDenoiser(den, model.config.image_size // model.config.factor)
     if plan.uncond is not None and request.cfg_scale != 1.0:
         den = CFGDenoiser(den, request.cfg_scale)
@@ -462,7 +462,7 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Denoising strength"] = request.strength
     if request.task == "upscale" and request.upscaler != "esrgan":
         pairs["Colour fix"] = request.colour_fix
-    if request.hires == "dilated" and request.task in HIRES_TASKS:
+    if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         pairs["Large canvas"] = "dilated sampling"
     if request.eta:
         pairs["Eta"] = request.eta
