@@ -8,6 +8,7 @@ import pytest
 from app.parameters import format_parameters, parse_parameters
 
 pytest.importorskip("pytestqt")
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 from PySide6.QtWidgets import QDialog, QFileDialog, QPushButton  # noqa: E402
 from test_app_widgets import drag, make_window  # noqa: E402,F401
@@ -171,6 +172,9 @@ def test_automatic_names_the_bundled_model_of_the_current_task(make_window, monk
     assert win.doc.task() == "layout" and "Automatic: world-layout" in win.model_panel.info.text()
     win.doc.undo()
     assert "Automatic: world-txt2img" in win.model_panel.info.text() and chosen == []
+    combo = win.params_panel.task
+    tips = [combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())]
+    assert all(tips) and "planner" in tips[combo.findData("layout")]
 
 
 def test_add_model_dialog_installs_selects_and_reports_errors(make_window, user_models, tmp_path, monkeypatch):
