@@ -19,7 +19,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Mask feather": ("mask_feather", int), "Noise level": ("noise_level", int), "Upscaler": ("upscaler", str),
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
-        "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str)}
+        "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
+        "Sketch strength": ("sketch_strength", float)}
 
 
 def _quote(value: str) -> str:

@@ -92,6 +92,11 @@ class TaskOptionsPanel(QWidget):
         self.best_of = QSpinBox(minimum=1, maximum=16)
         self.best_of.setToolTip("Layout from the prompt alone (no boxes, batch size 1): plan and draw this many, and "
                                 "keep the one whose shapes the text model reads as the prompt's")
+        self.sketch_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.sketch_strength.setSpecialValueText("off (from noise)")
+        self.sketch_strength.setToolTip("Layout with the bundled shapes-world models: start from a flat colour sketch "
+                                        "of the ground and sky the prompt names ('on grass under the sky'), repainted "
+                                        "at this strength")
         self.drop_target = UpscaleDropTarget()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -108,6 +113,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Mask feather", self.mask_feather)
         form.addRow("", self.inpaint_crop)
         form.addRow("Planned tries", self.best_of)
+        form.addRow("Ground sketch", self.sketch_strength)
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
@@ -123,6 +129,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_feather.valueChanged.connect(lambda v: self.doc.set_param("mask_feather", v))
         self.inpaint_crop.toggled.connect(lambda v: self.doc.set_param("inpaint_crop", v))
         self.best_of.valueChanged.connect(lambda v: self.doc.set_param("best_of", v))
+        self.sketch_strength.valueChanged.connect(lambda v: self.doc.set_param("sketch_strength", v))
 
     def set_models(self, models) -> None:
         """Refine model choices: Automatic plus every readable model that does img2img."""
@@ -144,7 +151,8 @@ class TaskOptionsPanel(QWidget):
                      (self.hires_upscaler, p.hires_upscaler),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
-                     (self.inpaint_crop, p.inpaint_crop), (self.best_of, int(p.best_of))):
+                     (self.inpaint_crop, p.inpaint_crop), (self.best_of, int(p.best_of)),
+                     (self.sketch_strength, float(p.sketch_strength))):
             _set(w, v)
         task = doc.task()
         for w in (self.upscaler, self.noise_level, self.refine_strength):
@@ -158,6 +166,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_feather.setEnabled(task == "inpaint")
         self.inpaint_crop.setEnabled(task == "inpaint")
         self.best_of.setEnabled(task == "layout" and not doc.boxes and p.batch_size == 1)
+        self.sketch_strength.setEnabled(task == "layout")
 
 
 class RegionPromptsPanel(QWidget):

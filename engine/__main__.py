@@ -35,6 +35,9 @@ def add_generate(sub) -> None:
     p.add_argument("--best-of", type=int, default=None,
                    help="layout without --boxes: draw this many (default 4) and keep the one whose shapes the text "
                    "model reads as the prompt's")
+    p.add_argument("--sketch-strength", type=float, default=None,
+                   help="layout on a shapes-world model, no --image: start from a flat sketch of the prompt's "
+                        "ground and sky at this strength (default 0.6; 0: from noise)")
     p.add_argument("--labels", default=None, help="PNG (mode L or P) of class ids")
     p.add_argument("--class-id", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -70,7 +73,7 @@ FIELDS = {  # CLI flag -> Request field
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
-    "best_of": "best_of",
+    "best_of": "best_of", "sketch_strength": "sketch_strength",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -84,6 +84,7 @@ class Request:
     planner: str = "default"  # layout with no boxes: the text-to-layout planner that places the prompt's objects
     best_of: int = 4  # layout with no boxes, batch size 1: draw this many (own plan and seed), keep the judge's pick
     judge: str = "default"  # best_of: the text model that reads each try's shapes against the prompt (engine.judge)
+    sketch_strength: float = 0.6  # layout, no image, shapes-world model: start from a sketch of the prompt's ground/sky
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tiles: TileSettings = field(default_factory=TileSettings)

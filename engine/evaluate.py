@@ -350,7 +350,8 @@ def cmd_eval(args) -> int:
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
                    hires=args.hires, wide=args.wide, hires_strength=args.hires_strength,
                    hires_upscaler=args.hires_upscaler, planner=args.planner,
-                   **({} if args.best_of is None else {"best_of": args.best_of}))
+                   **({} if args.best_of is None else {"best_of": args.best_of}),
+                   **({} if args.sketch_strength is None else {"sketch_strength": args.sketch_strength}))
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
     return 0
 
@@ -383,4 +384,7 @@ def add_command(sub) -> None:
     p.add_argument("--planner", default="default", help="planned: the text-to-layout planner file")
     p.add_argument("--best-of", type=int, default=None,
                    help="planned: draw this many per scene and keep the text model's pick (default: Request.best_of)")
+    p.add_argument("--sketch-strength", type=float, default=None,
+                   help="planned: start from a sketch of the caption's ground and sky "
+                        "(default: Request.sketch_strength)")
     p.set_defaults(func=cmd_eval)

@@ -108,6 +108,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"unknown sampler {request.sampler!r}; valid: {', '.join(SAMPLERS)}")
     if request.hires not in HIRES_MODES:
         raise EngineError(f"unknown large-canvas mode {request.hires!r}; valid: {', '.join(HIRES_MODES)}")
+    if not 0.0 <= request.sketch_strength <= 1.0:
+        raise EngineError(f"sketch strength must be in [0, 1], got {request.sketch_strength}")
     if request.steps < 1 or request.steps > 1000:
         raise EngineError(f"steps must be between 1 and 1000, got {request.steps}")
     if request.batch_size < 1:
@@ -464,6 +466,10 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Colour fix"] = request.colour_fix
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         pairs["Large canvas"] = "dilated sampling"
+    from engine.tasks import sketch_for
+
+    if sketch_for(request, model, h, w) is not None:
+        pairs["Sketch strength"] = request.sketch_strength
     if request.eta:
         pairs["Eta"] = request.eta
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

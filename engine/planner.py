@@ -197,6 +197,24 @@ def plan(model: LayoutPlanner, caption: str, seed: int = 0, candidates: int = 16
     return [(f"{colour} {shape}", from_bins(c, bins)) for (colour, shape), c in zip(objs, cells[best].tolist())]
 
 
+def background_sketch(caption: str, h: int, w: int, horizon: float = 0.4) -> np.ndarray | None:
+    """A flat colour sketch (SDEdit's stroke input, Meng et al. 2022) of the caption's ground and sky in the world's
+    region colours: the sky above `horizon` of the height, the ground below (each alone fills it); None when the
+    caption names neither."""
+    import cv2
+
+    from engine.world.scene import REGION_RGB, REGIONS, parse_caption
+
+    c = parse_caption(caption)
+    if c.ground is None and not c.sky:
+        return None
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = REGION_RGB[REGIONS.index(c.ground or "sky")]
+    if c.sky and c.ground:
+        img[:int(round(h * horizon))] = REGION_RGB[0]
+    return np.clip(cv2.GaussianBlur(img, (0, 0), 1.5 * max(h, w) / 64), 0, 255).astype(np.uint8)
+
+
 def save(model: LayoutPlanner, path: str | Path, training: dict | None = None) -> None:
     from safetensors.torch import save_file
 

@@ -155,6 +155,20 @@ def layout_tile_conditioning(request: Request, model, lh: int, lw: int):
     return crop_extra
 
 
+def sketch_for(request: Request, model, h: int, w: int) -> np.ndarray | None:
+    """A layout request without a start image, on a model of the shapes world (its classes): a flat sketch of the
+    ground and sky the prompt names to start from at sketch_strength (engine.planner.background_sketch), or None."""
+    from engine.world.scene import OBJECT_CLASSES
+
+    if request.task != "layout" or request.image is not None or request.sketch_strength <= 0:
+        return None
+    if not is_layout_model(model) or tuple(model.config.cond.label_names) != OBJECT_CLASSES:
+        return None
+    from engine.planner import background_sketch
+
+    return background_sketch(request.prompt, h, w)
+
+
 def plan(request: Request, model, h: int, w: int) -> Plan:
     cfg = model.config
     if request.task == "upscale":
@@ -171,11 +185,12 @@ def plan(request: Request, model, h: int, w: int) -> Plan:
     if text_model and request.task in ("layout", "semantic"):
         regions = regions_for(request, model, h, w)
         p.wrap.append(lambda den, noise: RegionalDenoiser(den, regions))
-    if request.image is not None and request.task in ("img2img", *HIRES_TASKS):
-        image = resize_rgb(request.image, w, h)
+    sketch = sketch_for(request, model, h, w)
+    if sketch is not None or (request.image is not None and request.task in ("img2img", *HIRES_TASKS)):
+        image = sketch if sketch is not None else resize_rgb(request.image, w, h)
         p.init = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
         p.init = p.init.expand(request.batch_size, -1, -1, -1)
-        p.strength = request.strength
+        p.strength = request.sketch_strength if sketch is not None else request.strength
     if request.task == "inpaint":
         add_mask_blend(request, model, p)
     return p

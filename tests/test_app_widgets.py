@@ -331,12 +331,17 @@ def test_a_layout_from_the_prompt_alone_shows_the_planned_boxes(make_window, qtb
     win.doc.set_param("batch_size", 1)
     assert win.task_options.best_of.isEnabled()
     win.task_options.best_of.setValue(3)
+    assert win.task_options.sketch_strength.isEnabled() and win.task_options.sketch_strength.value() == 0.6
+    win.task_options.sketch_strength.setValue(0.45)
     win.generate()
     qtbot.waitUntil(lambda: not win.bridge.busy and bool(win.doc.boxes), timeout=10000)
     assert seen[0].boxes == [] and seen[0].prompt == "a red circle on grass" and seen[0].best_of == 3
-    assert not win.task_options.best_of.isEnabled()
+    assert seen[0].sketch_strength == pytest.approx(0.45)
+    assert parse_parameters("a red circle\nSteps: 3, Task: layout, Sketch strength: 0.6")["sketch_strength"] == 0.6
+    assert not win.task_options.best_of.isEnabled() and win.task_options.sketch_strength.isEnabled()
     assert [(b.label, b.rect) for b in win.doc.boxes] == [("red circle", (0.25, 0.25, 0.5, 0.75))]
     assert "planned 1 boxes" in win.statusBar().currentMessage()
     win.generate()
     qtbot.waitUntil(lambda: not win.bridge.busy and len(seen) == 2, timeout=10000)
     assert [b.label for b in seen[1].boxes] == ["red circle"] and len(win.doc.boxes) == 1 and seen[1].best_of == 1
+    assert seen[1].sketch_strength == pytest.approx(0.45), "boxes drawn again from the same sketch"

@@ -193,6 +193,11 @@ def test_unknown_layout_class_and_then_a_good_job(tiny_models, engine):
     assert isinstance(bad, Failed) and "unknown layout class" in bad.message
     good, _ = run(engine, **request_for(path, "layout"))
     assert isinstance(good, Result)
+    sketched, _ = run(engine, **request_for(path, "layout", prompt="a cat on grass under the sky", seed=2))
+    plain, _ = run(engine, **request_for(path, "layout", prompt="a cat on grass under the sky", seed=2,
+                                         sketch_strength=0.0))
+    assert np.array_equal(sketched.images[0], plain.images[0]) and "Sketch" not in sketched.parameters, \
+        "the ground-and-sky sketch is for models of the shapes world only"
 
 
 def test_corrupt_model_fails_and_worker_goes_on(tmp_path, tiny_models, engine):

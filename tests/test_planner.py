@@ -138,9 +138,23 @@ def test_engine_plans_a_layout_from_the_prompt_alone(trained):
         assert ev.images[0].shape == (64, 64, 3)
         given = [Box(b.label, b.box) for b in ev.boxes]
         assert ev.seeds[0] in [3 + 7919 * k for k in range(Request.best_of)]
-        same = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, steps=2, width=64,
-                                                 height=64, seed=ev.seeds[0])))
+        same = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, prompt=caption, steps=2,
+                                                 width=64, height=64, seed=ev.seeds[0])))
         assert np.array_equal(same.images[0], ev.images[0]) and same.boxes == ()
+        assert f"Sketch strength: {Request.sketch_strength}" in ev.parameters
+        sketched = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, steps=2, width=64,
+                                                     height=64, seed=ev.seeds[0], image=planner.background_sketch(
+                                                         caption, 64, 64), strength=Request.sketch_strength)))
+        assert np.array_equal(sketched.images[0], ev.images[0]), "the sketch is the start image at sketch_strength"
+        plain = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, prompt=caption,
+                                                  steps=2, width=64, height=64, seed=ev.seeds[0], sketch_strength=0.0)))
+        unprompted = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", boxes=given, steps=2,
+                                                       width=64, height=64, seed=ev.seeds[0])))
+        assert np.array_equal(plain.images[0], unprompted.images[0]) and "Sketch" not in plain.parameters
+        assert not np.array_equal(plain.images[0], ev.images[0])
+        bad = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", prompt=caption, sketch_strength=2.0,
+                                                planner=str(trained), steps=2)))
+        assert isinstance(bad, Failed) and "sketch strength" in bad.message
         bad = engine.wait(engine.submit(Request(model=str(LAYOUT), task="layout", prompt="a sunny day",
                                                 planner=str(trained), steps=2)))
         assert isinstance(bad, Failed) and "names no object" in bad.message
@@ -151,6 +165,18 @@ def test_engine_plans_a_layout_from_the_prompt_alone(trained):
         assert isinstance(empty, Failed) and "at least one box" in empty.message
     finally:
         engine.shutdown()
+
+
+def test_background_sketch_paints_the_captions_ground_under_its_sky():
+    from engine.world.scene import REGION_RGB
+
+    img = planner.background_sketch("a red circle on water under the sky", 64, 48)
+    assert img.shape == (64, 48, 3) and img.dtype == np.uint8
+    assert np.abs(img[2, 24].astype(float) - REGION_RGB[0]).max() <= 2
+    assert np.abs(img[60, 24].astype(float) - REGION_RGB[2]).max() <= 2
+    assert np.abs(planner.background_sketch("a red circle on sand", 32, 32).astype(float) - REGION_RGB[3]).max() <= 2
+    assert np.abs(planner.background_sketch("a star under the sky", 32, 32).astype(float) - REGION_RGB[0]).max() <= 2
+    assert planner.background_sketch("a red circle above a blue square", 32, 32) is None
 
 
 @pytest.mark.skipif(not BUNDLED.exists(), reason="the bundled planner is not trained yet")
