@@ -215,13 +215,14 @@ def test_cli_plans_prints_the_boxes_and_reproduces_without_the_planner(trained, 
     out, again = tmp_path / "planned.png", tmp_path / "again.png"
     cli = lambda *a: subprocess.run([sys.executable, "-m", "engine", "generate", *map(str, a)], capture_output=True,
                                     text=True, cwd=Path(__file__).resolve().parents[1])
-    r = cli("--task", "layout", "--prompt", "a yellow star left of a green circle", "--planner", trained, "--model",
-            LAYOUT, "--steps", 2, "--seed", 5, "--out", out)
+    r = cli("--task", "layout", "--prompt", "a yellow star left of a green circle on sand", "--planner", trained,
+            "--model", LAYOUT, "--steps", 2, "--seed", 5, "--out", out)
     assert r.returncode == 0, r.stderr
     printed = json.loads(r.stderr.strip().splitlines()[-1])
     assert [b["label"] for b in printed] == ["yellow star", "green circle"]
     record = json.loads(Image.open(out).text["latent_canvas"])
     assert [b["label"] for b in record["boxes"]] == ["yellow star", "green circle"]
+    assert "Sketch strength: 0.6" in Image.open(out).text["parameters"]
     trained.rename(trained.with_suffix(".gone"))
     try:
         r = cli("--from", out, "--out", again)
