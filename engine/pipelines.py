@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.api import HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, EngineError, JobContext, Request, Result, Started, TASKS
+from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, EngineError, JobContext, Request, Result,
+                        Started)
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser
