@@ -163,6 +163,7 @@ class DilatedDenoiser(DenoiserWrapper):
     def __init__(self, inner, native: int, detail_sigma: float = 0.6):
         super().__init__(inner)
         self.native, self.detail_sigma = native, detail_sigma
+        self._masks: dict = {}
 
     def factors(self, h: int, w: int) -> tuple[int, int]:
         k = [max(1, round(s / self.native)) if s >= 1.5 * self.native else 1 for s in (h, w)]
@@ -187,7 +188,10 @@ class DilatedDenoiser(DenoiserWrapper):
         sigmas = repeat(sigma.reshape(-1).expand(b), "b -> (b n)", n=ky * kx)
         d = self.inner(rearrange(x, split, i=ky, j=kx), sigmas, **sub)
         d = rearrange(d, "(b i j) c h w -> b c (h i) (w j)", i=ky, j=kx)
-        m = _band_mask(h, w, ky, kx, x.device)
+        key = (h, w, ky, kx, str(x.device))
+        if key not in self._masks:
+            self._masks[key] = _band_mask(h, w, ky, kx, x.device)
+        m = self._masks[key]
         spec = torch.fft.rfft2(d.float()) * m
         if float(sigma.reshape(-1).max()) < self.detail_sigma:
             spec = spec + torch.fft.rfft2(self.inner(x, sigma, **extra_args).float()) * (1 - m)

@@ -467,9 +467,9 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Colour fix"] = request.colour_fix
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         pairs["Large canvas"] = "dilated sampling"
-    from engine.tasks import sketch_for
+    from engine.tasks import wants_sketch
 
-    if sketch_for(request, model, h, w) is not None:
+    if wants_sketch(request, model):
         pairs["Sketch strength"] = request.sketch_strength
     if request.eta:
         pairs["Eta"] = request.eta

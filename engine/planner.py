@@ -197,6 +197,14 @@ def plan(model: LayoutPlanner, caption: str, seed: int = 0, candidates: int = 16
     return [(f"{colour} {shape}", from_bins(c, bins)) for (colour, shape), c in zip(objs, cells[best].tolist())]
 
 
+def names_background(caption: str) -> bool:
+    """The caption names a ground ('on grass') or the sky: what background_sketch draws."""
+    from engine.world.scene import parse_caption
+
+    c = parse_caption(caption)
+    return c.ground is not None or c.sky
+
+
 def background_sketch(caption: str, h: int, w: int, horizon: float = 0.4) -> np.ndarray | None:
     """A flat colour sketch (SDEdit's stroke input, Meng et al. 2022) of the caption's ground and sky in the world's
     region colours: the sky above `horizon` of the height, the ground below (each alone fills it); None when the
@@ -205,9 +213,9 @@ def background_sketch(caption: str, h: int, w: int, horizon: float = 0.4) -> np.
 
     from engine.world.scene import REGION_RGB, REGIONS, parse_caption
 
-    c = parse_caption(caption)
-    if c.ground is None and not c.sky:
+    if not names_background(caption):
         return None
+    c = parse_caption(caption)
     img = np.empty((h, w, 3), np.float32)
     img[:] = REGION_RGB[REGIONS.index(c.ground or "sky")]
     if c.sky and c.ground:

@@ -155,18 +155,24 @@ def layout_tile_conditioning(request: Request, model, lh: int, lw: int):
     return crop_extra
 
 
-def sketch_for(request: Request, model, h: int, w: int) -> np.ndarray | None:
-    """A layout request without a start image, on a model of the shapes world (its classes): a flat sketch of the
-    ground and sky the prompt names to start from at sketch_strength (engine.planner.background_sketch), or None."""
+def wants_sketch(request: Request, model) -> bool:
+    """A layout request without a start image, on a model of the shapes world (its classes), whose prompt names a
+    ground or the sky: it starts from their sketch at sketch_strength."""
+    from engine.planner import names_background
     from engine.world.scene import OBJECT_CLASSES
 
     if request.task != "layout" or request.image is not None or request.sketch_strength <= 0:
-        return None
+        return False
     if not is_layout_model(model) or tuple(model.config.cond.label_names) != OBJECT_CLASSES:
-        return None
+        return False
+    return names_background(request.prompt)
+
+
+def sketch_for(request: Request, model, h: int, w: int) -> np.ndarray | None:
+    """The flat sketch of the prompt's ground and sky to start from (engine.planner.background_sketch), or None."""
     from engine.planner import background_sketch
 
-    return background_sketch(request.prompt, h, w)
+    return background_sketch(request.prompt, h, w) if wants_sketch(request, model) else None
 
 
 def plan(request: Request, model, h: int, w: int) -> Plan:
