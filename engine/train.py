@@ -157,7 +157,7 @@ def ae_loss(fs, x: torch.Tensor, edge: float = EDGE_WEIGHT, latent_blur: float =
     l2 = F.mse_loss(rec, x)
     grad, ssim = gradient_loss(rec, x), ssim_loss(rec, x)
     loss = l1 + l2 + edge * grad + 0.2 * ssim + reg_w * reg
-    return loss, {"l1": l1.item(), "reg": reg.item(), "idx": idx}
+    return loss, {"l1": l1.item(), "reg": reg.item(), "idx": idx, "rec": rec}
 
 
 def reconstruct(fs, x: torch.Tensor) -> torch.Tensor:
@@ -338,10 +338,13 @@ class Trainer:
 
 
 def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: str | None = None,
-             size: int = 64, eval_n: int = 256, edge: float = EDGE_WEIGHT, latent_blur: float = 0.0) -> dict:
+             size: int = 64, eval_n: int = 256, edge: float = EDGE_WEIGHT, latent_blur: float = 0.0,
+             adversarial: float = 0.0, disc_start: int = 0, disc_width: int = 64) -> dict:
     """Trains the KL or VQ first stage (edge: weight of the gradient term in `ae_loss`; latent_blur: `blur_mix`'s
-    amount, KL only); writes run_dir/ae.pt
-    ({config, state_dict, scale_factor, psnr}) and returns it."""
+    amount, KL only; adversarial: weight of the patch-adversarial term from step disc_start, its discriminator
+    disc_width wide, `engine.adversarial`);
+    writes run_dir/ae.pt ({config, state_dict, scale_factor, psnr}) and returns it."""
+    from engine.adversarial import Adversary, layers_for, split_state
     from engine.models.first_stage_model import make_first_stage
     from engine.world import EVAL_SEEDS
 
@@ -351,9 +354,17 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
     fs = make_first_stage(cfg)
     vq = cfg.kind == "vq"
     trainer = Trainer(spec, list(fs.parameters()), title=f"{cfg.kind}-f{2 ** (len(cfg.ch_mult) - 1)} autoencoder")
+    adv = None
+    if adversarial > 0:
+        side = spec.crop if 0 < spec.crop < size else size
+        adv = Adversary(adversarial, disc_start, lr=spec.lr / 10, ndf=disc_width, n_layers=layers_for(side),
+                        in_channels=cfg.in_channels)
     restored = trainer.resume()
     if restored is not None:
+        restored, adv_state = split_state(restored)
         fs.load_state_dict(restored)
+        if adv is not None and adv_state:
+            adv.load_state_dict(adv_state)
     rng = np.random.default_rng([spec.seed, trainer.step])
     if images_dir:
         pool = data.folder_pool(images_dir, size)
@@ -383,6 +394,9 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
             imgs = imgs[:, y:y + spec.crop, x0:x0 + spec.crop]
         x = data.to_tensor(imgs)
         loss, info = ae_loss(fs, x, edge, latent_blur)
+        if adv is not None:
+            adv.discriminator_step(x, info["rec"], step)
+            loss = loss + adv.generator_term(info["rec"], loss, fs.decoder.conv_out.weight, step)
         if vq:
             usage += torch.bincount(info["idx"].flatten(), minlength=cfg.n_embed)
             if step % 50 == 49 and step < 0.8 * min(spec.steps, 10**6):
@@ -391,15 +405,19 @@ def train_ae(spec: RunSpec, cfg: AutoencoderConfig | None = None, images_dir: st
                 usage.zero_()
         return loss
 
+    def module_state():
+        return fs.state_dict() | (adv.state_dict() if adv is not None else {})
+
     fs.train()
-    trainer.loop(step_fn, fs.state_dict, refresh)
+    trainer.loop(step_fn, module_state, refresh)
     fs.eval()
     with torch.no_grad():
         z = torch.cat([latents(fs, data.to_tensor(held[i:i + 64])) for i in range(0, len(held), 64)])
         used = int(fs.quantize.indices(z).unique().numel()) if vq else 0
     out = {"config": config_to_dict_ae(cfg), "state_dict": fs.state_dict(), "scale_factor": float(1 / z.std()),
            "psnr": psnr_of(fs, held), "steps": trainer.step, "minutes": trainer.elapsed / 60, "codes_used": used,
-           "edge": edge, "latent_blur": latent_blur}
+           "edge": edge, "latent_blur": latent_blur, "adversarial": adversarial, "disc_start": disc_start,
+           "disc_width": disc_width}
     torch.save(out, spec.run_dir / "ae.pt")
     (spec.run_dir / "ae.json").write_text(json.dumps({k: v for k, v in out.items() if k != "state_dict"}, indent=2))
     return out

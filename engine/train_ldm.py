@@ -434,7 +434,8 @@ def cmd_train_ae(args) -> int:
     _threads(args)
     run = Path(args.run_dir)
     out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size, args.ae_kind, z=args.z), args.images,
-                   args.size, edge=args.edge, latent_blur=args.latent_blur)
+                   args.size, edge=args.edge, latent_blur=args.latent_blur, adversarial=args.adversarial,
+                   disc_start=args.disc_start, disc_width=args.disc_width)
     print(json.dumps({k: v for k, v in out.items() if k not in ("state_dict", "config")}))
     return 0
 
@@ -494,6 +495,10 @@ def add_commands(sub) -> None:
     p.add_argument("--edge", type=float, default=FIRST_STAGE["edge"], help="weight of the image-gradient loss term")
     p.add_argument("--latent-blur", type=float, default=FIRST_STAGE["latent_blur"],
                    help="KL: decode half of each batch from latents smoothed by up to this share (engine.train.blur_mix)")
+    p.add_argument("--adversarial", type=float, default=0.0,
+                   help="weight of the patch-adversarial term (PatchGAN, hinge, VQGAN's adaptive weight); 0: off")
+    p.add_argument("--disc-start", type=int, default=2000, help="step at which the discriminator joins")
+    p.add_argument("--disc-width", type=int, default=64, help="the discriminator's first layer width (PatchGAN ndf)")
     p.set_defaults(func=cmd_train_ae)
     p = sub.add_parser("train-ldm", help="train one LDM on a trained first stage")
     _common(p, 9.0)
