@@ -195,6 +195,7 @@ class MainWindow(FileActions, QMainWindow):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
             self.model_panel.follow_task()
+            self.prompt_panel.set_model(self.model_panel.shown)
             x, y, w, h = self.doc.generation_rect()
             where = f" · region {w}×{h} at {x},{y}" if self.doc.region else ""
             self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {self.doc.task()}"
@@ -255,6 +256,7 @@ class MainWindow(FileActions, QMainWindow):
             self.doc.delete_box(self.canvas.selected_box)
 
     def _model_changed(self, info) -> None:
+        self.prompt_panel.set_model(info)
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         ok = info is not None and not info.error

@@ -37,24 +37,59 @@ def _set(widget, value) -> None:
 
 
 class PromptPanel(QWidget):
+    """Prompt and negative prompt; for a model with a closed vocabulary (the bundled ones), an example prompt and a
+    warning naming the words it will ignore."""
+
+    PLACEHOLDER = "Prompt: what to generate"
+
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
         self.doc = doc
-        self.prompt = QPlainTextEdit(placeholderText="Prompt: what to generate")
+        self.model: api.ModelInfo | None = None
+        self.prompt = QPlainTextEdit(placeholderText=self.PLACEHOLDER)
         self.negative = QPlainTextEdit(placeholderText="Negative prompt")
+        self.hint = QLabel(wordWrap=True, visible=False)
         self.prompt.setMaximumHeight(90)
         self.negative.setMaximumHeight(60)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.prompt)
+        lay.addWidget(self.hint)
         lay.addWidget(self.negative)
-        self.prompt.textChanged.connect(lambda: self.doc.set_param("prompt", self.prompt.toPlainText()))
+        self.prompt.textChanged.connect(self._prompt_edited)
         self.negative.textChanged.connect(lambda: self.doc.set_param("negative_prompt", self.negative.toPlainText()))
+
+    def _prompt_edited(self) -> None:
+        self.doc.set_param("prompt", self.prompt.toPlainText())
+        self._check_words()
+
+    def set_model(self, info: api.ModelInfo | None) -> None:
+        """The model that will read the prompt: its example prompt as the placeholder, its vocabulary for the check."""
+        if info == self.model:
+            return
+        self.model = info
+        vocab = info.vocabulary if info is not None else ()
+        example = api.example_prompt(vocab)
+        self.prompt.setPlaceholderText(f"{self.PLACEHOLDER}, e.g. {example}" if example else self.PLACEHOLDER)
+        self.hint.setToolTip(f"{info.name} knows these words: {' '.join(vocab)}" if vocab else "")
+        self._check_words()
+
+    def unknown(self) -> list[str]:
+        vocab = self.model.vocabulary if self.model is not None else ()
+        return api.unknown_words(vocab, self.prompt.toPlainText())
+
+    def _check_words(self) -> None:
+        unknown = self.unknown()
+        if unknown:
+            self.hint.setText(f"<span style='color:#d80'>{self.model.name} does not know "
+                              f"{', '.join(unknown)}: ignored.</span> Hover for the words it knows.")
+        self.hint.setVisible(bool(unknown))
 
     def sync(self, doc: Document) -> None:
         self.doc = doc
         _set(self.prompt, doc.params.prompt)
         _set(self.negative, doc.params.negative_prompt)
+        self._check_words()
 
 
 def install_model(src: str, dest_dir: str, link: bool = True) -> Path:
@@ -84,6 +119,7 @@ class ModelPanel(QWidget):
         self.doc, self.extra_dirs = doc, extra_dirs
         self.models: list[api.ModelInfo] = []
         self._shown_task = ""
+        self.shown: api.ModelInfo | None = None  # what the info line names: the chosen model, or Automatic's
         self.combo = QComboBox()
         self.add_button = QPushButton("Add model...")
         self.info = QLabel()
@@ -133,7 +169,7 @@ class ModelPanel(QWidget):
             self._show(self.current(), emit=False)
 
     def _show(self, m: api.ModelInfo | None, emit: bool = True) -> None:
-        self._shown_task = self.doc.task()
+        self._shown_task, self.shown = self.doc.task(), m
         if m is None:
             self.info.setText("No model found: add a checkpoint (.safetensors/.ckpt).")
         elif self.combo.currentData() == "default":

@@ -150,12 +150,28 @@ def infer_task(req) -> str:
     return "txt2img"
 
 
+def vocabulary_note(req) -> str:
+    """A note naming the prompt's words that a closed-vocabulary text model (the bundled ones) will ignore."""
+    from engine.api import default_model_for, inspect_model, unknown_words
+
+    if not req.prompt:
+        return ""
+    info = default_model_for(req.task) if req.model in ("", "default") else inspect_model(req.model)
+    words = unknown_words(info.vocabulary, req.prompt) if info is not None and not info.error else []
+    if not words:
+        return ""
+    return f"note: {info.name} does not know {', '.join(words)}: ignored (it knows: {' '.join(info.vocabulary)})"
+
+
 def cmd_generate(args) -> int:
     from engine.api import Engine, Failed, Preview, Progress, Result
     from engine.images import save_png
     from engine.pipelines import request_record
 
     req, inputs = build_request(args)
+    note = vocabulary_note(req)
+    if note:
+        print(note, file=sys.stderr)
     engine = Engine()
     job = engine.submit(req)
     bar = None

@@ -327,6 +327,7 @@ class ModelInfo:
     parameterization: str = ""
     image_size: int = 0
     error: str = ""
+    vocabulary: tuple[str, ...] = ()  # a closed, word-level text vocabulary (the bundled world models); () for open ones
 
 
 def default_models_dir() -> str:
@@ -361,7 +362,27 @@ def inspect_model(path: str) -> ModelInfo:
         label_colors=label_colors(tuple(facts.get("label_names", ()))),
         parameterization=facts["parameterization"],
         image_size=facts["image_size"],
+        vocabulary=tuple(facts.get("vocabulary", ())),
     )
+
+
+EXAMPLE_PROMPTS = ("a red circle above a blue square on grass under the sky",)
+
+
+def unknown_words(vocabulary: tuple[str, ...], prompt: str) -> list[str]:
+    """The prompt's words a closed-vocabulary text encoder reads as unknown (split as its WorldTokenizer splits them),
+    each once, in order; [] for an open vocabulary."""
+    import re
+
+    if not vocabulary:
+        return []
+    known = {w.lower() for w in vocabulary}
+    return list(dict.fromkeys(w for w in re.findall(r"\w+", prompt.lower()) if w not in known))
+
+
+def example_prompt(vocabulary: tuple[str, ...]) -> str:
+    """A prompt made only of a closed vocabulary's words, to show a new user what such a model reads; '' if none."""
+    return next((p for p in EXAMPLE_PROMPTS if vocabulary and not unknown_words(vocabulary, p)), "")
 
 
 def suggested_size(image_size: int) -> int:

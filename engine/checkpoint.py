@@ -236,6 +236,7 @@ def facts(cfg: ModelConfig, n_params: int | None = None) -> dict:
         "image_size": cfg.image_size,
         "tasks": list(tasks_for(cfg)),
         "label_names": list(label_names(cfg)),
+        "vocabulary": list(cfg.cond.vocab) if cfg.cond.tokenizer == "world" else [],
         "parameters": n_params,
     }
 

@@ -177,6 +177,30 @@ def test_automatic_names_the_bundled_model_of_the_current_task(make_window, monk
     assert all(tips) and "planner" in tips[combo.findData("layout")]
 
 
+def test_prompt_hint_names_the_words_the_text_model_ignores_and_shows_an_example(make_window, monkeypatch):
+    """The bundled text model reads only its world's words: the placeholder gives an example, and a word outside them
+    is named as ignored while that model is the one that will read the prompt."""
+    vocab = ("a", "red", "blue", "circle", "square", "on", "grass", "above", "under", "the", "sky")
+    bundled = {"txt2img": api.ModelInfo(path="/m/world-txt2img.safetensors", name="world-txt2img", family="world",
+                                        tasks=("txt2img",), vocabulary=vocab),
+               "layout": api.ModelInfo(path="/m/world-layout.safetensors", name="world-layout", family="world",
+                                       tasks=("layout",))}
+    monkeypatch.setattr(api, "default_model_for", lambda task: bundled.get(task))
+    win = make_window()
+    panel = win.prompt_panel
+    panel.prompt.setPlainText("a red circle")
+    assert panel.hint.isHidden()
+    assert "e.g. a red circle above a blue square on grass under the sky" in panel.prompt.placeholderText()
+    panel.prompt.setPlainText("a red Cat above a dog, on grass")
+    assert not panel.hint.isHidden() and "cat, dog: ignored" in panel.hint.text()
+    assert "world-txt2img" in panel.hint.text() and "grass" in panel.hint.toolTip()
+    win.doc.add_box("red circle", (0.1, 0.1, 0.4, 0.4))
+    assert win.doc.task() == "layout" and panel.hint.isHidden()
+    assert panel.prompt.placeholderText() == panel.PLACEHOLDER
+    win.doc.undo()
+    assert not panel.hint.isHidden()
+
+
 def test_add_model_dialog_installs_selects_and_reports_errors(make_window, user_models, tmp_path, monkeypatch):
     user, inspect = user_models
     win = make_window()

@@ -262,6 +262,16 @@ def test_cli_generate_and_reproduce_from_png(tiny_models, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
 
 
+def test_cli_names_the_prompt_words_a_bundled_text_model_ignores(tiny_models):
+    from engine.__main__ import vocabulary_note
+    from engine.api import Request
+
+    note = vocabulary_note(Request(prompt="a red cat above a Dog on grass", task="txt2img"))
+    assert note.startswith("note: world-txt2img does not know cat, dog: ignored") and "triangle" in note
+    assert vocabulary_note(Request(prompt="a red circle on grass", task="txt2img")) == ""
+    assert vocabulary_note(Request(prompt="a red cat", model=str(tiny_models("sd1")), task="txt2img")) == ""
+
+
 def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([{"label": "Cat", "box": [0.1, 0.1, 0.6, 0.6]}]))

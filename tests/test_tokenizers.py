@@ -1,4 +1,6 @@
 """Tokenizer tests: CLIP BPE ids, BERT WordPiece against transformers, word-level, taming layout tokens."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -124,3 +126,18 @@ def test_layout_raster_coords_give_each_cells_place_inside_its_smallest_box():
     lone = tok.raster([("circle", (0.25, 0.25, 0.75, 0.75))], 4, 4, coords=True)
     assert lone[2:, 0].abs().sum() == 0 and lone[2:, :, 0].abs().sum() == 0
     assert torch.allclose(lone[2, 1, 1:3], torch.tensor([-0.5, 0.5]))
+
+
+def test_bundled_text_model_names_its_vocabulary_and_unknown_words_are_the_tokenizers_unk():
+    from engine.api import example_prompt, inspect_model, unknown_words
+    from engine.tokenizers import WorldTokenizer
+    from engine.world import VOCAB
+
+    info = inspect_model(str(Path(__file__).resolve().parents[1] / "resources/models/world-txt2img.safetensors"))
+    assert info.vocabulary == tuple(VOCAB)
+    tok = WorldTokenizer(VOCAB)
+    text = "A Red cat, above the dog's blue square on grass-land under the sky 2"
+    unk = [w for w, i in zip(tok.words(text), tok.encode(text)) if i == tok.UNK and w.isalnum()]
+    assert unknown_words(info.vocabulary, text) == list(dict.fromkeys(unk)) == ["cat", "dog", "s", "land", "2"]
+    assert unknown_words((), text) == [] and not unknown_words(info.vocabulary, example_prompt(info.vocabulary))
+    assert example_prompt(()) == "" and example_prompt(info.vocabulary)
