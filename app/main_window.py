@@ -37,6 +37,7 @@ class MainWindow(FileActions, QMainWindow):
         self.doc = Document(512, 512)
         self._auto_size = (self.doc.width, self.doc.height)
         self._auto_hires = self._default_hires = (Params.hires_upscaler, Params.hires_strength)
+        self._auto_cfg = Params.cfg_scale
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
@@ -268,6 +269,9 @@ class MainWindow(FileActions, QMainWindow):
             self._auto_hires = api.suggested_hires(info.image_size, api.default_model_for("upscale") is not None)
             self.doc.set_param("hires_upscaler", self._auto_hires[0])
             self.doc.set_param("hires_strength", self._auto_hires[1])
+        if ok and p.cfg_scale in (self._auto_cfg, Params.cfg_scale):
+            self._auto_cfg = api.suggested_cfg(info.family)
+            self.doc.set_param("cfg_scale", self._auto_cfg)
         self.palette.set_names(info.label_names if ok else (), info.label_colors if ok else ())
         self.region_prompts.set_names(self.palette.names)
         self.canvas.set_colors(self.palette.colors)

@@ -80,7 +80,7 @@ INPUTS = ("image", "mask", "boxes", "labels")
 
 def build_request(args):
     """Request from flags, on top of the request recorded in a --from PNG (flags win)."""
-    from engine.api import Box, Request, TileSettings
+    from engine.api import Box, Request, TileSettings, suggested_cfg
     from engine.images import REQUEST_CHUNK, read_image, read_labels, read_mask, read_png_text
 
     base: dict = {}
@@ -118,22 +118,32 @@ def build_request(args):
         req.model = "default"
     if not args.from_png and args.hires_upscaler is None and args.hires_strength is None:
         req.hires_upscaler, req.hires_strength = model_hires(req)
+    if not args.from_png and args.cfg is None:
+        info = model_info(req)
+        req.cfg_scale = suggested_cfg(info.family) if info is not None else req.cfg_scale
     return req, inputs
+
+
+def model_info(req):
+    """The request's model as engine.api.inspect_model reads it; None when it cannot be read here (the job itself
+    then reports why)."""
+    from engine.api import inspect_model
+    from engine.pipelines import EngineError, resolve_model
+
+    try:
+        info = inspect_model(str(resolve_model(req.model, req.task)))
+    except EngineError:
+        return None
+    return None if info.error else info
 
 
 def model_hires(req) -> tuple[str, float]:
     """The app's large-canvas choice for the request's model (engine.api.suggested_hires); Lanczos and 0.5 for a
-    model that cannot be read here (the job itself then reports why)."""
-    from engine.api import LARGE_CANVAS_TASKS, default_model_for, inspect_model, suggested_hires
-    from engine.pipelines import EngineError, resolve_model
+    model that cannot be read here."""
+    from engine.api import LARGE_CANVAS_TASKS, default_model_for, suggested_hires
 
-    if req.task not in LARGE_CANVAS_TASKS:
-        return req.hires_upscaler, req.hires_strength
-    try:
-        info = inspect_model(str(resolve_model(req.model, req.task)))
-    except EngineError:
-        return req.hires_upscaler, req.hires_strength
-    if info.error or not info.image_size:
+    info = model_info(req) if req.task in LARGE_CANVAS_TASKS else None
+    if info is None or not info.image_size:
         return req.hires_upscaler, req.hires_strength
     return suggested_hires(info.image_size, default_model_for("upscale") is not None)
 

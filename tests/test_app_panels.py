@@ -201,6 +201,24 @@ def test_prompt_hint_names_the_words_the_text_model_ignores_and_shows_an_example
     assert not panel.hint.isHidden()
 
 
+def test_guidance_follows_the_model_until_the_user_sets_it(make_window, monkeypatch):
+    """The bundled (project-trained) models were measured at guidance 3: Automatic sets it; another family gets the
+    usual 5; a value the user typed stays."""
+    world = api.ModelInfo(path="/m/world-semantic.safetensors", name="world-semantic", family="world-semantic",
+                          tasks=("semantic",))
+    monkeypatch.setattr(api, "default_model_for", lambda task: world)
+    win = make_window()
+    assert win.doc.params.cfg_scale == 3.0 and win.doc.to_request(win.settings).cfg_scale == 3.0
+    combo = win.model_panel.combo
+    combo.setCurrentIndex(1)
+    assert combo.currentData().endswith("sem.safetensors") and win.doc.params.cfg_scale == 5.0
+    combo.setCurrentIndex(0)
+    assert win.doc.params.cfg_scale == 3.0
+    win.doc.set_param("cfg_scale", 6.5)
+    combo.setCurrentIndex(1)
+    assert win.doc.params.cfg_scale == 6.5
+
+
 def test_add_model_dialog_installs_selects_and_reports_errors(make_window, user_models, tmp_path, monkeypatch):
     user, inspect = user_models
     win = make_window()

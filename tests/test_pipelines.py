@@ -294,7 +294,7 @@ def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
 
 def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_models, tmp_path):
     """A bundled 64 px model enlarges with the x4 upscaler and skips the repaint; other tasks and unreadable models keep
-    Lanczos and 0.5; either flag decides instead."""
+    Lanczos and 0.5; either flag decides instead. The guidance too: 3 for a bundled model, 5 for others, or --cfg."""
     import argparse
 
     from engine.__main__ import add_generate, build_request
@@ -305,6 +305,7 @@ def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_m
     parse = lambda *a: sub.choices["generate"].parse_args([str(v) for v in a])  # noqa: E731
     req, _ = build_request(parse("--prompt", "a red circle", "--width", 256, "--height", 256))
     assert (req.model, req.task, req.hires_upscaler, req.hires_strength) == ("default", "txt2img", "model", 0.0)
+    assert req.cfg_scale == 3.0 and build_request(parse("--prompt", "a", "--cfg", 6))[0].cfg_scale == 6.0
     req, _ = build_request(parse("--prompt", "a red circle", "--hires-strength", 0.3))
     assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.3)
     req, _ = build_request(parse("--prompt", "a red circle", "--hires-upscaler", "lanczos"))
@@ -313,11 +314,12 @@ def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_m
     req, _ = build_request(parse("--model", tiny, "--boxes", _boxes(tmp_path)))
     assert req.task == "layout" and (req.hires_upscaler, req.hires_strength) == suggested_hires(
         inspect_model(str(tiny)).image_size)
+    assert req.cfg_scale == 5.0
     Image.fromarray(IMG[:8, :8]).save(tmp_path / "low.png")
     req, _ = build_request(parse("--model", tiny, "--task", "upscale", "--image", tmp_path / "low.png"))
     assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.5)
     req, _ = build_request(parse("--model", tmp_path / "missing.safetensors", "--prompt", "x"))
-    assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.5)
+    assert (req.hires_upscaler, req.hires_strength, req.cfg_scale) == ("lanczos", 0.5, 5.0)
 
 
 def _boxes(tmp_path):
