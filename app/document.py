@@ -424,7 +424,7 @@ class Document:
             colour_fix=bool(p.colour_fix), hires=p.hires, hires_strength=float(p.hires_strength),
             hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,
-            best_of=int(p.best_of) if task == "layout" and not boxes else 1,
+            best_of=int(p.best_of) if (task == "layout" and not boxes) or task == "txt2img" else 1,
             sketch_strength=float(p.sketch_strength))
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision

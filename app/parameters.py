@@ -20,7 +20,7 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
         "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
-        "Sketch strength": ("sketch_strength", float)}
+        "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int)}
 
 
 def _quote(value: str) -> str:

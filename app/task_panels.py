@@ -90,8 +90,9 @@ class TaskOptionsPanel(QWidget):
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
         self.best_of = QSpinBox(minimum=1, maximum=16)
-        self.best_of.setToolTip("Layout from the prompt alone (no boxes, batch size 1): plan and draw this many, and "
-                                "keep the one whose shapes the text model reads as the prompt's")
+        self.best_of.setToolTip("Layout from the prompt alone (no boxes), and text-to-image on the bundled text model "
+                                "(batch size 1): draw this many, each with its own plan and seed, and keep the one "
+                                "whose shapes the text model reads as the prompt's")
         self.sketch_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.sketch_strength.setSpecialValueText("off (from noise)")
         self.sketch_strength.setToolTip("Layout with the bundled shapes-world models: start from a flat colour sketch "
@@ -112,7 +113,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Mask grow", self.mask_grow)
         form.addRow("Mask feather", self.mask_feather)
         form.addRow("", self.inpaint_crop)
-        form.addRow("Planned tries", self.best_of)
+        form.addRow("Tries (best of)", self.best_of)
         form.addRow("Ground sketch", self.sketch_strength)
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
@@ -165,7 +166,7 @@ class TaskOptionsPanel(QWidget):
         self.mask_grow.setEnabled(task == "inpaint")
         self.mask_feather.setEnabled(task == "inpaint")
         self.inpaint_crop.setEnabled(task == "inpaint")
-        self.best_of.setEnabled(task == "layout" and not doc.boxes and p.batch_size == 1)
+        self.best_of.setEnabled(((task == "layout" and not doc.boxes) or task == "txt2img") and p.batch_size == 1)
         self.sketch_strength.setEnabled(task == "layout")
 
 

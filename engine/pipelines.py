@@ -244,12 +244,8 @@ def plan_boxes(request: Request, cache: dict) -> list:
 
 def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
-    and seed (seed + 7919 k), and keeps the one whose objects the judge text model reads as the prompted shapes most
-    often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at their first pass's size (the
-    smallest where their plans differ) and only the kept one is enlarged. A batch (batch_size > 1) shares one plan
-    and is not judged."""
-    from engine.images import resize_rgb
-
+    and seed (seed + 7919 k), and keeps the judge's pick (`run_judged`). A batch (batch_size > 1) shares one plan and
+    is not judged."""
     if request.best_of < 1 or request.best_of > 64:
         raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
     tries = request.best_of if request.batch_size == 1 else 1
@@ -257,6 +253,37 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
     if len(subs) == 1:
         return replace(run_request(subs[0], ctx, cache), boxes=tuple(subs[0].boxes), elapsed_s=time.perf_counter() - t0)
+    res, best = run_judged(request, subs, ctx, cache, t0)
+    return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
+
+
+def judged_text(request: Request, model) -> bool:
+    """Text-to-image worth drawing best_of times and judging: one image from noise, on a closed-vocabulary (project
+    trained) text model, whose prompt names objects the judge can read."""
+    from engine.judge import shape_swaps
+
+    return (request.task == "txt2img" and request.best_of > 1 and request.batch_size == 1 and request.image is None
+            and model.config.cond.tokenizer == "world" and bool(shape_swaps(request.prompt)))
+
+
+def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float, model, h: int, w: int) -> Result:
+    """Text-to-image best of N by the model's own reading (`run_judged`); reported under the request's seed and
+    best_of, which draw the same tries and pick again."""
+    if request.best_of > 64:
+        raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
+    subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(request.best_of)]
+    judged = replace(request, judge=request.model) if request.judge in ("", "default") else request
+    res, _ = run_judged(judged, subs, ctx, cache, t0)
+    return replace(res, seeds=(int(request.seed),), parameters=parameters_text(request, model, h, w),
+                   elapsed_s=time.perf_counter() - t0)
+
+
+def run_judged(request: Request, subs: list[Request], ctx: JobContext, cache: dict, t0: float) -> tuple[Result, int]:
+    """Draws each sub-request and keeps the one whose objects the judge text model reads as the prompted shapes most
+    often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at their first pass's size and only
+    the kept one is enlarged. Returns the kept result and its index."""
+    from engine.images import resize_rgb
+
     model = get_model(request, cache, *pick_device(request))
     size = output_size(request, model)
     firsts = [first_pass_size(sub, model, *size) for sub in subs]
@@ -269,7 +296,7 @@ def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Re
     res = made[best]
     if firsts[best] is not None:
         res = run_two_pass(subs[best], ctx, cache, t0, firsts[best], size, model, small=res)
-    return replace(res, boxes=tuple(subs[best].boxes), elapsed_s=time.perf_counter() - t0)
+    return res, best
 
 
 def judge_votes(request: Request, images: list, cache: dict) -> list[tuple[int, float]]:
@@ -308,6 +335,8 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     model = get_model(request, cache, device, dtype)
     validate(request, model)
     h, w = output_size(request, model)
+    if judged_text(request, model):
+        return run_text_tries(request, ctx, cache, t0, model, h, w)
     first = first_pass_size(request, model, h, w)
     if first is not None and request.task == "inpaint":
         return run_scaled_inpaint(request, ctx, cache, t0, first, (h, w), model)
@@ -471,6 +500,8 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
 
     if wants_sketch(request, model):
         pairs["Sketch strength"] = request.sketch_strength
+    if judged_text(request, model):
+        pairs["Best of"] = request.best_of
     if request.eta:
         pairs["Eta"] = request.eta
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

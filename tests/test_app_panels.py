@@ -190,6 +190,7 @@ def test_prompt_hint_names_the_words_the_text_model_ignores_and_shows_an_example
     panel = win.prompt_panel
     panel.prompt.setPlainText("a red circle")
     assert panel.hint.isHidden()
+    assert win.task_options.best_of.isEnabled() and win.doc.to_request().best_of == 4
     assert "e.g. a red circle above a blue square on grass under the sky" in panel.prompt.placeholderText()
     panel.prompt.setPlainText("a red Cat above a dog, on grass")
     assert not panel.hint.isHidden() and "cat, dog: ignored" in panel.hint.text()

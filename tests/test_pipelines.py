@@ -272,6 +272,14 @@ def test_cli_names_the_prompt_words_a_bundled_text_model_ignores(tiny_models):
     assert vocabulary_note(Request(prompt="a red cat", model=str(tiny_models("sd1")), task="txt2img")) == ""
 
 
+def test_best_of_is_for_closed_vocabulary_text_models_only(engine, tiny_models):
+    """An open-vocabulary text model draws once whatever best_of says: its judge could not read the prompt."""
+    kw = dict(model=str(tiny_models("sd1")), prompt="a red circle above a blue square", width=32, height=32)
+    (four, _), (one, _) = run(engine, **kw, best_of=4), run(engine, **kw, best_of=1)
+    assert isinstance(four, Result) and np.array_equal(four.images[0], one.images[0])
+    assert four.seeds == one.seeds and "Best of" not in four.parameters
+
+
 def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps([{"label": "Cat", "box": [0.1, 0.1, 0.6, 0.6]}]))

@@ -300,3 +300,29 @@ def test_best_of_keeps_one_of_its_tries_and_refuses_bad_settings(trained):
             assert isinstance(failed, Failed) and words in failed.message, (bad, failed)
     finally:
         engine.shutdown()
+
+
+@pytest.mark.skipif(not TEXT.exists(), reason="bundled models not trained")
+def test_text_to_image_best_of_keeps_the_judges_pick_and_reproduces_from_its_seed():
+    """On the bundled text model a prompt naming objects is drawn best_of times (seed + 7919 k) and the try the model
+    itself reads as the prompted shapes is kept, reported under the request's seed; one naming none is drawn once."""
+    from engine.checkpoint import load
+    from engine.judge import shape_votes
+
+    engine = Engine()
+    base = dict(model=str(TEXT), task="txt2img", prompt="a red circle above a blue star on grass", steps=3, width=64,
+                height=64, seed=40)
+    try:
+        ev = engine.wait(engine.submit(Request(**base, best_of=3)))
+        assert isinstance(ev, Result) and ev.seeds == (40,) and "Best of: 3" in ev.parameters, getattr(ev, "message", ev)
+        tries = [engine.wait(engine.submit(Request(**dict(base, seed=40 + 7919 * k), best_of=1))).images[0]
+                 for k in range(3)]
+        votes = shape_votes(load(TEXT), tries, base["prompt"], 40)
+        assert np.array_equal(ev.images[0], tries[max(range(3), key=votes.__getitem__)])
+        assert np.array_equal(engine.wait(engine.submit(Request(**base, best_of=3))).images[0], ev.images[0])
+        plain = dict(base, prompt="grass under the sky")
+        one = engine.wait(engine.submit(Request(**plain, best_of=3)))
+        assert "Best of" not in one.parameters
+        assert np.array_equal(one.images[0], engine.wait(engine.submit(Request(**plain, best_of=1))).images[0])
+    finally:
+        engine.shutdown()
