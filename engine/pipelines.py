@@ -266,15 +266,17 @@ def judged_text(request: Request, model) -> bool:
             and model.config.cond.tokenizer == "world" and bool(shape_swaps(request.prompt)))
 
 
-def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float, model, h: int, w: int) -> Result:
+def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Text-to-image best of N by the model's own reading (`run_judged`); reported under the request's seed and
     best_of, which draw the same tries and pick again."""
     if request.best_of > 64:
         raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(request.best_of)]
     judged = replace(request, judge=request.model) if request.judge in ("", "default") else request
-    res, _ = run_judged(judged, subs, ctx, cache, t0)
-    return replace(res, seeds=(int(request.seed),), parameters=parameters_text(request, model, h, w),
+    res, best = run_judged(judged, subs, ctx, cache, t0)
+    *head, last = res.parameters.splitlines()
+    last = last.replace(f"Seed: {subs[best].seed}", f"Seed: {int(request.seed)}") + f", Best of: {request.best_of}"
+    return replace(res, seeds=(int(request.seed),), parameters="\n".join([*head, last]),
                    elapsed_s=time.perf_counter() - t0)
 
 
@@ -336,7 +338,7 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     validate(request, model)
     h, w = output_size(request, model)
     if judged_text(request, model):
-        return run_text_tries(request, ctx, cache, t0, model, h, w)
+        return run_text_tries(request, ctx, cache, t0)
     first = first_pass_size(request, model, h, w)
     if first is not None and request.task == "inpaint":
         return run_scaled_inpaint(request, ctx, cache, t0, first, (h, w), model)
@@ -500,8 +502,6 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
 
     if wants_sketch(request, model):
         pairs["Sketch strength"] = request.sketch_strength
-    if judged_text(request, model):
-        pairs["Best of"] = request.best_of
     if request.eta:
         pairs["Eta"] = request.eta
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

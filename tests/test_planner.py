@@ -320,6 +320,10 @@ def test_text_to_image_best_of_keeps_the_judges_pick_and_reproduces_from_its_see
         votes = shape_votes(load(TEXT), tries, base["prompt"], 40)
         assert np.array_equal(ev.images[0], tries[max(range(3), key=votes.__getitem__)])
         assert np.array_equal(engine.wait(engine.submit(Request(**base, best_of=3))).images[0], ev.images[0])
+        big = engine.wait(engine.submit(Request(**dict(base, width=256, height=256, hires_upscaler="model",
+                                                         hires_strength=0.0), best_of=2)))
+        assert big.images[0].shape == (256, 256, 3) and big.seeds == (40,), getattr(big, "message", big)
+        assert "Seed: 40," in big.parameters and "First pass: 64x64" in big.parameters and "Best of: 2" in big.parameters
         plain = dict(base, prompt="grass under the sky")
         one = engine.wait(engine.submit(Request(**plain, best_of=3)))
         assert "Best of" not in one.parameters
