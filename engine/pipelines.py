@@ -280,6 +280,19 @@ def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float) ->
                    elapsed_s=time.perf_counter() - t0)
 
 
+class TryContext:
+    """The job's context for try k of n: progress counted over all the tries, so one bar spans them."""
+
+    def __init__(self, ctx: JobContext, k: int, n: int):
+        self._ctx, self._k, self._n = ctx, k, n
+
+    def progress(self, step: int, total: int) -> None:
+        self._ctx.progress(self._k * total + step, self._n * total)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
 def run_judged(request: Request, subs: list[Request], ctx: JobContext, cache: dict, t0: float) -> tuple[Result, int]:
     """Draws each sub-request and keeps the one whose objects the judge text model reads as the prompted shapes most
     often (engine.judge.shape_votes). On a two-pass canvas the tries are judged at their first pass's size and only
@@ -289,8 +302,8 @@ def run_judged(request: Request, subs: list[Request], ctx: JobContext, cache: di
     model = get_model(request, cache, *pick_device(request))
     size = output_size(request, model)
     firsts = [first_pass_size(sub, model, *size) for sub in subs]
-    made = [run_request(sub if f is None else replace(sub, height=f[0], width=f[1], hires="off"), ctx, cache)
-            for sub, f in zip(subs, firsts)]
+    made = [run_request(sub if f is None else replace(sub, height=f[0], width=f[1], hires="off"),
+                        TryContext(ctx, k, len(subs)), cache) for k, (sub, f) in enumerate(zip(subs, firsts))]
     images = [res.images[0] for res in made]
     h, w = min(im.shape[0] for im in images), min(im.shape[1] for im in images)
     images = [im if im.shape[:2] == (h, w) else resize_rgb(im, w, h) for im in images]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import planner
-from engine.api import Box, Engine, Failed, Request, Result, default_models_dir
+from engine.api import Box, Engine, Failed, Progress, Request, Result, default_models_dir
 from engine.train import RunSpec
 from engine.world import EVAL_SEEDS, render
 from engine.world.scene import COLOURS, REGIONS, SHAPES, parse_caption, relation_holds
@@ -313,8 +313,13 @@ def test_text_to_image_best_of_keeps_the_judges_pick_and_reproduces_from_its_see
     base = dict(model=str(TEXT), task="txt2img", prompt="a red circle above a blue star on grass", steps=3, width=64,
                 height=64, seed=40)
     try:
-        ev = engine.wait(engine.submit(Request(**base, best_of=3)))
+        job = engine.submit(Request(**base, best_of=3))
+        progress = []
+        while not isinstance(ev := engine.next_event(120), (Result, Failed)):
+            progress += [(ev.step, ev.total)] if isinstance(ev, Progress) and ev.job_id == job else []
         assert isinstance(ev, Result) and ev.seeds == (40,) and "Best of: 3" in ev.parameters, getattr(ev, "message", ev)
+        steps = [s for s, _ in progress]
+        assert {t for _, t in progress} == {9} and steps == sorted(steps) and steps[-1] == 9 and len(set(steps)) == 10
         tries = [engine.wait(engine.submit(Request(**dict(base, seed=40 + 7919 * k), best_of=1))).images[0]
                  for k in range(3)]
         votes = shape_votes(load(TEXT), tries, base["prompt"], 40)
