@@ -327,7 +327,7 @@ class ModelInfo:
     parameterization: str = ""
     image_size: int = 0
     error: str = ""
-    vocabulary: tuple[str, ...] = ()  # a closed, word-level text vocabulary (the bundled world models); () for open ones
+    vocabulary: tuple[str, ...] = ()  # a closed word-level text vocabulary (the bundled world models); () if open
 
 
 def default_models_dir() -> str:
