@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ class MainWindow(FileActions, QMainWindow):
         self._auto_size = (self.doc.width, self.doc.height)
         self._auto_hires = self._default_hires = (Params.hires_upscaler, Params.hires_strength)
         self._auto_cfg = Params.cfg_scale
+        self._planner_words: tuple[str, ...] | None = None
         self.bridge = EngineBridge(runner, self)
         self.last_error: str | None = None
         self.last_request: api.Request | None = None
@@ -196,7 +198,7 @@ class MainWindow(FileActions, QMainWindow):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
             self.model_panel.follow_task()
-            self.prompt_panel.set_model(self.model_panel.shown)
+            self.prompt_panel.set_model(self._prompt_reader(self.model_panel.shown))
             x, y, w, h = self.doc.generation_rect()
             where = f" · region {w}×{h} at {x},{y}" if self.doc.region else ""
             self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {self.doc.task()}"
@@ -256,8 +258,16 @@ class MainWindow(FileActions, QMainWindow):
         if self.canvas.selected_box is not None:
             self.doc.delete_box(self.canvas.selected_box)
 
+    def _prompt_reader(self, info):
+        """Who reads the prompt: the model, or for a layout job without boxes the text-to-layout planner."""
+        if self.doc.task() != "layout" or self.doc.boxes or info is None:
+            return info
+        if self._planner_words is None:
+            self._planner_words = api.planner_vocabulary()
+        return replace(info, name="the layout planner", vocabulary=self._planner_words)
+
     def _model_changed(self, info) -> None:
-        self.prompt_panel.set_model(info)
+        self.prompt_panel.set_model(self._prompt_reader(info))
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         ok = info is not None and not info.error

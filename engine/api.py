@@ -380,6 +380,21 @@ def unknown_words(vocabulary: tuple[str, ...], prompt: str) -> list[str]:
     return list(dict.fromkeys(w for w in re.findall(r"\w+", prompt.lower()) if w not in known))
 
 
+def planner_vocabulary(path: str = "") -> tuple[str, ...]:
+    """The words the text-to-layout planner reads (a layout job with a prompt and no boxes), from its file's header;
+    () if there is no planner or it cannot be read."""
+    import json
+    from pathlib import Path
+
+    from engine.checkpoint import CheckpointError, read_shapes
+
+    p = Path(path) if path else Path(default_models_dir()) / "planner" / "world-planner.safetensors"
+    try:
+        return tuple(json.loads(read_shapes(p)[1]["latent_canvas.planner"])["vocab"])
+    except (CheckpointError, OSError, KeyError, ValueError, TypeError):
+        return ()
+
+
 def example_prompt(vocabulary: tuple[str, ...]) -> str:
     """A prompt made only of a closed vocabulary's words, to show a new user what such a model reads; '' if none."""
     return next((p for p in EXAMPLE_PROMPTS if vocabulary and not unknown_words(vocabulary, p)), "")

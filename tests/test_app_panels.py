@@ -200,6 +200,19 @@ def test_prompt_hint_names_the_words_the_text_model_ignores_and_shows_an_example
     assert panel.prompt.placeholderText() == panel.PLACEHOLDER
     win.doc.undo()
     assert not panel.hint.isHidden()
+    monkeypatch.setattr(api, "planner_vocabulary", lambda path="": vocab + ("dog",))
+    win.doc.set_task_override("layout")
+    assert win.doc.task() == "layout" and not win.doc.boxes
+    assert "the layout planner does not know cat: ignored" in panel.hint.text() and not panel.hint.isHidden()
+
+
+def test_planner_vocabulary_is_read_from_the_bundled_planners_header(tmp_path):
+    from engine.world import VOCAB
+
+    assert api.planner_vocabulary() == tuple(VOCAB)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a planner")
+    assert api.planner_vocabulary(str(tmp_path / "bad.safetensors")) == ()
+    assert api.planner_vocabulary(str(tmp_path / "missing.safetensors")) == ()
 
 
 def test_guidance_follows_the_model_until_the_user_sets_it(make_window, monkeypatch):
