@@ -198,10 +198,11 @@ class MainWindow(FileActions, QMainWindow):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
             self.model_panel.follow_task()
-            self.prompt_panel.set_model(self._prompt_reader(self.model_panel.shown))
+            task = self.doc.task()
+            self.prompt_panel.set_model(self._prompt_reader(self.model_panel.shown, task))
             x, y, w, h = self.doc.generation_rect()
             where = f" · region {w}×{h} at {x},{y}" if self.doc.region else ""
-            self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {self.doc.task()}"
+            self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {task}"
         if what in ("params", "all", "boxes", "undo"):
             self.region_prompts.sync(self.doc)
         if what in ("history", "all"):
@@ -258,9 +259,9 @@ class MainWindow(FileActions, QMainWindow):
         if self.canvas.selected_box is not None:
             self.doc.delete_box(self.canvas.selected_box)
 
-    def _prompt_reader(self, info):
+    def _prompt_reader(self, info, task: str | None = None):
         """Who reads the prompt: the model, or for a layout job without boxes the text-to-layout planner."""
-        if self.doc.task() != "layout" or self.doc.boxes or info is None:
+        if (task or self.doc.task()) != "layout" or self.doc.boxes or info is None:
             return info
         if self._planner_words is None:
             self._planner_words = api.planner_vocabulary()

@@ -74,16 +74,12 @@ class PromptPanel(QWidget):
         self.hint.setToolTip(f"{info.name} knows these words: {' '.join(vocab)}" if vocab else "")
         self._check_words()
 
-    def unknown(self) -> list[str]:
-        vocab = self.model.vocabulary if self.model is not None else ()
-        return api.unknown_words(vocab, self.prompt.toPlainText())
-
     def _check_words(self) -> None:
-        unknown = self.unknown()
-        if unknown:
-            self.hint.setText(f"<span style='color:#d80'>{self.model.name} does not know "
-                              f"{', '.join(unknown)}: ignored.</span> Hover for the words it knows.")
-        self.hint.setVisible(bool(unknown))
+        m = self.model
+        note = api.ignored_words_note(m.name, m.vocabulary, self.prompt.toPlainText()) if m is not None else ""
+        if note:
+            self.hint.setText(f"<span style='color:#d80'>{note}.</span> Hover for the words it knows.")
+        self.hint.setVisible(bool(note))
 
     def sync(self, doc: Document) -> None:
         self.doc = doc

@@ -162,15 +162,13 @@ def infer_task(req) -> str:
 
 def vocabulary_note(req) -> str:
     """A note naming the prompt's words that a closed-vocabulary text model (the bundled ones) will ignore."""
-    from engine.api import default_model_for, inspect_model, unknown_words
+    from engine.api import default_model_for, ignored_words_note, inspect_model
 
     if not req.prompt:
         return ""
     info = default_model_for(req.task) if req.model in ("", "default") else inspect_model(req.model)
-    words = unknown_words(info.vocabulary, req.prompt) if info is not None and not info.error else []
-    if not words:
-        return ""
-    return f"note: {info.name} does not know {', '.join(words)}: ignored (it knows: {' '.join(info.vocabulary)})"
+    note = ignored_words_note(info.name, info.vocabulary, req.prompt) if info is not None and not info.error else ""
+    return f"note: {note} (it knows: {' '.join(info.vocabulary)})" if note else ""
 
 
 def cmd_generate(args) -> int:

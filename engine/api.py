@@ -380,6 +380,12 @@ def unknown_words(vocabulary: tuple[str, ...], prompt: str) -> list[str]:
     return list(dict.fromkeys(w for w in re.findall(r"\w+", prompt.lower()) if w not in known))
 
 
+def ignored_words_note(name: str, vocabulary: tuple[str, ...], prompt: str) -> str:
+    """'NAME does not know w1, w2: ignored' for the prompt's unknown words; '' when there are none."""
+    words = unknown_words(vocabulary, prompt)
+    return f"{name} does not know {', '.join(words)}: ignored" if words else ""
+
+
 def planner_vocabulary(path: str = "") -> tuple[str, ...]:
     """The words the text-to-layout planner reads (a layout job with a prompt and no boxes), from its file's header;
     () if there is no planner or it cannot be read."""

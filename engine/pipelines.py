@@ -242,12 +242,16 @@ def plan_boxes(request: Request, cache: dict) -> list:
         raise EngineError(str(e)) from None
 
 
+def check_best_of(request: Request) -> None:
+    if request.best_of < 1 or request.best_of > 64:
+        raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
+
+
 def run_planned(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Layout from the prompt alone: boxes planned, then drawn; best_of > 1 draws that many, each with its own plan
     and seed (seed + 7919 k), and keeps the judge's pick (`run_judged`). A batch (batch_size > 1) shares one plan and
     is not judged."""
-    if request.best_of < 1 or request.best_of > 64:
-        raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
+    check_best_of(request)
     tries = request.best_of if request.batch_size == 1 else 1
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(tries)]
     subs = [replace(sub, boxes=plan_boxes(sub, cache)) for sub in subs]
@@ -269,8 +273,7 @@ def judged_text(request: Request, model) -> bool:
 def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
     """Text-to-image best of N by the model's own reading (`run_judged`); reported under the request's seed and
     best_of, which draw the same tries and pick again."""
-    if request.best_of > 64:
-        raise EngineError(f"best_of must be between 1 and 64, got {request.best_of}")
+    check_best_of(request)
     subs = [replace(request, seed=int(request.seed) + 7919 * k, best_of=1) for k in range(request.best_of)]
     judged = replace(request, judge=request.model) if request.judge in ("", "default") else request
     res, best = run_judged(judged, subs, ctx, cache, t0)
