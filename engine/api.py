@@ -427,9 +427,12 @@ SD_GUIDED = ("sd1", "sd1-inpainting", "sd2", "sd2-v", "sd2-inpainting")
 def suggested_cfg(family: str) -> float:
     """Guidance for a family: 3 for the models this project trains (family 'world-...'; the bundled models' figures
     are at 3, which beat 2, 4 and 5 for text and layout), 7.5 for Stable Diffusion (its txt2img script's and
-    diffusers' default), the request's 5 (the LDM txt2img script's) otherwise."""
+    diffusers' default), 9 for its x4 upscaler (diffusers' upscale pipeline default), the request's 5 (the LDM
+    txt2img script's) otherwise."""
     if family.startswith("world-"):
         return 3.0
+    if family == "sd-x4-upscaler":
+        return 9.0
     return 7.5 if family in SD_GUIDED else Request.cfg_scale
 
 

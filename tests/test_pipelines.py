@@ -303,7 +303,7 @@ def test_cli_layout_upscale_and_errors(tiny_models, tmp_path):
 def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_models, tmp_path):
     """A bundled 64 px model enlarges with the x4 upscaler and skips the repaint; other tasks and unreadable models keep
     Lanczos and 0.5; either flag decides instead. The guidance too: 3 for a bundled model, 7.5 for Stable Diffusion,
-    5 for others, or --cfg."""
+    9 for its x4 upscaler, 5 for others, or --cfg."""
     import argparse
 
     from engine.__main__ import add_generate, build_request
@@ -316,6 +316,7 @@ def test_cli_takes_the_apps_large_canvas_choice_for_the_model_unless_told(tiny_m
     assert (req.model, req.task, req.hires_upscaler, req.hires_strength) == ("default", "txt2img", "model", 0.0)
     assert req.cfg_scale == 3.0 and build_request(parse("--prompt", "a", "--cfg", 6))[0].cfg_scale == 6.0
     assert build_request(parse("--model", tiny_models("sd1"), "--prompt", "a"))[0].cfg_scale == 7.5
+    assert build_request(parse("--model", tiny_models("sd-x4-upscaler"), "--prompt", "a"))[0].cfg_scale == 9.0
     req, _ = build_request(parse("--prompt", "a red circle", "--hires-strength", 0.3))
     assert (req.hires_upscaler, req.hires_strength) == ("lanczos", 0.3)
     req, _ = build_request(parse("--prompt", "a red circle", "--hires-upscaler", "lanczos"))
