@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PySide6.QtGui import QGuiApplication, QImage
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from app import project
+from app.canvas import to_qimage
 from app.dialogs import guarded
 from app.document import Document, Params
 from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
@@ -16,6 +18,14 @@ from engine import api
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PARAM_NAMES = {f.name for f in fields(Params)} - {"model"}
+
+
+def from_qimage(qimage: QImage) -> Image.Image:
+    """A QImage of any format as an RGBA PIL image (the clipboard's and drags' pictures)."""
+    q = qimage.convertToFormat(QImage.Format.Format_RGBA8888)
+    w, h = q.width(), q.height()
+    rows = np.frombuffer(q.constBits(), np.uint8, q.bytesPerLine() * h).reshape(h, q.bytesPerLine())
+    return Image.fromarray(rows[:, : 4 * w].reshape(h, w, 4).copy(), "RGBA")
 
 
 class FileActions:
@@ -93,24 +103,60 @@ class FileActions:
             return out
         return shown
 
+    def fitted(self, im: Image.Image) -> np.ndarray:
+        """RGB pixels of an image for the source layer; a huge one asks before downscaling to the settings' side."""
+        im = im.convert("RGB")
+        w, h = im.size
+        side = self.settings.max_image_side
+        if max(w, h) > side and self.ask("Large image", f"The image is {w}×{h}. Downscale it to fit {side} px?"):
+            s = side / max(w, h)
+            im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
+        return np.array(im)
+
+    def _show_source(self, rgb: np.ndarray, what: str) -> None:
+        self.canvas.set_preview(None)
+        self.canvas.fit()
+        self.statusBar().showMessage(f"{what} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
+
     @guarded
     def load_image(self, path: str):
         """Open an image as the source layer; a huge one asks before downscaling; a 'parameters' chunk is restored."""
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            side = self.settings.max_image_side
-            if max(w, h) > side and self.ask("Large image", f"The image is {w}×{h}. Downscale it to fit {side} px?"):
-                s = side / max(w, h)
-                im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
-            rgb = np.array(im)
+            rgb = self.fitted(im)
         self.doc.set_image(rgb)
         text = read_png_parameters(path)
         if text:
             self.restore_parameters(text)
-        self.canvas.set_preview(None)
-        self.canvas.fit()
-        self.statusBar().showMessage(f"Opened {Path(path).name} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
+        self._show_source(rgb, f"Opened {Path(path).name}")
+
+    @guarded
+    def copy_image(self, *_):
+        """What the canvas shows onto the clipboard, as an image."""
+        QGuiApplication.clipboard().setImage(to_qimage(self.shown_image()))
+        self.statusBar().showMessage("Copied the canvas image", 3000)
+
+    @guarded
+    def paste_image(self, *_) -> bool:
+        """The clipboard's image file or picture as the source layer, one undo step, as Open does."""
+        if self.take_image_data(QGuiApplication.clipboard().mimeData(), "Pasted"):
+            return True
+        self.statusBar().showMessage("The clipboard holds no image", 5000)
+        return False
+
+    def take_image_data(self, mime, verb: str) -> bool:
+        """Mime data's first local image or project file (opened as Open does), else its picture (a copied or
+        dragged image) as the source layer."""
+        if mime is None:
+            return False
+        if self.handle_drop(mime):
+            return True
+        qimage = QImage(mime.imageData()) if mime.hasImage() else QImage()
+        if qimage.isNull():
+            return False
+        rgb = self.fitted(from_qimage(qimage))
+        self.doc.set_image(rgb, "paste image")
+        self._show_source(rgb, f"{verb} an image")
+        return True
 
     def restore_parameters(self, text: str) -> None:
         parsed = parse_parameters(text)
@@ -132,11 +178,13 @@ class FileActions:
         return self.generate()
 
     def dragEnterEvent(self, e) -> None:
-        if any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,)) for u in e.mimeData().urls()):
+        mime = e.mimeData()
+        if mime.hasImage() or any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,))
+                                  for u in mime.urls()):
             e.acceptProposedAction()
 
     def dropEvent(self, e) -> None:
-        if self.handle_drop(e.mimeData()):
+        if self.take_image_data(e.mimeData(), "Dropped"):
             e.acceptProposedAction()
 
     @guarded

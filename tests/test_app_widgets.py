@@ -269,6 +269,36 @@ def test_dropped_image_restores_parameters(make_window, tmp_path):
     assert win.prompt_panel.prompt.toPlainText() == "a red barn" and win.params_panel.steps.value() == 17
 
 
+def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
+    """Ctrl+C copies what the canvas shows; Ctrl+V on the canvas pastes a picture as the source layer in one undo
+    step; in the prompt box Ctrl+V still pastes text; a clipboard without an image changes nothing."""
+    from PySide6.QtGui import QGuiApplication
+
+    from app.canvas import to_qimage
+    from app.files import from_qimage
+
+    win = make_window()
+    board = QGuiApplication.clipboard()
+    first = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
+    win.doc.set_image(first)
+    win.canvas.setFocus()
+    QTest.keyClick(win.canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert np.array_equal(np.array(from_qimage(board.image()).convert("RGB")), first)
+    picture = np.zeros((24, 40, 3), np.uint8)
+    picture[:, :, 0] = np.arange(40, dtype=np.uint8) * 6
+    board.setImage(to_qimage(picture))
+    QTest.keyClick(win.canvas, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert (win.doc.width, win.doc.height) == (40, 24) and np.array_equal(win.doc.image, picture)
+    win.doc.undo()
+    assert np.array_equal(win.doc.image, first)
+    board.setText("a blue star")
+    win.prompt_panel.prompt.setFocus()
+    QTest.keyClick(win.prompt_panel.prompt, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert "a blue star" in win.prompt_panel.prompt.toPlainText() and np.array_equal(win.doc.image, first)
+    assert not win.paste_image() and np.array_equal(win.doc.image, first)
+    assert "no image" in win.statusBar().currentMessage()
+
+
 def test_huge_image_asks_before_downscaling(make_window, tmp_path):
     win = make_window(max_image_side=64)
     path = tmp_path / "big.png"
