@@ -1,4 +1,4 @@
-"""Settings dialog, box label prompt, and error-reporting helpers for slots."""
+"""Settings dialog, box label prompt, canvas extension, and error-reporting helpers for slots."""
 from __future__ import annotations
 
 import functools
@@ -100,3 +100,26 @@ class BoxLabelDialog(QDialog):
     def answer(self) -> tuple[str, str | None] | None:
         label = self.label.currentText().strip()
         return (label, self.prompt.text().strip() or None) if label else None
+
+
+class ExtendDialog(QDialog):
+    """Pixels to add on each side of the canvas (outpainting); the new area is masked for the next generation."""
+
+    SIDES = ("Left", "Top", "Right", "Bottom")
+
+    def __init__(self, width: int, height: int, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Extend canvas")
+        self.sides = {name: QSpinBox(minimum=0, maximum=4096, singleStep=8, suffix=" px") for name in self.SIDES}
+        self.sides["Right"].setValue(max(8, width // 4 // 8 * 8))
+        form = QFormLayout(self)
+        for name, box in self.sides.items():
+            form.addRow(name, box)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def pads(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in pixels."""
+        return tuple(self.sides[name].value() for name in self.SIDES)

@@ -351,6 +351,29 @@ class Document:
                       mask=raster.resize_nearest(self.mask, width, height),
                       labels=raster.resize_nearest(self.labels, width, height), region=region)
 
+    def extend(self, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0) -> bool:
+        """Outpainting's canvas: grow each side by so many pixels in one undo step. The new pixels start as a blurred
+        continuation of the edges and are masked, so the next generation fills them (inpainting) and every old pixel
+        stays; labels there are unpainted, boxes keep their place on the image, and the whole canvas is the region."""
+        pads = tuple(int(v) for v in (left, top, right, bottom))
+        if min(pads) < 0:
+            raise ValueError(f"the canvas can only grow: {pads}")
+        if not any(pads):
+            return False
+        left, top, right, bottom = pads
+        h, w = self.height + top + bottom, self.width + left + right
+        inner = (slice(top, top + self.height), slice(left, left + self.width))
+        image = raster.edge_fill(self.image, (top, bottom), (left, right))
+        mask = np.full((h, w), 255, np.uint8)
+        mask[inner] = self.mask
+        labels = np.full((h, w), -1, np.int16)
+        labels[inner] = self.labels
+        boxes = [LayoutBox(b.label, ((b.rect[0] * self.width + left) / w, (b.rect[1] * self.height + top) / h,
+                                     (b.rect[2] * self.width + left) / w, (b.rect[3] * self.height + top) / h), b.prompt)
+                 for b in self.boxes]
+        self._replace("extend canvas", image=image, mask=mask, labels=labels, boxes=boxes, region=None)
+        return True
+
     # --- parameters, task, request ---------------------------------------------------------------------------
     def set_param(self, name: str, value) -> None:
         if not hasattr(self.params, name):

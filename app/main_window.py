@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QDialog, QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar,
+                               QVBoxLayout, QWidget)
 
 from app import project
 from app.bridge import EngineBridge
 from app.canvas import Canvas
-from app.dialogs import BoxLabelDialog, SettingsDialog, guarded
+from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, guarded
 from app.document import Document, Params
 from app.files import FileActions
 from app.icon import app_icon
@@ -159,6 +160,7 @@ class MainWindow(FileActions, QMainWindow):
         self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
         self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))
         self._action(e, "&Delete box", self.delete_box)
+        self._action(e, "E&xtend canvas...", self.extend_canvas)
         self._action(e, "&Whole canvas as generation region", lambda: self.doc.set_region(None), "Ctrl+Shift+A")
         v = mb.addMenu("&View")
         self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
@@ -258,6 +260,23 @@ class MainWindow(FileActions, QMainWindow):
                 self._last_box_label = answer[0]
             return answer
         return None
+
+    def ask_extend(self) -> tuple[int, int, int, int] | None:
+        dlg = ExtendDialog(self.doc.width, self.doc.height, self)
+        return dlg.pads() if dlg.exec() == QDialog.DialogCode.Accepted else None
+
+    @guarded
+    def extend_canvas(self, *_) -> bool:
+        """Outpainting: grow the canvas (one undo step); the new area is masked, so Generate fills it by inpainting."""
+        pads = self.ask_extend()
+        if not pads or not self.doc.extend(*pads):
+            return False
+        self.doc.set_task_override(None)
+        self.canvas.set_preview(None)
+        self.canvas.fit()
+        self.statusBar().showMessage(f"Canvas {self.doc.width}×{self.doc.height}: the new area is masked, Generate "
+                                     "fills it", 8000)
+        return True
 
     def delete_box(self, *_):
         if self.canvas.selected_box is not None:

@@ -153,3 +153,16 @@ def crop_box(rect, region, width: int, height: int) -> tuple[float, float, float
     if (b[0] - a[0]) * rw < 1 or (b[1] - a[1]) * rh < 1:
         return None
     return (a[0], a[1], b[0], b[1])
+
+
+def edge_fill(image: np.ndarray, rows: tuple[int, int], cols: tuple[int, int], blur: float = 8.0) -> np.ndarray:
+    """image padded by (before, after) rows and columns: the edge pixels carried outwards and blurred there (an
+    outpainting start that keeps the neighbouring colours without streaks); the original pixels unchanged."""
+    from PIL import Image, ImageFilter
+
+    padded = np.pad(image, (rows, cols, (0, 0)), mode="edge")
+    soft = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(blur)))
+    out = soft.copy()
+    h, w = image.shape[:2]
+    out[rows[0]:rows[0] + h, cols[0]:cols[0] + w] = image
+    return out

@@ -267,3 +267,38 @@ def test_whole_label_map_loads_as_one_undo_step():
     assert (doc.labels == -1).all()
     with pytest.raises(ValueError):
         doc.set_labels(np.zeros((4, 4, 3)))
+
+
+def test_extend_grows_the_canvas_masks_the_new_area_and_keeps_every_old_pixel_in_one_undo_step():
+    """Outpainting's canvas: old pixels, mask and labels in place, the new band masked with unpainted labels and a
+    blurred continuation of the edge colours, boxes still over the same pixels, the region reset; one undo step."""
+    from app.document import LayoutBox
+
+    doc = Document(40, 24)
+    img = np.zeros((24, 40, 3), np.uint8)
+    img[:, :20] = (200, 30, 30)
+    img[:, 20:] = (30, 30, 200)
+    doc.set_image(img)
+    doc.stroke("mask", [(5, 5)], radius=2)
+    doc.fill("labels", (30, 12), 3)
+    doc.add_box("cat", (0.5, 0.25, 1.0, 0.75))
+    doc.set_region((8, 8, 16, 16))
+    before = (doc.image.copy(), doc.mask.copy(), doc.labels.copy(), list(doc.boxes), doc.region)
+    steps = len(doc.undo_stack.done)
+    assert doc.extend(left=8, right=16, bottom=8) and len(doc.undo_stack.done) == steps + 1
+    assert (doc.width, doc.height) == (64, 32) and doc.region is None
+    assert np.array_equal(doc.image[:24, 8:48], img) and np.array_equal(doc.mask[:24, 8:48], before[1])
+    assert np.array_equal(doc.labels[:24, 8:48], before[2])
+    new = np.ones((32, 64), bool)
+    new[:24, 8:48] = False
+    assert (doc.mask[new] == 255).all() and (doc.labels[new] == -1).all()
+    assert tuple(doc.image[12, 60]) == pytest.approx((30, 30, 200), abs=2)
+    assert tuple(doc.image[12, 0]) == pytest.approx((200, 30, 30), abs=2)
+    assert doc.boxes[0].rect == pytest.approx((28 / 64, 6 / 32, 48 / 64, 18 / 32))
+    assert doc.boxes[0].label == "cat" and doc.task() == "inpaint"
+    assert not doc.extend() and (doc.width, doc.height) == (64, 32)
+    with pytest.raises(ValueError, match="grow"):
+        doc.extend(left=-8)
+    doc.undo()
+    assert np.array_equal(doc.image, before[0]) and np.array_equal(doc.labels, before[2])
+    assert doc.boxes == before[3] and isinstance(doc.boxes[0], LayoutBox) and doc.region == before[4]

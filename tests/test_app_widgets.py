@@ -299,6 +299,24 @@ def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
     assert "no image" in win.statusBar().currentMessage()
 
 
+def test_extend_canvas_action_masks_the_new_area_for_inpainting(make_window):
+    """Edit > Extend canvas: the dialog's pads (a quarter of the width on the right by default) grow the canvas in one
+    undo step, the task follows the new mask (an override is dropped), and a cancelled dialog changes nothing."""
+    from app.dialogs import ExtendDialog
+
+    win = make_window()
+    assert ExtendDialog(128, 96).pads() == (0, 0, 32, 0)
+    win.doc.set_task_override("txt2img")
+    win.ask_extend = lambda: (16, 0, 32, 8)
+    assert win.extend_canvas()
+    assert (win.doc.width, win.doc.height) == (176, 104) and win.doc.task() == "inpaint"
+    assert "176×104" in win.canvas.region_text and "inpaint" in win.canvas.region_text
+    win.ask_extend = lambda: None
+    assert not win.extend_canvas() and win.doc.width == 176
+    win.doc.undo()
+    assert (win.doc.width, win.doc.height) == (128, 96)
+
+
 def test_huge_image_asks_before_downscaling(make_window, tmp_path):
     win = make_window(max_image_side=64)
     path = tmp_path / "big.png"
