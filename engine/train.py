@@ -21,13 +21,18 @@ DEFAULT_NAMES = {"txt2img": "world-txt2img", "layout": "world-layout", "semantic
                  "inpaint": "world-inpaint", "sr4": "world-sr4"}
 
 
-def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str = "kl", z: int = 3) -> AutoencoderConfig:
-    """The small f4 first stage: z latent channels (3 by default), no attention; KL (default) or VQ with n_embed codes."""
+def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str = "kl", z: int = 3,
+              factor: int = 4) -> AutoencoderConfig:
+    """The small f4 (or f8: the paper's LDM-8) first stage: z latent channels (3 by default), no attention; KL (default)
+    or VQ with n_embed codes."""
+    mult = {4: (1, 2, 2), 8: (1, 2, 2, 2)}.get(factor)
+    if mult is None:
+        raise ValueError(f"first-stage factor 4 or 8, not {factor}")
     if kind == "kl":
         return AutoencoderConfig(kind="kl", embed_dim=z, z_channels=z, double_z=True, resolution=resolution, ch=ch,
-                                 ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=0)
+                                 ch_mult=mult, num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=0)
     return AutoencoderConfig(kind="vq", embed_dim=z, z_channels=z, double_z=False, resolution=resolution, ch=ch,
-                             ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=n_embed)
+                             ch_mult=mult, num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=n_embed)
 
 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,

@@ -89,11 +89,20 @@ def folder_pool(folder, size: int = 64, captions: str | None = None, low_size: i
     return Pool(images, caps if names else [], [], None, low)
 
 
-def random_masks(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """LDM-style inpainting masks (1 = repaint): half random boxes, half thick random brush strokes."""
+def random_masks(rng: np.random.Generator, n: int, size: int, outpaint: float = 0.0) -> np.ndarray:
+    """LDM-style inpainting masks (1 = repaint): random boxes and thick random brush strokes, half each; with
+    probability `outpaint` instead an outpainting band, 15-50% of the image along one side or two adjacent ones."""
     out = np.zeros((n, size, size), np.uint8)
     for i in range(n):
-        if rng.random() < 0.5:
+        if outpaint and rng.random() < outpaint:
+            sides = rng.permutation(4)[: int(rng.integers(1, 3))]
+            if len(sides) == 2 and abs(int(sides[0]) - int(sides[1])) == 2:
+                sides = sides[:1]
+            for side in sides:
+                k = max(1, int(rng.uniform(0.15, 0.5) * size))
+                band = {0: np.s_[:, :k], 1: np.s_[:k, :], 2: np.s_[:, size - k:], 3: np.s_[size - k:, :]}[int(side)]
+                out[i][band] = 1
+        elif rng.random() < 0.5:
             w, h = (rng.uniform(0.2, 0.6, 2) * size).astype(int)
             x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
             out[i, y:y + h, x:x + w] = 1

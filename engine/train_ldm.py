@@ -43,9 +43,9 @@ class Batches:
     (txt2img on the world): each batch's `token_targets` kept in .targets for the grounding loss."""
 
     def __init__(self, model, kind: str, pool: data.Pool, rng: np.random.Generator, world: bool,
-                 grounded: bool = False, objects: tuple[float, ...] | None = None):
+                 grounded: bool = False, objects: tuple[float, ...] | None = None, outpaint: float = 0.0):
         self.model, self.kind, self.pool, self.rng, self.world = model, kind, pool, rng, world
-        self.objects = objects
+        self.objects, self.outpaint = objects, outpaint
         self.grounded, self.targets = grounded, None
         self.fs = model.first_stage_model
         self.encoder = PoolEncoder(model)
@@ -129,7 +129,7 @@ class Batches:
             kw["concat"] = data.to_tensor(self.pool.low[idx])
         elif self.kind == "inpaint":
             n_rem = int(round(REMOVAL_SHARE * n)) if self.removal is not None else 0
-            masks = data.random_masks(self.rng, n - n_rem, self.pool.images.shape[1])
+            masks = data.random_masks(self.rng, n - n_rem, self.pool.images.shape[1], self.outpaint)
             c = self.inpaint_cond(self.pool.images[idx[: n - n_rem]], masks)
             z0 = z0[: n - n_rem]
             if n_rem:
@@ -325,13 +325,14 @@ def matrices(model) -> list:
 def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | None = None,
               captions: str | None = None, size: int = 64, multiscale: float = 0.0, min_snr: float = MIN_SNR_GAMMA,
               importance: bool = False, init_from: str | Path | None = None, grounding: float = 0.0,
-              objects: tuple[float, ...] | None = None, **cfg_kw) -> dict:
+              objects: tuple[float, ...] | None = None, outpaint: float = 0.0, **cfg_kw) -> dict:
     """Trains one LDM (UNet + conditioner, EMA) and writes the EMA weights as float16 safetensors to `out`.
     multiscale: share of each semantic or layout world batch drawn from ScaledScenes (2x/4x larger scenes);
     min_snr: the Min-SNR gamma of diffusion_loss (0: the plain eps or v loss); importance: its timestep sampling;
     init_from: an LDM file to fine-tune from (`warm_start`) instead of starting from random weights;
     grounding: weight of the token grounding loss (txt2img on the world: `engine.grounding`, TokenCompose);
-    objects: the world's training scenes weighted by object count (`train_data.train_seeds`)."""
+    objects: the world's training scenes weighted by object count (`train_data.train_seeds`);
+    outpaint: inpainting's share of random masks that are outpainting bands along the image's sides."""
     from engine.checkpoint import save
     from engine.tokenizers import WorldTokenizer
 
@@ -366,7 +367,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
             (spec.run_dir / "warm_start.json").write_text(json.dumps(warm_start(model, init_from)))
         trainer.ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng([spec.seed, trainer.step])
-    batches = Batches(model, kind, pool, rng, world=images_dir is None, grounded=grounding > 0, objects=objects)
+    batches = Batches(model, kind, pool, rng, world=images_dir is None, grounded=grounding > 0, objects=objects,
+                      outpaint=outpaint)
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + trainer.step)
     model.model.train()
 
@@ -403,6 +405,8 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
         info["grounding"] = grounding
     if objects:
         info["objects"] = [float(v) for v in objects]
+    if outpaint:
+        info["outpaint"] = outpaint
     if init_from:
         info["init_from"] = json.loads((spec.run_dir / "warm_start.json").read_text())
     if n_big:
@@ -433,9 +437,9 @@ def _threads(args) -> None:
 def cmd_train_ae(args) -> int:
     _threads(args)
     run = Path(args.run_dir)
-    out = train_ae(_spec(args, run), ae_config(args.ch, args.n_embed, args.size, args.ae_kind, z=args.z), args.images,
-                   args.size, edge=args.edge, latent_blur=args.latent_blur, adversarial=args.adversarial,
-                   disc_start=args.disc_start, disc_width=args.disc_width)
+    cfg = ae_config(args.ch, args.n_embed, args.size, args.ae_kind, z=args.z, factor=args.factor)
+    out = train_ae(_spec(args, run), cfg, args.images, args.size, edge=args.edge, latent_blur=args.latent_blur,
+                   adversarial=args.adversarial, disc_start=args.disc_start, disc_width=args.disc_width)
     print(json.dumps({k: v for k, v in out.items() if k not in ("state_dict", "config")}))
     return 0
 
@@ -448,7 +452,8 @@ def cmd_train_ldm(args) -> int:
     info = train_ldm(kind, _spec(args, run), args.ae, Path(out), args.images, args.captions, args.size,
                      multiscale=args.multiscale, min_snr=args.min_snr, importance=args.importance,
                      raster=args.raster, coords=args.coords, pooled=args.pooled, init_from=args.init_from,
-                     grounding=args.grounding, objects=_weights(args.objects), **_unet_shape(args))
+                     grounding=args.grounding, objects=_weights(args.objects), outpaint=args.outpaint,
+                     **_unet_shape(args))
     print(json.dumps(info))
     return 0
 
@@ -492,6 +497,7 @@ def add_commands(sub) -> None:
     p.add_argument("--ch", type=int, default=32)
     p.add_argument("--n-embed", type=int, default=512)
     p.add_argument("--z", type=int, default=FIRST_STAGE["z"], help="latent channels")
+    p.add_argument("--factor", type=int, default=4, choices=[4, 8], help="downsampling factor (f4, or f8: LDM-8)")
     p.add_argument("--edge", type=float, default=FIRST_STAGE["edge"], help="weight of the image-gradient loss term")
     p.add_argument("--latent-blur", type=float, default=FIRST_STAGE["latent_blur"],
                    help="KL: decode half of each batch from latents smoothed by up to this share (engine.train.blur_mix)")
@@ -523,6 +529,8 @@ def add_commands(sub) -> None:
                    help="txt2img on the world: token grounding loss weight (object words attend to their objects)")
     p.add_argument("--objects", default=None,
                    help="the world's scenes weighted by object count, e.g. 1,2,4 (default: its even mix of 1-3)")
+    p.add_argument("--outpaint", type=float, default=0.0,
+                   help="inpaint: share of random masks that are outpainting bands along the sides")
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this LDM file (the same UNet config; extra concat input channels dropped)")
     p.add_argument("--width", type=int, default=0, help="UNet model_channels, a multiple of 32 (GroupNorm32); 0: 32")

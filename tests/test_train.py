@@ -42,6 +42,38 @@ def test_autoencoder_loss_falls_and_regularizer_gets_gradients(kind):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
+def test_f8_first_stage_gives_latents_an_eighth_of_the_side():
+    """ae_config(factor=8), the paper's LDM-8: one more level than f4, 8x8 latents for 64 px; other factors refused."""
+    from engine.train import reconstruct
+
+    fs = make_first_stage(ae_config(resolution=64, z=8, factor=8)).eval()
+    assert fs.cfg.factor == 8 and len(fs.cfg.ch_mult) == 4
+    x = data.to_tensor(data.world_pool(range(2), 64).images)
+    with torch.no_grad():
+        assert fs.encode(x).mode().shape == (2, 8, 8, 8)
+        assert reconstruct(fs, x).shape == x.shape
+    with pytest.raises(ValueError, match="factor"):
+        ae_config(factor=2)
+
+
+def test_outpainting_masks_are_bands_along_one_side_or_two_adjacent_ones():
+    """random_masks(outpaint=1): every mask a band of 15-50% of the image along one side or two adjacent sides;
+    the default (outpaint 0) only boxes and strokes, none a whole side; a share of 0.25 about a quarter bands."""
+    rng = np.random.default_rng(0)
+    masks = data.random_masks(rng, 200, 32, outpaint=1.0)
+    for m in masks.astype(bool):
+        full = [m[:, 0].all(), m[0, :].all(), m[:, -1].all(), m[-1, :].all()]
+        assert 1 <= sum(full) <= 2 and not (full[0] and full[2]) and not (full[1] and full[3])
+        assert 0.15 * 32 - 1 <= max(m.all(axis=0).sum(), m.all(axis=1).sum()) <= 0.5 * 32
+    assert {sum([m[:, 0].all(), m[0, :].all(), m[:, -1].all(), m[-1, :].all()]) for m in masks.astype(bool)} == {1, 2}
+    plain = data.random_masks(np.random.default_rng(1), 50, 32)
+    assert np.array_equal(plain, data.random_masks(np.random.default_rng(1), 50, 32, outpaint=0.0))
+    assert not any(m[:, 0].all() or m[0, :].all() for m in plain.astype(bool))
+    mixed = data.random_masks(np.random.default_rng(2), 400, 32, outpaint=0.25)
+    bands = sum(bool(m[:, 0].all() or m[0, :].all() or m[:, -1].all() or m[-1, :].all()) for m in mixed)
+    assert 60 <= bands <= 140
+
+
 def test_edge_weight_scales_the_gradient_term_alone():
     from engine.train import gradient_loss, vq_forward
 
