@@ -154,7 +154,7 @@ class FileActions:
         if qimage.isNull():
             return False
         rgb = self.fitted(from_qimage(qimage))
-        self.doc.set_image(rgb, "paste image")
+        self.doc.set_image(rgb, "paste image" if verb == "Pasted" else "drop image")
         self._show_source(rgb, f"{verb} an image")
         return True
 
