@@ -243,3 +243,40 @@ def test_caption_match_is_also_reported_by_the_captions_object_count():
 def test_planned_path_draws_the_prompted_ground_and_sky(task, results):
     res = _run(task, results)
     assert res["scores"]["model"]["caption_match_strict"] >= STRICT[task]
+
+
+def test_outpainting_continues_the_scene_and_keeps_every_old_pixel():
+    """The app's outpainting (Document.extend, then its inpainting request) on world-inpaint: the last 16 of 64 columns
+    of 8 held-out scenes cut off and filled again, DDIM 10. Measured: background pixels of the new band segmented as
+    the true scene 0.71 (a random-weight copy 0.26; the blurred edge colours the band starts from 0.85, which the
+    dedicated inpainting model never sees); every old pixel exact."""
+    import numpy as np
+
+    from app.document import Document
+    from engine.api import Cancelled, Engine, Failed, Result
+    from engine.world import SEMANTIC_CLASSES
+    from engine.world.metrics import segment
+    from engine.world.scene import EVAL_SEEDS, render
+
+    path, engine, right = _bundled("inpaint"), Engine(), []
+    try:
+        for i in range(8):
+            scene = render(EVAL_SEEDS.start + i, 64)
+            doc = Document(48, 64)
+            doc.set_image(scene.image[:, :48])
+            doc.extend(right=16)
+            for name, value in (("model", str(path)), ("steps", 10), ("cfg_scale", 3.0)):
+                doc.set_param(name, value)
+            job = engine.submit(doc.to_request(seed=i))
+            ev = engine.next_event(300)
+            while ev.job_id != job or not isinstance(ev, Result):
+                assert not (ev.job_id == job and isinstance(ev, (Failed, Cancelled))), getattr(ev, "detail", ev)
+                ev = engine.next_event(300)
+            out = ev.images[0]
+            assert out.shape == (64, 64, 3) and np.array_equal(out[:, :48], scene.image[:, :48])
+            truth = scene.labels[:, 48:]
+            background = truth < SEMANTIC_CLASSES.index("circle")
+            right.append((segment(out)[:, 48:] == truth)[background].mean())
+    finally:
+        engine.shutdown()
+    assert np.mean(right) >= 0.6, right
