@@ -374,6 +374,27 @@ class Document:
         self._replace("extend canvas", image=image, mask=mask, labels=labels, boxes=boxes, region=None)
         return True
 
+    def crop(self, rect) -> bool:
+        """Cut the canvas down to (x, y, w, h) pixels in one undo step: every layer cropped, boxes clipped to it (those
+        left outside dropped), the whole canvas the region again."""
+        x, y, w, h = (int(round(v)) for v in rect)
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(self.width, x + w), min(self.height, y + h)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            raise ValueError(f"a crop must keep at least 8×8 pixels of the {self.width}×{self.height} canvas")
+        if (x0, y0, x1, y1) == (0, 0, self.width, self.height):
+            return False
+        w, h = x1 - x0, y1 - y0
+        boxes = []
+        for b in self.boxes:
+            bx0, by0 = max(b.rect[0] * self.width, x0), max(b.rect[1] * self.height, y0)
+            bx1, by1 = min(b.rect[2] * self.width, x1), min(b.rect[3] * self.height, y1)
+            if bx1 > bx0 and by1 > by0:
+                boxes.append(LayoutBox(b.label, ((bx0 - x0) / w, (by0 - y0) / h, (bx1 - x0) / w, (by1 - y0) / h),
+                                       b.prompt))
+        self._replace("crop canvas", image=self.image[y0:y1, x0:x1].copy(), mask=self.mask[y0:y1, x0:x1].copy(),
+                      labels=self.labels[y0:y1, x0:x1].copy(), boxes=boxes, region=None)
+        return True
+
     # --- parameters, task, request ---------------------------------------------------------------------------
     def set_param(self, name: str, value) -> None:
         if not hasattr(self.params, name):

@@ -161,6 +161,7 @@ class MainWindow(FileActions, QMainWindow):
         self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))
         self._action(e, "&Delete box", self.delete_box)
         self._action(e, "E&xtend canvas...", self.extend_canvas)
+        self._action(e, "C&rop to generation region", self.crop_canvas)
         self._action(e, "&Whole canvas as generation region", lambda: self.doc.set_region(None), "Ctrl+Shift+A")
         v = mb.addMenu("&View")
         self._action(v, "&Fit", self.canvas.fit, "Ctrl+0")
@@ -276,6 +277,19 @@ class MainWindow(FileActions, QMainWindow):
         self.canvas.fit()
         self.statusBar().showMessage(f"Canvas {self.doc.width}×{self.doc.height}: the new area is masked, Generate "
                                      "fills it", 8000)
+        return True
+
+    @guarded
+    def crop_canvas(self, *_) -> bool:
+        """Cut the canvas down to the generation region (one undo step)."""
+        if self.doc.region is None:
+            self.statusBar().showMessage("Draw a generation region (C) to crop to first", 5000)
+            return False
+        if not self.doc.crop(self.doc.region):
+            return False
+        self.canvas.set_preview(None)
+        self.canvas.fit()
+        self.statusBar().showMessage(f"Cropped to {self.doc.width}×{self.doc.height}", 5000)
         return True
 
     def delete_box(self, *_):

@@ -302,3 +302,24 @@ def test_extend_grows_the_canvas_masks_the_new_area_and_keeps_every_old_pixel_in
     doc.undo()
     assert np.array_equal(doc.image, before[0]) and np.array_equal(doc.labels, before[2])
     assert doc.boxes == before[3] and isinstance(doc.boxes[0], LayoutBox) and doc.region == before[4]
+
+
+def test_crop_cuts_every_layer_to_the_rect_and_clips_boxes_in_one_undo_step():
+    doc = Document(64, 48)
+    img = (np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    doc.set_image(img)
+    doc.stroke("mask", [(20, 20)], radius=3)
+    doc.fill("labels", (1, 1), 2)
+    doc.add_box("cat", (0.25, 0.25, 0.75, 0.75))
+    doc.add_box("dog", (0.9, 0.9, 1.0, 1.0))
+    mask, steps = doc.mask.copy(), len(doc.undo_stack.done)
+    assert doc.crop((16, 8, 32, 24)) and len(doc.undo_stack.done) == steps + 1
+    assert (doc.width, doc.height) == (32, 24) and doc.region is None
+    assert np.array_equal(doc.image, img[8:32, 16:48]) and np.array_equal(doc.mask, mask[8:32, 16:48])
+    assert (doc.labels == 2).all()
+    assert [b.label for b in doc.boxes] == ["cat"] and doc.boxes[0].rect == pytest.approx((0, 4 / 24, 1, 1))
+    assert not doc.crop((0, 0, 32, 24))
+    with pytest.raises(ValueError, match="8×8"):
+        doc.crop((30, 0, 10, 10))
+    doc.undo()
+    assert np.array_equal(doc.image, img) and [b.label for b in doc.boxes] == ["cat", "dog"]

@@ -299,9 +299,10 @@ def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
     assert "no image" in win.statusBar().currentMessage()
 
 
-def test_extend_canvas_action_masks_the_new_area_for_inpainting(make_window):
+def test_extend_canvas_action_masks_the_new_area_for_inpainting_and_crop_undoes_it(make_window):
     """Edit > Extend canvas: the dialog's pads (a quarter of the width on the right by default) grow the canvas in one
-    undo step, the task follows the new mask (an override is dropped), and a cancelled dialog changes nothing."""
+    undo step, the task follows the new mask (an override is dropped), and a cancelled dialog changes nothing.
+    Edit > Crop to generation region cuts the canvas to the region, and asks for one when there is none."""
     from app.dialogs import ExtendDialog
 
     win = make_window()
@@ -315,6 +316,9 @@ def test_extend_canvas_action_masks_the_new_area_for_inpainting(make_window):
     assert not win.extend_canvas() and win.doc.width == 176
     win.doc.undo()
     assert (win.doc.width, win.doc.height) == (128, 96)
+    assert not win.crop_canvas() and "generation region" in win.statusBar().currentMessage()
+    win.doc.set_region((16, 8, 64, 48))
+    assert win.crop_canvas() and (win.doc.width, win.doc.height) == (64, 48) and win.doc.region is None
 
 
 def test_huge_image_asks_before_downscaling(make_window, tmp_path):
