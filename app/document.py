@@ -368,9 +368,11 @@ class Document:
         mask[inner] = self.mask
         labels = np.full((h, w), -1, np.int16)
         labels[inner] = self.labels
-        boxes = [LayoutBox(b.label, ((b.rect[0] * self.width + left) / w, (b.rect[1] * self.height + top) / h,
-                                     (b.rect[2] * self.width + left) / w, (b.rect[3] * self.height + top) / h), b.prompt)
-                 for b in self.boxes]
+        def moved(r):
+            return ((r[0] * self.width + left) / w, (r[1] * self.height + top) / h,
+                    (r[2] * self.width + left) / w, (r[3] * self.height + top) / h)
+
+        boxes = [LayoutBox(b.label, moved(b.rect), b.prompt) for b in self.boxes]
         self._replace("extend canvas", image=image, mask=mask, labels=labels, boxes=boxes, region=None)
         return True
 
