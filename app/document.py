@@ -279,6 +279,19 @@ class Document:
         self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
 
+    def paste_into(self, rgb: np.ndarray, x: int, y: int) -> bool:
+        """A picture laid onto the image layer with its top-left at (x, y), clipped to the canvas: one undo step
+        (photobashing: paste, then mask the seams and inpaint them)."""
+        rgb = _rgb(rgb)
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = max(0, x), max(0, y), min(self.width, x + w), min(self.height, y + h)
+        if x1 <= x0 or y1 <= y0:
+            return False
+        image = self.image.copy()
+        image[y0:y1, x0:x1] = rgb[y0 - y:y1 - y, x0 - x:x1 - x]
+        self._replace("paste into canvas", image=image, has_image=True)
+        return True
+
     def set_labels(self, labels: np.ndarray, text: str = "load label map") -> None:
         """A whole label map (class ids, -1 unpainted) as one undo step, resized nearest-neighbour to the canvas."""
         labels = np.asarray(labels)

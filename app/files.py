@@ -143,6 +143,22 @@ class FileActions:
         self.statusBar().showMessage("The clipboard holds no image", 5000)
         return False
 
+    @guarded
+    def paste_into(self, *_) -> bool:
+        """The clipboard's picture laid onto the canvas, centred on the generation region (the canvas keeps its size)."""
+        mime = QGuiApplication.clipboard().mimeData()
+        qimage = QImage(mime.imageData()) if mime is not None and mime.hasImage() else QImage()
+        if qimage.isNull():
+            self.statusBar().showMessage("The clipboard holds no picture", 5000)
+            return False
+        rgb = np.array(from_qimage(qimage).convert("RGB"))
+        x, y, w, h = self.doc.generation_rect()
+        done = self.doc.paste_into(rgb, x + (w - rgb.shape[1]) // 2, y + (h - rgb.shape[0]) // 2)
+        if done:
+            self.canvas.set_preview(None)
+            self.statusBar().showMessage(f"Pasted a {rgb.shape[1]}×{rgb.shape[0]} picture into the canvas", 5000)
+        return done
+
     def take_image_data(self, mime, verb: str) -> bool:
         """Mime data's first local image or project file (opened as Open does), else its picture (a copied or
         dragged image) as the source layer."""

@@ -156,6 +156,7 @@ class MainWindow(FileActions, QMainWindow):
         e.addSeparator()
         self._action(e, "&Copy image", self.copy_image, QKeySequence.StandardKey.Copy)
         self._action(e, "&Paste image", self.paste_image, QKeySequence.StandardKey.Paste)
+        self._action(e, "Paste &into canvas", self.paste_into, "Ctrl+Shift+V")
         e.addSeparator()
         self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
         self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))

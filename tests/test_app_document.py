@@ -323,3 +323,13 @@ def test_crop_cuts_every_layer_to_the_rect_and_clips_boxes_in_one_undo_step():
         doc.crop((30, 0, 10, 10))
     doc.undo()
     assert np.array_equal(doc.image, img) and [b.label for b in doc.boxes] == ["cat", "dog"]
+
+
+def test_paste_into_lays_a_picture_onto_the_image_clipped_to_the_canvas():
+    doc = Document(32, 16)
+    pic = np.full((10, 12, 3), 77, np.uint8)
+    assert doc.paste_into(pic, 26, -4) and doc.has_image
+    assert (doc.image[:6, 26:] == 77).all() and (doc.image[6:, :] == 255).all() and (doc.image[:, :26] == 255).all()
+    assert not doc.paste_into(pic, 40, 0)
+    doc.undo()
+    assert (doc.image == 255).all() and not doc.has_image

@@ -271,7 +271,8 @@ def test_dropped_image_restores_parameters(make_window, tmp_path):
 
 def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
     """Ctrl+C copies what the canvas shows; Ctrl+V on the canvas pastes a picture as the source layer in one undo
-    step; in the prompt box Ctrl+V still pastes text; a clipboard without an image changes nothing."""
+    step; in the prompt box Ctrl+V still pastes text; a clipboard without an image changes nothing. Ctrl+Shift+V lays
+    the picture onto the canvas, centred, keeping its size (one undo step)."""
     from PySide6.QtGui import QGuiApplication
 
     from app.canvas import to_qimage
@@ -297,6 +298,14 @@ def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
     assert "a blue star" in win.prompt_panel.prompt.toPlainText() and np.array_equal(win.doc.image, first)
     assert not win.paste_image() and np.array_equal(win.doc.image, first)
     assert "no image" in win.statusBar().currentMessage()
+    assert not win.paste_into() and "no picture" in win.statusBar().currentMessage()
+    board.setImage(to_qimage(picture))
+    win.canvas.setFocus()
+    QTest.keyClick(win.canvas, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert (win.doc.width, win.doc.height) == (128, 96)
+    assert np.array_equal(win.doc.image[36:60, 44:84], picture) and np.array_equal(win.doc.image[:36], first[:36])
+    win.doc.undo()
+    assert np.array_equal(win.doc.image, first)
 
 
 def test_extend_canvas_action_masks_the_new_area_for_inpainting_and_crop_undoes_it(make_window):
