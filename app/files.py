@@ -145,7 +145,7 @@ class FileActions:
 
     @guarded
     def paste_into(self, *_) -> bool:
-        """The clipboard's picture laid onto the canvas, centred on the generation region (the canvas keeps its size)."""
+        """The clipboard's picture laid onto the canvas, centred on the generation region; the canvas keeps its size."""
         mime = QGuiApplication.clipboard().mimeData()
         qimage = QImage(mime.imageData()) if mime is not None and mime.hasImage() else QImage()
         if qimage.isNull():
