@@ -381,11 +381,9 @@ class Document:
         mask[inner] = self.mask
         labels = np.full((h, w), -1, np.int16)
         labels[inner] = self.labels
-        def moved(r):
-            return ((r[0] * self.width + left) / w, (r[1] * self.height + top) / h,
-                    (r[2] * self.width + left) / w, (r[3] * self.height + top) / h)
-
-        boxes = [LayoutBox(b.label, moved(b.rect), b.prompt) for b in self.boxes]
+        grown = (-left, -top, w, h)
+        boxes = [LayoutBox(b.label, raster.crop_box(b.rect, grown, self.width, self.height), b.prompt)
+                 for b in self.boxes]
         self._replace("extend canvas", image=image, mask=mask, labels=labels, boxes=boxes, region=None)
         return True
 
@@ -398,14 +396,8 @@ class Document:
             raise ValueError(f"a crop must keep at least 8×8 pixels of the {self.width}×{self.height} canvas")
         if (x0, y0, x1, y1) == (0, 0, self.width, self.height):
             return False
-        w, h = x1 - x0, y1 - y0
-        boxes = []
-        for b in self.boxes:
-            bx0, by0 = max(b.rect[0] * self.width, x0), max(b.rect[1] * self.height, y0)
-            bx1, by1 = min(b.rect[2] * self.width, x1), min(b.rect[3] * self.height, y1)
-            if bx1 > bx0 and by1 > by0:
-                boxes.append(LayoutBox(b.label, ((bx0 - x0) / w, (by0 - y0) / h, (bx1 - x0) / w, (by1 - y0) / h),
-                                       b.prompt))
+        kept = [(b, raster.crop_box(b.rect, (x0, y0, x1 - x0, y1 - y0), self.width, self.height)) for b in self.boxes]
+        boxes = [LayoutBox(b.label, r, b.prompt) for b, r in kept if r is not None]
         self._replace("crop canvas", image=self.image[y0:y1, x0:x1].copy(), mask=self.mask[y0:y1, x0:x1].copy(),
                       labels=self.labels[y0:y1, x0:x1].copy(), boxes=boxes, region=None)
         return True

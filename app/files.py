@@ -28,6 +28,12 @@ def from_qimage(qimage: QImage) -> Image.Image:
     return Image.fromarray(rows[:, : 4 * w].reshape(h, w, 4).copy(), "RGBA")
 
 
+def mime_picture(mime) -> Image.Image | None:
+    """The picture in mime data (copied or dragged pixels), or None."""
+    qimage = QImage(mime.imageData()) if mime is not None and mime.hasImage() else QImage()
+    return None if qimage.isNull() else from_qimage(qimage)
+
+
 class FileActions:
     """Mixin for MainWindow (needs doc, canvas, settings, set_document, ask, statusBar, _sync_all, _update_title)."""
 
@@ -113,10 +119,11 @@ class FileActions:
             im = im.resize((max(int(w * s) // 8 * 8, 8), max(int(h * s) // 8 * 8, 8)), Image.Resampling.LANCZOS)
         return np.array(im)
 
-    def _show_source(self, rgb: np.ndarray, what: str) -> None:
+    def refit(self, message: str, ms: int = 5000) -> None:
+        """After the canvas changed under the view: no stale preview, the whole canvas in view, a status message."""
         self.canvas.set_preview(None)
         self.canvas.fit()
-        self.statusBar().showMessage(f"{what} ({rgb.shape[1]}×{rgb.shape[0]})", 5000)
+        self.statusBar().showMessage(message, ms)
 
     @guarded
     def load_image(self, path: str):
@@ -127,7 +134,7 @@ class FileActions:
         text = read_png_parameters(path)
         if text:
             self.restore_parameters(text)
-        self._show_source(rgb, f"Opened {Path(path).name}")
+        self.refit(f"Opened {Path(path).name} ({rgb.shape[1]}×{rgb.shape[0]})")
 
     @guarded
     def copy_image(self, *_):
@@ -146,12 +153,11 @@ class FileActions:
     @guarded
     def paste_into(self, *_) -> bool:
         """The clipboard's picture laid onto the canvas, centred on the generation region; the canvas keeps its size."""
-        mime = QGuiApplication.clipboard().mimeData()
-        qimage = QImage(mime.imageData()) if mime is not None and mime.hasImage() else QImage()
-        if qimage.isNull():
+        picture = mime_picture(QGuiApplication.clipboard().mimeData())
+        if picture is None:
             self.statusBar().showMessage("The clipboard holds no picture", 5000)
             return False
-        rgb = np.array(from_qimage(qimage).convert("RGB"))
+        rgb = np.array(picture.convert("RGB"))
         x, y, w, h = self.doc.generation_rect()
         done = self.doc.paste_into(rgb, x + (w - rgb.shape[1]) // 2, y + (h - rgb.shape[0]) // 2)
         if done:
@@ -166,12 +172,12 @@ class FileActions:
             return False
         if self.handle_drop(mime):
             return True
-        qimage = QImage(mime.imageData()) if mime.hasImage() else QImage()
-        if qimage.isNull():
+        picture = mime_picture(mime)
+        if picture is None:
             return False
-        rgb = self.fitted(from_qimage(qimage))
+        rgb = self.fitted(picture)
         self.doc.set_image(rgb, "paste image" if verb == "Pasted" else "drop image")
-        self._show_source(rgb, f"{verb} an image")
+        self.refit(f"{verb} an image ({rgb.shape[1]}×{rgb.shape[0]})")
         return True
 
     def restore_parameters(self, text: str) -> None:

@@ -274,10 +274,7 @@ class MainWindow(FileActions, QMainWindow):
         if not pads or not self.doc.extend(*pads):
             return False
         self.doc.set_task_override(None)
-        self.canvas.set_preview(None)
-        self.canvas.fit()
-        self.statusBar().showMessage(f"Canvas {self.doc.width}×{self.doc.height}: the new area is masked, Generate "
-                                     "fills it", 8000)
+        self.refit(f"Canvas {self.doc.width}×{self.doc.height}: the new area is masked, Generate fills it", 8000)
         return True
 
     @guarded
@@ -288,9 +285,7 @@ class MainWindow(FileActions, QMainWindow):
             return False
         if not self.doc.crop(self.doc.region):
             return False
-        self.canvas.set_preview(None)
-        self.canvas.fit()
-        self.statusBar().showMessage(f"Cropped to {self.doc.width}×{self.doc.height}", 5000)
+        self.refit(f"Cropped to {self.doc.width}×{self.doc.height}")
         return True
 
     def delete_box(self, *_):

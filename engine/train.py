@@ -28,11 +28,10 @@ def ae_config(ch: int = 32, n_embed: int = 512, resolution: int = 64, kind: str 
     mult = {4: (1, 2, 2), 8: (1, 2, 2, 2)}.get(factor)
     if mult is None:
         raise ValueError(f"first-stage factor 4 or 8, not {factor}")
-    if kind == "kl":
-        return AutoencoderConfig(kind="kl", embed_dim=z, z_channels=z, double_z=True, resolution=resolution, ch=ch,
-                                 ch_mult=mult, num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=0)
-    return AutoencoderConfig(kind="vq", embed_dim=z, z_channels=z, double_z=False, resolution=resolution, ch=ch,
-                             ch_mult=mult, num_res_blocks=1, attn_resolutions=(), attn_type="none", n_embed=n_embed)
+    vq = kind != "kl"
+    return AutoencoderConfig(kind="vq" if vq else "kl", embed_dim=z, z_channels=z, double_z=not vq,
+                             resolution=resolution, ch=ch, ch_mult=mult, num_res_blocks=1, attn_resolutions=(),
+                             attn_type="none", n_embed=n_embed if vq else 0)
 
 
 def ldm_config(kind: str, first_stage: AutoencoderConfig, scale_factor: float = 1.0, size: int = 64,

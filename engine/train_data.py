@@ -95,12 +95,10 @@ def random_masks(rng: np.random.Generator, n: int, size: int, outpaint: float = 
     out = np.zeros((n, size, size), np.uint8)
     for i in range(n):
         if outpaint and rng.random() < outpaint:
-            sides = rng.permutation(4)[: int(rng.integers(1, 3))]
-            if len(sides) == 2 and abs(int(sides[0]) - int(sides[1])) == 2:
-                sides = sides[:1]
-            for side in sides:
+            first = int(rng.integers(0, 4))
+            for side in (first, (first + 1) % 4)[: int(rng.integers(1, 3))]:
                 k = max(1, int(rng.uniform(0.15, 0.5) * size))
-                band = {0: np.s_[:, :k], 1: np.s_[:k, :], 2: np.s_[:, size - k:], 3: np.s_[size - k:, :]}[int(side)]
+                band = {0: np.s_[:, :k], 1: np.s_[:k, :], 2: np.s_[:, size - k:], 3: np.s_[size - k:, :]}[side]
                 out[i][band] = 1
         elif rng.random() < 0.5:
             w, h = (rng.uniform(0.2, 0.6, 2) * size).astype(int)
