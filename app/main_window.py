@@ -116,6 +116,7 @@ class MainWindow(FileActions, QMainWindow):
         scroll.setWidget(side)
         scroll.setWidgetResizable(True)
         scroll.setMinimumWidth(330)
+        docks = {}
         for title, w, area in (("Generate", scroll, Qt.DockWidgetArea.RightDockWidgetArea),
                                ("Palette", self.palette, Qt.DockWidgetArea.LeftDockWidgetArea),
                                ("History", self.history_strip, Qt.DockWidgetArea.BottomDockWidgetArea)):
@@ -123,7 +124,9 @@ class MainWindow(FileActions, QMainWindow):
             dock.setObjectName(title)
             dock.setWidget(w)
             self.addDockWidget(area, dock)
-        self.palette.setMinimumWidth(190)
+            docks[title] = dock
+        self.palette.setMinimumWidth(150)
+        self.resizeDocks([docks["Palette"], docks["Generate"]], [180, 340], Qt.Orientation.Horizontal)
         bar = QToolBar("Generate", self)
         bar.setObjectName("GenerateBar")
         bar.setMovable(False)

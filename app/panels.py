@@ -117,6 +117,8 @@ class ModelPanel(QWidget):
         self._shown_task = ""
         self.shown: api.ModelInfo | None = None  # what the info line names: the chosen model, or Automatic's
         self.combo = QComboBox()
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(16)
         self.add_button = QPushButton("Add model...")
         self.info = QLabel()
         self.info.setWordWrap(True)

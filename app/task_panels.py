@@ -60,7 +60,7 @@ class TaskOptionsPanel(QWidget):
             self.upscaler.addItem(text, value)
         self.noise_level = QSpinBox(minimum=0, maximum=350, singleStep=5)
         self.noise_level.setToolTip("Noise added to the low-resolution input (SD x4 upscaler); 0 keeps it exact")
-        self.colour_fix = QCheckBox("Colour fix (keep the input's colours)")
+        self.colour_fix = QCheckBox("Colour fix")
         self.colour_fix.setToolTip("Replace the result's broad colours and shading with the input's, keeping its new "
                                    "detail (StableSR's colour fix)")
         self.hires = QComboBox()
@@ -83,12 +83,14 @@ class TaskOptionsPanel(QWidget):
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
         self.refine_model = QComboBox()
-        for combo in (self.upscaler, self.refine_model):
+        for combo in (self.upscaler, self.refine_model, self.hires, self.hires_upscaler):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
         self.mask_feather = QSpinBox(minimum=0, maximum=256, suffix=" px")
-        self.inpaint_crop = QCheckBox("Inpaint only around the mask (full detail)")
+        self.inpaint_crop = QCheckBox("Only around the mask")
+        self.inpaint_crop.setToolTip("Inpaint a crop around the mask at the model's own size, then paste it back "
+                                     "(full detail for small masks on large canvases)")
         self.best_of = QSpinBox(minimum=1, maximum=16)
         self.best_of.setToolTip("Layout from the prompt alone (no boxes), and text-to-image on the bundled text model "
                                 "(batch size 1): draw this many, each with its own plan and seed, and keep the one "

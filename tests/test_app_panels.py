@@ -10,7 +10,7 @@ from app.parameters import format_parameters, parse_parameters
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
-from PySide6.QtWidgets import QDialog, QFileDialog, QPushButton  # noqa: E402
+from PySide6.QtWidgets import QApplication, QDialog, QDockWidget, QFileDialog, QPushButton  # noqa: E402
 from test_app_widgets import drag, make_window  # noqa: E402,F401
 
 from app import icon  # noqa: E402
@@ -319,3 +319,18 @@ def test_icon_png_is_the_svg_render_and_is_the_window_icon(make_window):
     assert shown.shape[:2] == (64, 64)
     small = _array(icon.render_svg(svg, 64)).astype(np.int16)
     assert np.abs(shown - small).mean() < 4
+
+
+def test_generate_panel_fits_its_dock_without_scrolling_sideways(make_window, monkeypatch, tmp_path):
+    long = api.ModelInfo(path=str(tmp_path / ("v1-5-pruned-emaonly-" * 4 + ".safetensors")), name="x" * 90,
+                         family="sd-v1", tasks=("txt2img", "img2img", "inpaint"))
+    monkeypatch.setattr(api, "list_models", lambda extra=(): [long])
+    win = make_window()
+    win.model_panel.refresh()
+    win.resize(1280, 820)
+    for task in (None, "inpaint", "upscale", "layout", "txt2img"):
+        win.doc.set_task_override(task)
+        QApplication.processEvents()
+        scroll = win.findChild(QDockWidget, "Generate").widget()
+        assert scroll.horizontalScrollBar().maximum() == 0, task
+    assert win.canvas.width() >= 560
