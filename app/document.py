@@ -254,17 +254,20 @@ class Document:
         return None
 
     # --- whole-state edits -----------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return dict(image=self.image.copy(), mask=self.mask.copy(), labels=self.labels.copy(),
+    def _state(self, layers=LAYERS) -> dict:
+        """The named layers (copies), the boxes and the small fields: what a whole-state undo step keeps."""
+        return dict({k: getattr(self, k).copy() for k in layers},
                     boxes=copy.deepcopy(self.boxes), has_image=self.has_image, region=self.region)
 
     def _restore_state(self, st: dict) -> None:
-        self.image, self.mask, self.labels = st["image"].copy(), st["mask"].copy(), st["labels"].copy()
+        for k in LAYERS:
+            if k in st:
+                setattr(self, k, st[k].copy())
         self.boxes, self.has_image, self.region = copy.deepcopy(st["boxes"]), st["has_image"], st.get("region")
         self.height, self.width = self.image.shape[:2]
 
     def _replace(self, text: str, **new) -> None:
-        before = self._state()
+        before = self._state([k for k in LAYERS if k in new])
         after = {**before, **new}
         if "image" in new:
             h, w = after["image"].shape[:2]
@@ -310,8 +313,8 @@ class Document:
             mask[y:y + h, x:x + w] = 0
             self._replace("apply result", image=image, mask=mask, has_image=True)
             return
-        self._replace("apply result", image=rgb, mask=np.zeros((h, w), np.uint8),
-                      labels=raster.resize_nearest(self.labels, w, h), has_image=True)
+        resized = {} if (h, w) == (self.height, self.width) else {"labels": raster.resize_nearest(self.labels, w, h)}
+        self._replace("apply result", image=rgb, mask=np.zeros((h, w), np.uint8), has_image=True, **resized)
 
     # --- generation region -----------------------------------------------------------------------------------
     def region_fits(self, region) -> bool:

@@ -91,9 +91,22 @@ class StateCommand(Command):
         doc._restore_state(self.before)
 
 
+def nbytes(cmd: Command) -> int:
+    """Bytes of pixel data a command holds (its arrays, also inside before/after dicts)."""
+    total = 0
+    for value in vars(cmd).values():
+        for v in value.values() if isinstance(value, dict) else (value,):
+            total += v.nbytes if isinstance(v, np.ndarray) else 0
+    return total
+
+
 @dataclass
 class UndoStack:
+    """At most `limit` steps and `max_bytes` of pixel data (Krita's undo limit and memory cap); the oldest steps go
+    first, the newest always stays."""
+
     limit: int = 200
+    max_bytes: int = 1 << 30
     done: list = field(default_factory=list)
     undone: list = field(default_factory=list)
     clean_index: int | None = 0
@@ -103,8 +116,9 @@ class UndoStack:
         self.undone.clear()
         if self.clean_index is not None and self.clean_index >= len(self.done):
             self.clean_index = None
-        if len(self.done) > self.limit:
-            self.done.pop(0)
+        held = sum(map(nbytes, self.done))
+        while len(self.done) > 1 and (len(self.done) > self.limit or held > self.max_bytes):
+            held -= nbytes(self.done.pop(0))
             self.clean_index = None if self.clean_index in (None, 0) else self.clean_index - 1
 
     def undo(self, doc) -> Command | None:

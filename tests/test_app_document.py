@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import project, raster
+from app import project, raster, undo
 from app.document import Document
 from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
 from app.settings import AppSettings, load_settings, save_settings
@@ -333,3 +333,29 @@ def test_paste_into_lays_a_picture_onto_the_image_clipped_to_the_canvas():
     assert not doc.paste_into(pic, 40, 0)
     doc.undo()
     assert (doc.image == 255).all() and not doc.has_image
+
+
+def test_undo_keeps_only_changed_layers_and_a_byte_budget():
+    doc = Document(256, 256)
+    doc.stroke("labels", [(10, 10), (200, 200)], radius=6, hardness=1.0, value=3)
+    labels = doc.labels.copy()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        doc.apply_result(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    apply = doc.undo_stack.done[-1]
+    assert undo.nbytes(apply) <= 2 * (256 * 256 * 4) + 256 * 256 * 2  # image and mask, before and after; no labels
+    image = doc.image.copy()
+    assert doc.undo() and not np.array_equal(doc.image, image) and np.array_equal(doc.labels, labels)
+    assert doc.redo() and np.array_equal(doc.image, image)
+
+    doc.undo_stack.max_bytes = 3 * undo.nbytes(apply)
+    for _ in range(6):
+        doc.apply_result(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    held = sum(map(undo.nbytes, doc.undo_stack.done))
+    assert held <= doc.undo_stack.max_bytes and len(doc.undo_stack.done) == 3
+    last = doc.image.copy()
+    assert doc.undo() and doc.undo() and doc.undo() and not doc.undo()
+    assert doc.redo() and doc.redo() and doc.redo() and np.array_equal(doc.image, last)
+    doc.undo_stack.max_bytes = 1
+    doc.apply_result(last[::-1].copy())
+    assert len(doc.undo_stack.done) == 1 and doc.undo() and np.array_equal(doc.image, last)
