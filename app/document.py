@@ -14,6 +14,7 @@ from app.undo import BoxesCommand, PatchCommand, RegionCommand, StateCommand, Un
 from engine import api
 
 LAYERS = ("image", "mask", "labels")
+HISTORY_MAX_BYTES = 512 << 20  # results kept in memory and projects; every one is also a PNG in the outputs folder
 SEED_MODES = ("random", "fixed", "reuse")
 
 
@@ -81,6 +82,11 @@ class HistoryEntry:
     task: str = "txt2img"
     created: float = field(default_factory=time.time)
     region: tuple | None = None
+    png: list = field(default_factory=list, compare=False, repr=False)  # the images encoded, once, when first saved
+
+    @property
+    def nbytes(self) -> int:
+        return sum(i.nbytes for i in self.images) + sum(map(len, self.png))
 
 
 class Document:
@@ -94,6 +100,7 @@ class Document:
         self.params = Params()
         self.task_override: str | None = None
         self.history: list[HistoryEntry] = []
+        self.history_max_bytes = HISTORY_MAX_BYTES
         self.undo_stack = UndoStack()
         self.path: str | None = None
         self._observers: list[Callable[[str], None]] = []
@@ -494,6 +501,9 @@ class Document:
         if entry.seeds:
             self.params.last_seed = int(entry.seeds[0])
         self.history.append(entry)
+        held = sum(h.nbytes for h in self.history)
+        while len(self.history) > 1 and held > self.history_max_bytes:
+            held -= self.history.pop(0).nbytes
         self._params_dirty = True
         self.notify("history")
         return entry

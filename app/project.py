@@ -84,8 +84,10 @@ def write_project(doc: Document, f) -> None:
         z.writestr("mask.png", _png(doc.mask))
         z.writestr("labels.png", _png((doc.labels.astype(np.int32) + 1).astype(np.uint16)))
         for h, meta in zip(doc.history, m["history"]):
-            for img, name in zip(h.images, meta["images"]):
-                z.writestr(name, _png(img))
+            if len(h.png) != len(h.images):
+                h.png = [_png(img) for img in h.images]
+            for data, name in zip(h.png, meta["images"]):
+                z.writestr(name, data)
 
 
 def save(doc: Document, path: str | os.PathLike, mark_clean: bool = True) -> None:
@@ -115,7 +117,8 @@ def load(path: str | os.PathLike) -> Document:
             doc.region = tuple(int(v) for v in m["region"]) if m.get("region") else None
             doc.history = [HistoryEntry([_read_png(z, n)[..., :3] for n in h["images"]], h.get("parameters", ""),
                                         h.get("seeds", []), h.get("params", {}), h.get("task", "txt2img"),
-                                        h.get("created", 0.0), tuple(h["region"]) if h.get("region") else None)
+                                        h.get("created", 0.0), tuple(h["region"]) if h.get("region") else None,
+                                        [z.read(n) for n in h["images"]])
                             for h in m.get("history", [])]
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError) as e:
         raise ProjectError(f"Cannot open {Path(path).name}: {e}") from e

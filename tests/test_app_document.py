@@ -359,3 +359,26 @@ def test_undo_keeps_only_changed_layers_and_a_byte_budget():
     doc.undo_stack.max_bytes = 1
     doc.apply_result(last[::-1].copy())
     assert len(doc.undo_stack.done) == 1 and doc.undo() and np.array_equal(doc.image, last)
+
+
+def test_history_is_bounded_by_memory_and_each_result_is_encoded_once(tmp_path, monkeypatch):
+    doc = Document(64, 64)
+    rng = np.random.default_rng(1)
+    results = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    doc.history_max_bytes = 3 * results[0].nbytes
+    for i, img in enumerate(results):
+        doc.add_history([img], f"p{i}", seeds=[i])
+    assert [h.parameters for h in doc.history] == ["p2", "p3", "p4"]
+
+    encoded = []
+    real = project._png
+    monkeypatch.setattr(project, "_png", lambda a: encoded.append(a.shape) or real(a))
+    project.save(doc, tmp_path / "a.lcproj")
+    first = len(encoded)
+    project.save(doc, tmp_path / "b.lcproj")
+    assert len(encoded) - first == first - 3  # the second save encodes the layers again, not the results
+    back = project.load(tmp_path / "b.lcproj")
+    assert all(np.array_equal(h.images[0], results[i + 2]) for i, h in enumerate(back.history))
+    back.history_max_bytes = doc.history_max_bytes
+    back.add_history([results[0]], "p5")
+    assert [h.parameters for h in back.history][-1] == "p5" and len(back.history) < 4
