@@ -18,6 +18,7 @@ from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, guarded
 from app.document import Document, Params
 from app.files import FileActions
 from app.icon import app_icon
+from app.live import LiveMode
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
 from app.parameters import format_parameters, merge_parameters, write_png
 from app.settings import AppSettings, load_settings, save_settings
@@ -65,6 +66,8 @@ class MainWindow(FileActions, QMainWindow):
         self.generate_bar = GenerateBar()
         self.palette = PalettePanel()
         self.history_strip = HistoryStrip()
+        self.live = LiveMode(self)
+        self._generate_next = False
         self.device_label = QLabel()
         self.brush_label = QLabel()
         self._build_docks()
@@ -88,6 +91,7 @@ class MainWindow(FileActions, QMainWindow):
         self.history_strip.discardRequested.connect(self.discard_history)
         self.history_strip.copyRequested.connect(self.copy_history)
         self.history_strip.shown.connect(self.show_history)
+        self.live.panel.keepRequested.connect(self.keep_live)
         self.canvas.brushChanged.connect(self._brush_changed)
 
         self.autosave_timer = QTimer(self)
@@ -125,6 +129,11 @@ class MainWindow(FileActions, QMainWindow):
             dock.setWidget(w)
             self.addDockWidget(area, dock)
             docks[title] = dock
+        self.live_dock = QDockWidget("Live", self)
+        self.live_dock.setObjectName("Live")
+        self.live_dock.setWidget(self.live.panel)
+        self.splitDockWidget(docks["Generate"], self.live_dock, Qt.Orientation.Vertical)
+        self.live_dock.hide()
         self.palette.setMinimumWidth(150)
         self.resizeDocks([docks["Palette"], docks["Generate"]], [180, 340], Qt.Orientation.Horizontal)
         bar = QToolBar("Generate", self)
@@ -132,6 +141,7 @@ class MainWindow(FileActions, QMainWindow):
         bar.setMovable(False)
         bar.addWidget(self.generate_bar)
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+        self.generate_toolbar = bar
 
     def _action(self, menu, text, slot, shortcut=None, checkable=False) -> QAction:
         act = QAction(text, self, checkable=checkable)
@@ -189,6 +199,11 @@ class MainWindow(FileActions, QMainWindow):
         g = mb.addMenu("&Generate")
         self.generate_action = self._action(g, "&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"])
         self.cancel_action = self._action(g, "&Cancel", self.cancel, "Esc")
+        g.addSeparator()
+        self.live_action = self._action(g, "&Live", self.set_live, "Ctrl+L", checkable=True)
+        self.live_action.setToolTip("Live: regenerate after every edit at one seed, shown beside the canvas (Ctrl+L)")
+        self._action(g, "&Keep live result", self.keep_live, "Ctrl+Shift+Return")
+        self.generate_toolbar.addAction(self.live_action)
 
     # --- document --------------------------------------------------------------------------------------------
     def set_document(self, doc: Document) -> None:
@@ -197,6 +212,7 @@ class MainWindow(FileActions, QMainWindow):
         doc.subscribe(self._doc_changed)
         self.canvas.set_document(doc)
         self._sync_all()
+        self.live.changed("all")
 
     def _sync_all(self) -> None:
         for panel in (self.prompt_panel, self.params_panel, self.model_panel, self.history_strip, self.task_options,
@@ -205,6 +221,7 @@ class MainWindow(FileActions, QMainWindow):
         self._update_title()
 
     def _doc_changed(self, what: str) -> None:
+        self.live.changed(what)
         if what in ("params", "all", "size", "mask", "labels", "boxes", "image", "region"):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
@@ -335,6 +352,9 @@ class MainWindow(FileActions, QMainWindow):
     @guarded
     def generate(self, *_) -> int | None:
         if self.bridge.busy:
+            if self.live.job is not None and self.bridge.current_job == self.live.job:
+                self._generate_next = self.live.pending = True
+                self.bridge.cancel()
             return None
         req = self.doc.to_request(self.settings)
         self.last_request, self.last_region, self.last_rect = req, self.doc.region, self.doc.generation_rect()
@@ -358,28 +378,64 @@ class MainWindow(FileActions, QMainWindow):
         self.device_label.setText(f"{ev.device or '?'} · {ev.dtype or '?'}" + (f" · {ev.family}" if ev.family else ""))
 
     @guarded
+    def set_live(self, on: bool | None = None) -> None:
+        on = self.live_action.isChecked() if on is None else bool(on)
+        self.live_action.setChecked(on)
+        if on and not self.live_dock.isVisible():
+            self.live_dock.show()
+            generate = self.findChild(QDockWidget, "Generate")
+            self.resizeDocks([generate, self.live_dock], [1, 1], Qt.Orientation.Vertical)
+        self.live_dock.setVisible(on)
+        self.live.set_enabled(on)
+        self.statusBar().showMessage(f"Live {'on' if on else 'off'}", 4000)
+
+    @guarded
+    def keep_live(self, *_) -> bool:
+        """The newest live image into the history and the outputs folder, as if Generate had made it."""
+        if self.live.kept is None:
+            return False
+        ev, req, region, rect = self.live.kept
+        self._record(ev, req, region, rect)
+        return True
+
+    def _live_ended(self, ev) -> None:
+        self.live.finished(ev)
+        self.generate_bar.finish("live")
+        if self._generate_next:
+            self._generate_next = False
+            self.generate()
+
+    @guarded
     def on_progress(self, ev: api.Progress):
         if self._current(ev):
             self.generate_bar.show_progress(ev.step, ev.total, ev.eta_s)
 
     @guarded
     def on_preview(self, ev: api.Preview):
-        if self._current(ev) and ev.image is not None:
+        if self.live.owns(ev) and ev.image is not None:
+            self.live.preview(ev)
+        elif self._current(ev) and ev.image is not None:
             self.canvas.set_preview(ev.image, self.last_region)
 
     @guarded
     def on_result(self, ev: api.Result):
-        req = self.last_request
+        if self.live.owns(ev):
+            return self._live_ended(ev)
+        self.generate_bar.finish("done")
+        self._record(ev, self.last_request, self.last_region, self.last_rect)
+        self.live.resume()
+
+    def _record(self, ev: api.Result, req: api.Request, region, rect) -> None:
+        """A finished result into the history (shown on the canvas), the outputs folder and the autosave."""
         seeds = list(ev.seeds) or [req.seed + i for i in range(len(ev.images))]
         texts = [merge_parameters(format_parameters(req, seed=s), ev.parameters) for s in seeds]
         if ev.images:
-            self.doc.add_history(ev.images, texts[0], seeds, task=req.task, region=self.last_region)
-            self.canvas.set_preview(ev.images[0], self.last_region)
+            self.doc.add_history(ev.images, texts[0], seeds, task=req.task, region=region)
+            self.canvas.set_preview(ev.images[0], region)
             self.history_strip.select_last()
-        self.generate_bar.finish("done")
         done = f"Done in {ev.elapsed_s or time.perf_counter() - self._started_at:.1f} s"
         if ev.boxes and not self.doc.boxes:
-            self.doc.add_planned_boxes([(b.label, b.box) for b in ev.boxes], self.last_rect)
+            self.doc.add_planned_boxes([(b.label, b.box) for b in ev.boxes], rect)
             done += f"; planned {len(ev.boxes)} boxes from the prompt (move them and generate again)"
         self.statusBar().showMessage(done, 8000)
         self.write_outputs(ev.images, texts)
@@ -399,15 +455,22 @@ class MainWindow(FileActions, QMainWindow):
 
     @guarded
     def on_failed(self, ev: api.Failed):
+        if self.live.owns(ev):
+            self.statusBar().showMessage(f"Live: {ev.message or 'failed'}", 8000)
+            return self._live_ended(ev)
         self.canvas.set_preview(None)
         self.generate_bar.finish("failed")
         self.report_error("Generation failed", ev.message or "unknown error", ev.detail)
+        self.live.resume()
 
     @guarded
     def on_cancelled(self, ev: api.Cancelled):
+        if self.live.owns(ev):
+            return self._live_ended(ev)
         self.canvas.set_preview(None)
         self.generate_bar.finish(f"cancelled at step {ev.step}")
         self.statusBar().showMessage("Cancelled", 5000)
+        self.live.resume()
 
     @guarded
     def apply_history(self, entry: int, image: int = 0):

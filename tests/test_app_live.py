@@ -1,0 +1,94 @@
+"""Live mode (pytest-qt, offscreen): edits regenerate at one seed beside the canvas; Keep, Generate and failures."""
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from test_app_widgets import make_window  # noqa: E402,F401
+
+from app.demo import fake_runner  # noqa: E402
+from engine import api  # noqa: E402
+
+
+def _recording(requests, step_s=0.01):
+    def runner(request, ctx, cache):
+        requests.append(request)
+        return fake_runner(request, ctx, cache, step_s=step_s)
+
+    return runner
+
+
+def test_live_follows_every_edit_at_one_seed_and_keep_adds_to_history(make_window, qtbot):
+    requests, previews = [], []
+    win = make_window(runner=_recording(requests))
+    win.doc.set_param("steps", 4)
+    win.doc.set_param("batch_size", 3)
+    win.bridge.preview.connect(lambda ev: previews.append(win.live.panel.info.text()))
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        QTest.keyClick(win, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
+    assert win.live_action.isChecked() and win.live_dock.isVisible() and win.last_error is None
+    assert previews and previews[0].startswith("step")
+    assert win.doc.history == [] and win.written == [] and win.canvas.preview is None
+    assert win.live.panel.image is not None and win.live.panel.keep_button.isEnabled()
+    first = requests[-1]
+    assert first.batch_size == 1
+
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.doc.stroke("labels", [(20, 20), (60, 40)], radius=6, value=2)
+    assert requests[-1].task == "semantic" and requests[-1].seed == first.seed
+    assert requests[-1].labels is not None and (requests[-1].labels == 2).any()
+
+    assert win.keep_live()
+    assert len(win.doc.history) == 1 and win.doc.history[0].seeds == [first.seed] and len(win.written) == 1
+    assert np.array_equal(win.doc.history[0].images[0], win.live.panel.image)
+    win.set_live(False)
+    win.doc.stroke("labels", [(70, 70)], radius=6, value=3)
+    qtbot.wait(600)
+    assert not win.bridge.busy and requests[-1].labels is not None and not (requests[-1].labels == 3).any()
+
+
+def test_a_newer_edit_cancels_the_running_live_job_and_generate_goes_first(make_window, qtbot):
+    requests = []
+    win = make_window(runner=_recording(requests, step_s=0.05))
+    win.doc.set_param("steps", 40)
+    cancelled, results = [], []
+    win.bridge.cancelled.connect(cancelled.append)
+    win.bridge.result.connect(results.append)
+    win.live.timer.setInterval(0)
+    with qtbot.waitSignal(win.bridge.progress, timeout=5000):
+        win.set_live(True)
+    live_job = win.bridge.current_job
+    win.doc.set_param("prompt", "a red circle")
+    qtbot.waitUntil(lambda: bool(cancelled) and len(requests) == 2, timeout=5000)
+    assert cancelled[0].job_id == live_job and requests[-1].prompt == "a red circle"
+
+    win.generate()
+    qtbot.waitUntil(lambda: len(win.doc.history) == 1, timeout=10000)
+    assert len(cancelled) == 2 and requests[-1].batch_size == win.doc.params.batch_size
+    assert win.doc.history[0].parameters.startswith("a red circle")
+    qtbot.waitUntil(lambda: len(requests) == 4 and not win.bridge.busy, timeout=10000)
+    assert results[-1].job_id == win.live.kept[0].job_id and len(win.doc.history) == 1
+    win.set_live(False)
+
+
+def test_a_failing_live_job_is_reported_in_the_status_bar_and_the_next_edit_runs(make_window, qtbot):
+    calls = []
+
+    def flaky(request, ctx, cache):
+        calls.append(request.prompt)
+        if request.prompt == "bad":
+            raise api.EngineError("the model cannot read this")
+        return fake_runner(request, ctx, cache, step_s=0.001)
+
+    win = make_window(runner=flaky)
+    win.doc.set_param("prompt", "bad")
+    with qtbot.waitSignal(win.bridge.failed, timeout=5000):
+        win.set_live(True)
+    assert "cannot read" in win.statusBar().currentMessage() and "cannot read" in win.live.panel.info.text()
+    assert not [w for w in win.findChildren(QMessageBox) if w.isVisible()]
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.doc.set_param("prompt", "good")
+    assert calls == ["bad", "good"] and win.live.panel.keep_button.isEnabled()
+    win.set_live(False)
