@@ -61,6 +61,7 @@ class Canvas(QWidget):
         self.selected_box: int | None = None
         self.ask_box_label: Callable[[], tuple[str, str | None] | None] = lambda: ("object", None)
         self._img = self._mask = self._labels = self._preview = None
+        self._floating: tuple | None = None  # (the floating picture's array, its QImage)
         self._drag: dict | None = None
         self._space = False
         self._mouse = QPointF(-1, -1)
@@ -197,6 +198,7 @@ class Canvas(QWidget):
             p.drawImage(r, self._labels)
         if self._preview is not None:
             p.drawImage(self.pixel_rect(*self.preview_region) if self.preview_region else r, self._preview)
+        self._paint_floating(p)
         if self.show_mask:
             p.drawImage(r, self._mask)
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
@@ -213,6 +215,23 @@ class Canvas(QWidget):
             p.setPen(QPen(QColor(255, 255, 255, 200), 1))
             p.drawEllipse(self._mouse, self.brush_radius * self.scale, self.brush_radius * self.scale)
         p.end()
+
+    def _floating_rect(self) -> QRectF | None:
+        f = self.doc.floating
+        return None if f is None else self.pixel_rect(f.x, f.y, f.rgb.shape[1], f.rgb.shape[0])
+
+    def _paint_floating(self, p: QPainter) -> None:
+        """The floating paste over everything but the mask and boxes, with a dashed frame to drag it by."""
+        rect = self._floating_rect()
+        if rect is None:
+            return
+        rgb = self.doc.floating.rgb
+        if self._floating is None or self._floating[0] is not rgb:
+            self._floating = (rgb, to_qimage(rgb))
+        p.drawImage(rect, self._floating[1])
+        p.setPen(QPen(QColor(255, 220, 0), 1, Qt.PenStyle.DashLine))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(rect)
 
     def shown_region(self) -> tuple | None:
         if self._drag and "region" in self._drag:
@@ -299,6 +318,10 @@ class Canvas(QWidget):
         if e.button() != Qt.MouseButton.LeftButton:
             return
         ip = self.to_image(pos)
+        floating = self._floating_rect()
+        if floating is not None and floating.contains(pos):
+            self._drag = dict(kind="floating", start=ip, orig=(self.doc.floating.x, self.doc.floating.y))
+            return
         if self.tool in ("mask", "eraser", "semantic"):
             layer = "labels" if self.tool == "semantic" else "mask"
             value = self.current_label if self.tool == "semantic" else (0 if self.tool == "eraser" else 255)
@@ -337,6 +360,10 @@ class Canvas(QWidget):
             self.doc.stroke_to(ip.x(), ip.y())
         elif d["kind"] == "new":
             d["now"] = pos
+        elif d["kind"] == "floating":
+            ip = self.to_image(pos)
+            self.doc.move_floating(round(d["orig"][0] + ip.x() - d["start"].x()),
+                                   round(d["orig"][1] + ip.y() - d["start"].y()))
         elif d["kind"].startswith("region"):
             d["region"] = self._dragged_region(d, pos)
         elif "box" in d:
@@ -410,6 +437,8 @@ class Canvas(QWidget):
             self.set_hardness_or_size(shift, -1)
         elif k in (Qt.Key.Key_BracketRight, Qt.Key.Key_BraceRight):
             self.set_hardness_or_size(shift, +1)
+        elif k in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.doc.floating is not None:
+            self.doc.anchor()
         elif k in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and self.selected_box is not None:
             self.doc.delete_box(self.selected_box)
             self.set_selected(None)

@@ -89,6 +89,15 @@ class HistoryEntry:
         return sum(i.nbytes for i in self.images) + sum(map(len, self.png))
 
 
+@dataclass(frozen=True)
+class Floating:
+    """A pasted picture not yet laid onto the image layer, its top-left at (x, y) in canvas pixels."""
+
+    rgb: np.ndarray
+    x: int
+    y: int
+
+
 class Document:
     """Image, mask and semantic label layers plus layout boxes, generation parameters and results history."""
 
@@ -100,6 +109,7 @@ class Document:
         self.params = Params()
         self.task_override: str | None = None
         self.history: list[HistoryEntry] = []
+        self.floating: Floating | None = None
         self.history_max_bytes = HISTORY_MAX_BYTES
         self.undo_stack = UndoStack()
         self.path: str | None = None
@@ -289,18 +299,53 @@ class Document:
         self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
 
-    def paste_into(self, rgb: np.ndarray, x: int, y: int) -> bool:
-        """A picture laid onto the image layer with its top-left at (x, y), clipped to the canvas: one undo step
-        (photobashing: paste, then mask the seams and inpaint them)."""
-        rgb = _rgb(rgb)
+    def _laid(self, rgb: np.ndarray, x: int, y: int) -> np.ndarray | None:
+        """A copy of the image layer with a picture's top-left at (x, y), clipped; None when nothing overlaps."""
         h, w = rgb.shape[:2]
         x0, y0, x1, y1 = max(0, x), max(0, y), min(self.width, x + w), min(self.height, y + h)
         if x1 <= x0 or y1 <= y0:
-            return False
+            return None
         image = self.image.copy()
         image[y0:y1, x0:x1] = rgb[y0 - y:y1 - y, x0 - x:x1 - x]
-        self._replace("paste into canvas", image=image, has_image=True)
+        return image
+
+    def paste_into(self, rgb: np.ndarray, x: int, y: int) -> bool:
+        """A picture laid onto the image layer with its top-left at (x, y), clipped to the canvas: one undo step
+        (photobashing: paste, then mask the seams and inpaint them)."""
+        image = self._laid(_rgb(rgb), int(x), int(y))
+        if image is not None:
+            self._replace("paste into canvas", image=image, has_image=True)
+        return image is not None
+
+    # --- a floating paste: a picture over the canvas that moves until it is anchored (GIMP, Krita) --------------
+    def float_picture(self, rgb: np.ndarray, x: int, y: int) -> None:
+        self.floating = Floating(_rgb(rgb), int(x), int(y))
+        self.notify("floating")
+
+    def move_floating(self, x: int, y: int) -> None:
+        if self.floating is not None:
+            self.floating = Floating(self.floating.rgb, int(x), int(y))
+            self.notify("floating")
+
+    def anchor(self) -> bool:
+        """Lay the floating picture where it is (one undo step); False when there was none or it lay outside."""
+        f, self.floating = self.floating, None
+        if f is None:
+            return False
+        self.notify("floating")
+        return self.paste_into(f.rgb, f.x, f.y)
+
+    def drop_floating(self) -> bool:
+        if self.floating is None:
+            return False
+        self.floating = None
+        self.notify("floating")
         return True
+
+    def flattened(self) -> np.ndarray:
+        """The image layer as it looks: with the floating picture laid on it, if any."""
+        laid = self._laid(self.floating.rgb, self.floating.x, self.floating.y) if self.floating else None
+        return self.image if laid is None else laid
 
     def set_labels(self, labels: np.ndarray, text: str = "load label map") -> None:
         """A whole label map (class ids, -1 unpainted) as one undo step, resized nearest-neighbour to the canvas."""
@@ -474,7 +519,7 @@ class Document:
                     boxes.append(api.Box(b.label, r, b.prompt))
         req = api.Request(
             model=p.model, task=task, prompt=p.prompt, negative_prompt=p.negative_prompt,
-            image=self.image[crop].copy() if uses_image else None,
+            image=self.flattened()[crop].copy() if uses_image else None,
             mask=self.mask[crop].copy() if task == "inpaint" else None,
             boxes=boxes, labels=self.labels[crop].copy() if task == "semantic" else None,
             label_prompts={int(k): v.strip() for k, v in p.label_prompts.items() if v and v.strip()},

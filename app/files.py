@@ -70,6 +70,7 @@ class FileActions:
 
     @guarded
     def save(self, *_) -> bool:
+        self.doc.anchor()
         if not self.doc.path or not self.doc.path.endswith(project.SUFFIX):
             return bool(self.save_as())
         project.save(self.doc, self.doc.path)
@@ -159,11 +160,12 @@ class FileActions:
             return False
         rgb = np.array(picture.convert("RGB"))
         x, y, w, h = self.doc.generation_rect()
-        done = self.doc.paste_into(rgb, x + (w - rgb.shape[1]) // 2, y + (h - rgb.shape[0]) // 2)
-        if done:
-            self.canvas.set_preview(None)
-            self.statusBar().showMessage(f"Pasted a {rgb.shape[1]}×{rgb.shape[0]} picture into the canvas", 5000)
-        return done
+        self.doc.anchor()
+        self.doc.float_picture(rgb, x + (w - rgb.shape[1]) // 2, y + (h - rgb.shape[0]) // 2)
+        self.canvas.set_preview(None)
+        self.statusBar().showMessage(f"Pasted a {rgb.shape[1]}×{rgb.shape[0]} picture: drag it into place, Enter lays "
+                                     "it (Generate and Save do too), Esc removes it", 10000)
+        return True
 
     def take_image_data(self, mime, verb: str) -> bool:
         """Mime data's first local image or project file (opened as Open does), else its picture (a copied or

@@ -221,7 +221,7 @@ class MainWindow(FileActions, QMainWindow):
         self._update_title()
 
     def _doc_changed(self, what: str) -> None:
-        self.live.changed(what)
+        self.live.changed("image" if what == "floating" else what)
         if what in ("params", "all", "size", "mask", "labels", "boxes", "image", "region"):
             self.params_panel.sync(self.doc)
             self.task_options.sync(self.doc)
@@ -351,6 +351,7 @@ class MainWindow(FileActions, QMainWindow):
     # --- generation ------------------------------------------------------------------------------------------
     @guarded
     def generate(self, *_) -> int | None:
+        self.doc.anchor()
         if self.bridge.busy:
             if self.live.job is not None and self.bridge.current_job == self.live.job:
                 self._generate_next = self.live.pending = True
@@ -365,7 +366,10 @@ class MainWindow(FileActions, QMainWindow):
         return job
 
     def cancel(self, *_) -> None:
-        if self.bridge.busy:
+        """Esc: remove a floating paste, else cancel the running job."""
+        if self.doc.drop_floating():
+            self.statusBar().showMessage("Paste removed", 3000)
+        elif self.bridge.busy:
             self.bridge.cancel()
             self.generate_bar.progress.setFormat("cancelling...")
 

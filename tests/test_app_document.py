@@ -382,3 +382,20 @@ def test_history_is_bounded_by_memory_and_each_result_is_encoded_once(tmp_path, 
     back.history_max_bytes = doc.history_max_bytes
     back.add_history([results[0]], "p5")
     assert [h.parameters for h in back.history][-1] == "p5" and len(back.history) < 4
+
+
+def test_a_floating_paste_moves_freely_and_lands_in_one_undo_step():
+    doc = Document(64, 48)
+    seen = []
+    doc.subscribe(seen.append)
+    picture = np.full((10, 20, 3), 7, np.uint8)
+    doc.float_picture(picture, 5, 5)
+    doc.move_floating(50, 40)  # partly outside: clipped when laid
+    assert "floating" in seen and not doc.can_undo and (doc.image == 255).all()
+    assert (doc.flattened()[40:, 50:] == 7).all() and (doc.flattened()[:40] == 255).all()
+    assert doc.anchor() and doc.floating is None and len(doc.undo_stack.done) == 1
+    assert (doc.image[40:, 50:] == 7).all() and (doc.image[:40] == 255).all() and not doc.anchor()
+    doc.float_picture(picture, 100, 100)
+    assert not doc.anchor() and len(doc.undo_stack.done) == 1  # nothing overlapped: nothing laid
+    doc.float_picture(picture, 0, 0)
+    assert doc.drop_floating() and not doc.drop_floating() and (doc.image[:10, :20] == 255).all()

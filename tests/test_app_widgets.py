@@ -269,10 +269,11 @@ def test_dropped_image_restores_parameters(make_window, tmp_path):
     assert win.prompt_panel.prompt.toPlainText() == "a red barn" and win.params_panel.steps.value() == 17
 
 
-def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
+def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window, qtbot):
     """Ctrl+C copies what the canvas shows; Ctrl+V on the canvas pastes a picture as the source layer in one undo
     step; in the prompt box Ctrl+V still pastes text; a clipboard without an image changes nothing. Ctrl+Shift+V lays
-    the picture onto the canvas, centred, keeping its size (one undo step)."""
+    the picture over the canvas, centred on the region: it drags into place, Enter lays it (one undo step), Esc
+    removes it."""
     from PySide6.QtGui import QGuiApplication
 
     from app.canvas import to_qimage
@@ -301,11 +302,27 @@ def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window):
     assert not win.paste_into() and "no picture" in win.statusBar().currentMessage()
     board.setImage(to_qimage(picture))
     win.canvas.setFocus()
+    steps = len(win.doc.undo_stack.done)
     QTest.keyClick(win.canvas, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
-    assert (win.doc.width, win.doc.height) == (128, 96)
-    assert np.array_equal(win.doc.image[36:60, 44:84], picture) and np.array_equal(win.doc.image[:36], first[:36])
+    assert (win.doc.floating.x, win.doc.floating.y) == (44, 36) and np.array_equal(win.doc.image, first)
+    shown = win.canvas.grab().toImage()
+    assert shown.pixelColor(at(win.canvas, 44 + 39, 36 + 12)).red() == picture[12, 39, 0]
+    drag(win.canvas, [(60, 48), (40, 60), (30, 70)])  # grabbed inside the picture, dropped 30 left and 22 down
+    assert (win.doc.floating.x, win.doc.floating.y) == (14, 58) and np.array_equal(win.doc.image, first)
+    win.doc.set_task_override("img2img")
+    assert np.array_equal(win.doc.to_request().image[58:82, 14:54], picture)  # the request sees what the canvas shows
+    QTest.keyClick(win.canvas, Qt.Key.Key_Return)
+    assert win.doc.floating is None and len(win.doc.undo_stack.done) == steps + 1
+    assert np.array_equal(win.doc.image[58:82, 14:54], picture) and np.array_equal(win.doc.image[:58], first[:58])
     win.doc.undo()
     assert np.array_equal(win.doc.image, first)
+    win.paste_into()
+    QTest.keyClick(win, Qt.Key.Key_Escape)
+    assert win.doc.floating is None and np.array_equal(win.doc.image, first) and len(win.doc.undo_stack.done) == steps
+    win.paste_into()
+    with qtbot.waitSignal(win.bridge.result, timeout=10000):
+        win.generate()
+    assert win.doc.floating is None and np.array_equal(win.doc.image[36:60, 44:84], picture)
 
 
 def test_extend_canvas_action_masks_the_new_area_for_inpainting_and_crop_undoes_it(make_window):
