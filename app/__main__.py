@@ -18,6 +18,7 @@ def parse_args(argv):
     p.add_argument("--size", type=int, default=0, help="canvas size for --screenshot (default: keep)")
     p.add_argument("--steps", type=int, default=12, help="steps for --screenshot")
     p.add_argument("--labels", metavar="PNG", help="for --screenshot: a label map (pixel values = class ids) to paint")
+    p.add_argument("--live", action="store_true", help="for --screenshot: switch Live on instead of generating once")
     return p.parse_args(argv)
 
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _screenshot_run(win, args, QTimer) -> None:
-    """Fill the prompt (and a label map), generate, grab the window once the result shows, save, quit."""
+    """Fill the prompt (and a label map), generate (or switch Live on), grab the window once the result shows, save,
+    quit."""
     if args.size:
         win.doc.resize(args.size, args.size)
         win.doc.undo_stack.clear()
@@ -67,6 +69,7 @@ def _screenshot_run(win, args, QTimer) -> None:
         import numpy as np
 
         win.doc.set_labels(np.asarray(Image.open(args.labels)))
+        win.tool_actions["semantic"].trigger()
     win.doc.set_param("prompt", args.prompt)
     win.doc.set_param("steps", args.steps)
     win.doc.set_param("seed_mode", "fixed")
@@ -83,6 +86,10 @@ def _screenshot_run(win, args, QTimer) -> None:
         meta = dict(canvas_image_rect=[top_left.x(), top_left.y(), round(r.width()), round(r.height())],
                     image_size=[win.doc.width, win.doc.height], seed=7, error=win.last_error,
                     status=win.statusBar().currentMessage())
+        if args.live:
+            view, pix = win.live.panel.view, win.live.panel.view.pixmap()
+            c = view.mapTo(win, view.rect().center())
+            meta["live_rect"] = [c.x() - pix.width() // 2, c.y() - pix.height() // 2, pix.width(), pix.height()]
         with open(args.screenshot + ".json", "w") as f:
             json.dump(meta, f)
         win.doc.mark_clean()
@@ -90,7 +97,7 @@ def _screenshot_run(win, args, QTimer) -> None:
 
     win.bridge.result.connect(done)
     win.bridge.failed.connect(done)
-    QTimer.singleShot(300, win.generate)
+    QTimer.singleShot(300, (lambda: win.set_live(True)) if args.live else win.generate)
 
 
 if __name__ == "__main__":

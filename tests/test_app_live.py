@@ -92,3 +92,30 @@ def test_a_failing_live_job_is_reported_in_the_status_bar_and_the_next_edit_runs
         win.doc.set_param("prompt", "good")
     assert calls == ["bad", "good"] and win.live.panel.keep_button.isEnabled()
     win.set_live(False)
+
+
+def test_screenshot_with_live_shows_the_live_image_beside_the_canvas(tmp_path):
+    """`python -m app --screenshot --live` (how the README's picture is made): the Live panel holds the image."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from app.demo import fake_image
+
+    shot = tmp_path / "live.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "LATENT_CANVAS_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "app", "--fake-engine", "--screenshot", str(shot), "--size", "128",
+                           "--live"], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads(Path(str(shot) + ".json").read_text())
+    assert meta["error"] is None and not list((tmp_path / "data" / "outputs").glob("*.png"))  # not kept
+    x, y, w, h = meta["live_rect"]
+    assert w > 100 and h > 100
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.float32)[y:y + h, x:x + w]
+    expected = np.asarray(Image.fromarray(fake_image(128, 128, seed=7)).resize((w, h), Image.BILINEAR), np.float32)
+    assert np.abs(img - expected).mean() < 12 < np.abs(img - expected[::-1]).mean()
