@@ -132,6 +132,8 @@ class MainWindow(FileActions, QMainWindow):
         self.live_dock = QDockWidget("Live", self)
         self.live_dock.setObjectName("Live")
         self.live_dock.setWidget(self.live.panel)
+        self.live_dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                                   | QDockWidget.DockWidgetFeature.DockWidgetFloatable)  # Ctrl+L hides it
         self.splitDockWidget(docks["Generate"], self.live_dock, Qt.Orientation.Vertical)
         self.live_dock.hide()
         self.palette.setMinimumWidth(150)
