@@ -51,6 +51,7 @@ class Params:
     mask_grow: int = 0
     mask_feather: int = 0
     inpaint_crop: bool = False
+    inpaint_strength: float = 1.0
     noise_level: int = 20
     upscaler: str = "model"
     colour_fix: bool = True
@@ -526,7 +527,8 @@ class Document:
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
             seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
-            mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop), upscaler=p.upscaler, noise_level=int(p.noise_level),
+            mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop),
+            inpaint_strength=float(p.inpaint_strength), upscaler=p.upscaler, noise_level=int(p.noise_level),
             colour_fix=bool(p.colour_fix), hires=p.hires, hires_strength=float(p.hires_strength),
             hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,

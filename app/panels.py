@@ -220,6 +220,11 @@ TASK_TIPS = {
     "semantic": "Image from the label map painted with the class palette",
     "upscale": "x4 super-resolution of the canvas",
 }
+STRENGTH_TIPS = {
+    "img2img": "How far the canvas is repainted: 0 keeps it, 1 starts from noise",
+    "inpaint": "1 fills the mask from noise (remove, replace, outpaint); lower repaints what is under the mask, "
+               "keeping its layout and colours (refine a region)",
+}
 
 
 class ParamsPanel(QWidget):
@@ -274,7 +279,7 @@ class ParamsPanel(QWidget):
         self.cfg.valueChanged.connect(lambda v: self.doc.set_param("cfg_scale", v))
         self.seed.valueChanged.connect(lambda v: self.doc.set_param("seed", v))
         self.seed_mode.currentIndexChanged.connect(lambda: self.doc.set_param("seed_mode", self.seed_mode.currentData()))
-        self.strength.valueChanged.connect(lambda v: self.doc.set_param("strength", v))
+        self.strength.valueChanged.connect(lambda v: self.doc.set_param(self._strength_param(), v))
         self.batch.valueChanged.connect(lambda v: self.doc.set_param("batch_size", v))
         self.upscale.toggled.connect(lambda v: self.doc.set_param("upscale", v))
         self.width_.editingFinished.connect(self._resize)
@@ -283,15 +288,21 @@ class ParamsPanel(QWidget):
     def _resize(self) -> None:
         self.doc.resize(self.width_.value(), self.height_.value())
 
+    def _strength_param(self) -> str:
+        """Img2img's strength, or inpainting's own (1: fill from noise), which the same box shows for that task."""
+        return "inpaint_strength" if self.doc.task() == "inpaint" else "strength"
+
     def sync(self, doc: Document) -> None:
         self.doc, p = doc, doc.params
         self.task.setItemText(0, f"auto ({doc.inferred_task()})")
         for w, v in ((self.task, doc.task_override), (self.sampler, p.sampler), (self.steps, p.steps),
                      (self.cfg, p.cfg_scale), (self.seed, int(p.seed) % 2**31), (self.seed_mode, p.seed_mode),
-                     (self.width_, doc.width), (self.height_, doc.height), (self.strength, p.strength),
+                     (self.width_, doc.width), (self.height_, doc.height),
+                     (self.strength, getattr(p, self._strength_param())),
                      (self.batch, p.batch_size), (self.upscale, p.upscale)):
             _set(w, v)
         self.strength.setEnabled(doc.task() in ("img2img", "inpaint"))
+        self.strength.setToolTip(STRENGTH_TIPS.get(doc.task(), ""))
 
 
 class PalettePanel(QWidget):

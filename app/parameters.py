@@ -46,7 +46,7 @@ def format_parameters(request, seed: int | None = None) -> str:
              ("Seed", request.seed if seed is None else seed), ("Size", f"{request.width}x{request.height}"),
              ("Model", Path(str(request.model)).stem), ("Task", request.task)]
     if request.task in ("img2img", "inpaint"):
-        pairs.append(("Denoising strength", request.strength))
+        pairs.append(("Denoising strength", request.inpaint_strength if request.task == "inpaint" else request.strength))
     if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
         pairs += [("Mask grow", request.mask_grow), ("Mask feather", request.mask_feather)]
     if request.task == "inpaint" and request.inpaint_crop:
@@ -114,6 +114,8 @@ def parse_parameters(text: str) -> dict:
                 out[name] = cast(value)
             except ValueError:
                 pass
+    if out.get("task") == "inpaint" and "strength" in out:
+        out["inpaint_strength"] = out.pop("strength")
     return out
 
 

@@ -47,7 +47,9 @@ def add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("--strength", type=float, default=None, help="img2img: how far the image is repainted")
+    p.add_argument("--inpaint-strength", type=float, default=None,
+                   help="inpainting: 1 (default) fills the mask from noise, below 1 repaints what is there")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--mask-grow", type=int, default=None)
     p.add_argument("--mask-feather", type=int, default=None)
@@ -73,7 +75,7 @@ FIELDS = {  # CLI flag -> Request field
     "height": "height", "strength": "strength", "batch": "batch_size", "mask_grow": "mask_grow",
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
-    "best_of": "best_of", "sketch_strength": "sketch_strength",
+    "best_of": "best_of", "sketch_strength": "sketch_strength", "inpaint_strength": "inpaint_strength",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -72,6 +72,8 @@ class Request:
     mask_grow: int = 0
     mask_feather: int = 0
     inpaint_crop: bool = False
+    # inpaint: 1 fills the mask from noise; below 1 repaints what is there (A1111's denoising strength, 'original')
+    inpaint_strength: float = 1.0
     upscaler: str = "model"
     noise_level: int = 20
     colour_fix: bool = True

@@ -111,6 +111,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"unknown large-canvas mode {request.hires!r}; valid: {', '.join(HIRES_MODES)}")
     if not 0.0 <= request.sketch_strength <= 1.0:
         raise EngineError(f"sketch strength must be in [0, 1], got {request.sketch_strength}")
+    if not 0.0 < request.inpaint_strength <= 1.0:
+        raise EngineError(f"inpainting strength must be in (0, 1], got {request.inpaint_strength}")
     if request.steps < 1 or request.steps > 1000:
         raise EngineError(f"steps must be between 1 and 1000, got {request.steps}")
     if request.batch_size < 1:
@@ -510,6 +512,8 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
     }
     if request.image is not None and request.task in ("img2img", *HIRES_TASKS):
         pairs["Denoising strength"] = request.strength
+    if request.task == "inpaint" and request.inpaint_strength < 1.0:
+        pairs["Denoising strength"] = request.inpaint_strength
     if request.task == "upscale" and request.upscaler != "esrgan":
         pairs["Colour fix"] = request.colour_fix
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:

@@ -216,7 +216,7 @@ def add_mask_blend(request: Request, model, p: Plan) -> None:
     z0 = model.encode_first_stage(to_tensor(image, model.device, model.dtype)).float()
     z0 = z0.expand(request.batch_size, -1, -1, -1)
     mlat = latent_mask(soft, model)
-    p.init, p.strength, p.latent_mask = z0, 1.0, mlat
+    p.init, p.strength, p.latent_mask = z0, request.inpaint_strength, mlat
     p.wrap.append(lambda den, noise: MaskBlendDenoiser(den, z0, mlat, noise))
     p.finish = lambda img: composite(image, img, soft)
 
@@ -238,7 +238,11 @@ def plan_dedicated_inpaint(request: Request, model, h: int, w: int) -> Plan:
         concat = torch.cat([F.interpolate(m, size=(lh, lw)), masked], dim=1).expand(b, -1, -1, -1)
         cond = {"context": text_cond(model, [request.prompt] * b), "concat": concat}
         uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
-    return Plan(cond, uncond, h, w, finish=lambda img: composite(image, img, soft))
+    p = Plan(cond, uncond, h, w, finish=lambda img: composite(image, img, soft))
+    if request.inpaint_strength < 1.0:
+        p.init = model.encode_first_stage(x).float().expand(b, -1, -1, -1)
+        p.strength = request.inpaint_strength
+    return p
 
 
 def plan_cropped_inpaint(request: Request, model) -> Plan:

@@ -399,3 +399,15 @@ def test_a_floating_paste_moves_freely_and_lands_in_one_undo_step():
     assert not doc.anchor() and len(doc.undo_stack.done) == 1  # nothing overlapped: nothing laid
     doc.float_picture(picture, 0, 0)
     assert doc.drop_floating() and not doc.drop_floating() and (doc.image[:10, :20] == 255).all()
+
+
+def test_inpainting_has_its_own_strength_that_round_trips_through_the_infotext():
+    doc = Document(32, 32)
+    doc.stroke("mask", [(10, 10)], radius=4, value=255)
+    assert doc.task() == "inpaint" and doc.to_request(seed=1).inpaint_strength == 1.0
+    doc.set_param("strength", 0.3)  # img2img's: not inpainting's
+    doc.set_param("inpaint_strength", 0.55)
+    text = format_parameters(doc.to_request(seed=1))
+    assert "Denoising strength: 0.55" in text
+    parsed = parse_parameters(text)
+    assert parsed["inpaint_strength"] == 0.55 and "strength" not in parsed

@@ -334,3 +334,17 @@ def test_generate_panel_fits_its_dock_without_scrolling_sideways(make_window, mo
         scroll = win.findChild(QDockWidget, "Generate").widget()
         assert scroll.horizontalScrollBar().maximum() == 0, task
     assert win.canvas.width() >= 560
+
+
+def test_the_strength_box_edits_inpaintings_own_strength_when_the_task_is_inpaint(make_window):
+    win = make_window()
+    box = win.params_panel.strength
+    win.doc.set_task_override("img2img")
+    assert box.isEnabled() and box.value() == 0.75
+    box.setValue(0.4)
+    win.doc.stroke("mask", [(20, 20)], radius=6, value=255)
+    win.doc.set_task_override(None)
+    assert win.doc.task() == "inpaint" and box.value() == 1.0 and "fills the mask" in box.toolTip()
+    box.setValue(0.6)
+    req = win.doc.to_request(seed=1)
+    assert (req.inpaint_strength, req.strength) == (0.6, 0.4)

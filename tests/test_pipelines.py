@@ -98,6 +98,31 @@ def test_pixels_outside_the_grown_feathered_mask_are_exact(family, tiny_models, 
         assert not np.array_equal(ev.images[0][MASK > 0], IMG[MASK > 0])
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd1-inpainting", "ldm-inpainting-big"])
+def test_inpaint_strength_below_one_repaints_what_is_under_the_mask(family, tiny_models, engine):
+    """Strength 1 fills the mask from noise (the seed decides it); below 1 the fill starts from the image under the
+    mask (at 0.05 of 10 steps no step runs: the first stage's own reconstruction, whatever the seed); the infotext
+    records it; outside the mask stays exact either way."""
+    path = tiny_models(family)
+    inside = MASK > 0
+    other = IMG.copy()
+    other[inside] = 255 - other[inside]
+    out = {(s, seed, k): run(engine, **request_for(path, "inpaint", image=img, inpaint_strength=s, seed=seed,
+                                                   steps=10))[0]
+           for s in (1.0, 0.05) for seed in (1, 2) for k, img in (("a", IMG), ("b", other))}
+    assert all(isinstance(ev, Result) for ev in out.values()), [getattr(e, "detail", "") for e in out.values()]
+    px = {key: ev.images[0][inside].astype(int) for key, ev in out.items()}
+    assert np.array_equal(px[0.05, 1, "a"], px[0.05, 2, "a"]) and not np.array_equal(px[1.0, 1, "a"], px[1.0, 2, "a"])
+    assert np.abs(px[0.05, 1, "a"] - px[0.05, 1, "b"]).mean() > 5 * np.abs(px[1.0, 1, "a"] - px[1.0, 1, "b"]).mean()
+    assert all(np.array_equal(ev.images[0][~inside], (IMG if k == "a" else other)[~inside])
+               for (_, _, k), ev in out.items())
+    mid, _ = run(engine, **request_for(path, "inpaint", inpaint_strength=0.4, steps=10))
+    assert isinstance(mid, Result) and "Denoising strength: 0.4" in mid.parameters
+    assert "Denoising" not in out[1.0, 1, "a"].parameters
+    bad, _ = run(engine, **request_for(path, "inpaint", inpaint_strength=0.0))
+    assert isinstance(bad, Failed) and "inpainting strength" in bad.message
+
+
 def test_colour_fix_takes_broad_colour_from_the_reference_and_keeps_fine_detail():
     import cv2
 
@@ -251,11 +276,14 @@ def test_cli_generate_and_reproduce_from_png(tiny_models, tmp_path):
     Image.fromarray(MASK).save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
     r = cli("generate", "--model", path, "--prompt", "a cat", "--image", tmp_path / "in.png", "--mask",
-            tmp_path / "mask.png", "--steps", 3, "--sampler", "euler_a", "--seed", 9, "--out", out)
+            tmp_path / "mask.png", "--steps", 3, "--sampler", "euler_a", "--seed", 9, "--inpaint-strength", 0.6,
+            "--out", out)
     assert r.returncode == 0, r.stderr
     im = Image.open(out)
     assert "Steps: 3" in im.text["parameters"] and "Sampler: euler_a" in im.text["parameters"]
-    assert json.loads(im.text["latent_canvas"])["task"] == "inpaint"
+    assert "Denoising strength: 0.6" in im.text["parameters"]
+    record = json.loads(im.text["latent_canvas"])
+    assert record["task"] == "inpaint" and record["inpaint_strength"] == 0.6
     again = tmp_path / "again.png"
     r = cli("generate", "--from", out, "--out", again)
     assert r.returncode == 0, r.stderr
