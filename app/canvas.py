@@ -218,10 +218,35 @@ class Canvas(QWidget):
 
     def _floating_rect(self) -> QRectF | None:
         f = self.doc.floating
-        return None if f is None else self.pixel_rect(f.x, f.y, f.rgb.shape[1], f.rgb.shape[0])
+        return None if f is None else self.pixel_rect(f.x, f.y, *f.size)
+
+    def _hit_floating(self, wp: QPointF) -> str | None:
+        """'floating' inside the floating picture, 'floating-<corner>' on a corner handle (scales it), else None."""
+        rect = self._floating_rect()
+        if rect is None:
+            return None
+        for name, c in zip(CORNERS, (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight())):
+            if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX:
+                return f"floating-{name}"
+        return "floating" if rect.contains(wp) else None
+
+    def _dragged_floating(self, d: dict, pos: QPointF) -> tuple[int, int, int, int]:
+        """(x, y, w, h) of the floating picture under a drag: moved, or scaled about the opposite corner with its
+        aspect ratio kept."""
+        x, y, w, h = d["orig"]
+        ip = self.to_image(pos)
+        if d["kind"] == "floating":
+            return round(x + ip.x() - d["start"].x()), round(y + ip.y() - d["start"].y()), w, h
+        corner = d["kind"][len("floating-"):]
+        ax, ay = (x + w, y + h) if corner == "tl" else (x, y + h) if corner == "tr" else (x + w, y) if corner == "bl" \
+            else (x, y)
+        s = max(abs(ip.x() - ax) / w, abs(ip.y() - ay) / h, 4 / min(w, h))
+        nw, nh = round(w * s), round(h * s)
+        return (ax - nw if corner[1] == "l" else ax), (ay - nh if corner[0] == "t" else ay), nw, nh
 
     def _paint_floating(self, p: QPainter) -> None:
-        """The floating paste over everything but the mask and boxes, with a dashed frame to drag it by."""
+        """The floating paste over everything but the mask and boxes: a dashed frame to drag it by, corners to scale
+        it."""
         rect = self._floating_rect()
         if rect is None:
             return
@@ -232,6 +257,10 @@ class Canvas(QWidget):
         p.setPen(QPen(QColor(255, 220, 0), 1, Qt.PenStyle.DashLine))
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(rect)
+        p.setPen(QPen(QColor(255, 220, 0), 1))
+        p.setBrush(QColor(255, 255, 255))
+        for c in (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight()):
+            p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
 
     def shown_region(self) -> tuple | None:
         if self._drag and "region" in self._drag:
@@ -318,9 +347,10 @@ class Canvas(QWidget):
         if e.button() != Qt.MouseButton.LeftButton:
             return
         ip = self.to_image(pos)
-        floating = self._floating_rect()
-        if floating is not None and floating.contains(pos):
-            self._drag = dict(kind="floating", start=ip, orig=(self.doc.floating.x, self.doc.floating.y))
+        hit = self._hit_floating(pos)
+        if hit is not None:
+            f = self.doc.floating
+            self._drag = dict(kind=hit, start=ip, orig=(f.x, f.y, *f.size))
             return
         if self.tool in ("mask", "eraser", "semantic"):
             layer = "labels" if self.tool == "semantic" else "mask"
@@ -360,10 +390,8 @@ class Canvas(QWidget):
             self.doc.stroke_to(ip.x(), ip.y())
         elif d["kind"] == "new":
             d["now"] = pos
-        elif d["kind"] == "floating":
-            ip = self.to_image(pos)
-            self.doc.move_floating(round(d["orig"][0] + ip.x() - d["start"].x()),
-                                   round(d["orig"][1] + ip.y() - d["start"].y()))
+        elif d["kind"].startswith("floating"):
+            self.doc.move_floating(*self._dragged_floating(d, pos))
         elif d["kind"].startswith("region"):
             d["region"] = self._dragged_region(d, pos)
         elif "box" in d:

@@ -92,11 +92,22 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class Floating:
-    """A pasted picture not yet laid onto the image layer, its top-left at (x, y) in canvas pixels."""
+    """A pasted picture not yet laid onto the image layer: its top-left at (x, y) in canvas pixels, shown w x h
+    (0: its own size)."""
 
     rgb: np.ndarray
     x: int
     y: int
+    w: int = 0
+    h: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.w or self.rgb.shape[1], self.h or self.rgb.shape[0]
+
+    def pixels(self) -> np.ndarray:
+        w, h = self.size
+        return self.rgb if (h, w) == self.rgb.shape[:2] else raster.resize_smooth(self.rgb, w, h)
 
 
 class Document:
@@ -323,9 +334,12 @@ class Document:
         self.floating = Floating(_rgb(rgb), int(x), int(y))
         self.notify("floating")
 
-    def move_floating(self, x: int, y: int) -> None:
-        if self.floating is not None:
-            self.floating = Floating(self.floating.rgb, int(x), int(y))
+    def move_floating(self, x: int, y: int, w: int | None = None, h: int | None = None) -> None:
+        """Move (and with w, h scale) the floating picture."""
+        f = self.floating
+        if f is not None:
+            w, h = (f.size if w is None else (max(int(w), 1), max(int(h), 1)))
+            self.floating = Floating(f.rgb, int(x), int(y), w, h)
             self.notify("floating")
 
     def anchor(self) -> bool:
@@ -334,7 +348,7 @@ class Document:
         if f is None:
             return False
         self.notify("floating")
-        return self.paste_into(f.rgb, f.x, f.y)
+        return self.paste_into(f.pixels(), f.x, f.y)
 
     def drop_floating(self) -> bool:
         if self.floating is None:
@@ -345,7 +359,8 @@ class Document:
 
     def flattened(self) -> np.ndarray:
         """The image layer as it looks: with the floating picture laid on it, if any."""
-        laid = self._laid(self.floating.rgb, self.floating.x, self.floating.y) if self.floating else None
+        f = self.floating
+        laid = self._laid(f.pixels(), f.x, f.y) if f else None
         return self.image if laid is None else laid
 
     def set_labels(self, labels: np.ndarray, text: str = "load label map") -> None:

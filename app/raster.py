@@ -125,6 +125,13 @@ def resize_nearest(a: np.ndarray, width: int, height: int) -> np.ndarray:
     return a[ys][:, xs]
 
 
+def resize_smooth(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resampling of an RGB picture (a pasted picture scaled on the canvas)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
+
+
 def fit_region(rect, width: int, height: int, grid: int = 8) -> tuple[int, int, int, int] | None:
     """(x, y, w, h) snapped to the latent grid and clamped inside the canvas; None when it is the whole canvas."""
     if rect is None:

@@ -399,6 +399,12 @@ def test_a_floating_paste_moves_freely_and_lands_in_one_undo_step():
     assert not doc.anchor() and len(doc.undo_stack.done) == 1  # nothing overlapped: nothing laid
     doc.float_picture(picture, 0, 0)
     assert doc.drop_floating() and not doc.drop_floating() and (doc.image[:10, :20] == 255).all()
+    stripes = np.zeros((10, 20, 3), np.uint8)
+    stripes[:, ::2] = 250
+    doc.float_picture(stripes, 2, 3)
+    doc.move_floating(4, 6, 40, 20)
+    assert doc.floating.size == (40, 20) and doc.floating.rgb is stripes
+    assert np.array_equal(doc.flattened()[6:26, 4:44], raster.resize_smooth(stripes, 40, 20))
 
 
 def test_inpainting_has_its_own_strength_that_round_trips_through_the_infotext():

@@ -325,6 +325,32 @@ def test_copy_and_paste_the_canvas_image_through_the_clipboard(make_window, qtbo
     assert win.doc.floating is None and np.array_equal(win.doc.image[36:60, 44:84], picture)
 
 
+def test_a_floating_paste_scales_by_its_corners_keeping_its_aspect(make_window):
+    from PySide6.QtGui import QGuiApplication
+
+    from app import raster
+    from app.canvas import to_qimage
+
+    win = make_window()
+    first = np.full((96, 128, 3), 255, np.uint8)
+    win.doc.set_image(first)
+    picture = np.random.default_rng(3).integers(0, 255, (24, 40, 3), np.uint8)
+    QGuiApplication.clipboard().setImage(to_qimage(picture))
+    win.paste_into()
+    assert (win.doc.floating.x, win.doc.floating.y, *win.doc.floating.size) == (44, 36, 40, 24)
+    drag(win.canvas, [(84, 60), (95, 62), (104, 66)])  # the bottom-right handle, 1.5x wider (taller is less)
+    assert (win.doc.floating.x, win.doc.floating.y, *win.doc.floating.size) == (44, 36, 60, 36)
+    drag(win.canvas, [(44, 36), (54, 42), (64, 48)])  # the top-left handle: scaled about the bottom-right corner
+    assert (win.doc.floating.x, win.doc.floating.y, *win.doc.floating.size) == (64, 48, 40, 24)
+    drag(win.canvas, [(104, 72), (114, 78), (124, 84)])
+    assert (win.doc.floating.x, win.doc.floating.y, *win.doc.floating.size) == (64, 48, 60, 36)
+    drag(win.canvas, [(80, 60), (40, 24)])  # inside: moved
+    assert (win.doc.floating.x, win.doc.floating.y, *win.doc.floating.size) == (24, 12, 60, 36)
+    assert win.doc.anchor()
+    assert np.array_equal(win.doc.image[12:48, 24:84], raster.resize_smooth(picture, 60, 36))
+    assert (win.doc.image[:12] == 255).all() and (win.doc.image[48:] == 255).all()
+
+
 def test_extend_canvas_action_masks_the_new_area_for_inpainting_and_crop_undoes_it(make_window):
     """Edit > Extend canvas: the dialog's pads (a quarter of the width on the right by default) grow the canvas in one
     undo step, the task follows the new mask (an override is dropped), and a cancelled dialog changes nothing.
