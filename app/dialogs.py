@@ -1,4 +1,4 @@
-"""Settings dialog, box label prompt, canvas extension, and error-reporting helpers for slots."""
+"""Settings dialog, box label prompt, canvas extension, keyboard shortcuts, and error-reporting helpers for slots."""
 from __future__ import annotations
 
 import functools
@@ -6,7 +6,8 @@ import traceback
 from dataclasses import replace
 
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QWidget)
+                               QHBoxLayout, QHeaderView, QLineEdit, QPushButton, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.settings import DEVICES, PRECISIONS, TILE_MODES, AppSettings
 
@@ -123,3 +124,32 @@ class ExtendDialog(QDialog):
     def pads(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in pixels."""
         return tuple(self.sides[name].value() for name in self.SIDES)
+
+
+CANVAS_KEYS = (("Brush size", "[  ]"), ("Brush hardness", "Shift+[  Shift+]"), ("Pan", "Space+drag, middle drag"),
+               ("Zoom", "Wheel"), ("Erase labels (semantic brush)", "Alt+drag"),
+               ("Delete the selected box", "Delete"), ("Lay a floating paste", "Enter"))
+
+
+class ShortcutsDialog(QDialog):
+    """Every menu action with its shortcuts (read from the actions, so never out of date) and the canvas keys."""
+
+    def __init__(self, actions, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Keyboard shortcuts")
+        rows = [(a.text().replace("&", ""), ", ".join(k.toString() for k in a.shortcuts()))
+                for a in actions if a.shortcuts()]
+        rows += list(CANVAS_KEYS)
+        self.table = QTableWidget(len(rows), 2)
+        self.table.setHorizontalHeaderLabels(["Action", "Keys"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        for i, (name, keys) in enumerate(rows):
+            self.table.setItem(i, 0, QTableWidgetItem(name))
+            self.table.setItem(i, 1, QTableWidgetItem(keys))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.table)
+        lay.addWidget(buttons)
+        self.resize(460, 560)

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QLabel, QMainWindow, QMessa
 from app import project
 from app.bridge import EngineBridge
 from app.canvas import Canvas
-from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, guarded
+from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, ShortcutsDialog, guarded
 from app.document import Document, Params
 from app.files import FileActions
 from app.icon import app_icon
@@ -206,6 +206,32 @@ class MainWindow(FileActions, QMainWindow):
         self.live_action.setToolTip("Live: regenerate after every edit at one seed, shown beside the canvas (Ctrl+L)")
         self._action(g, "&Keep live result", self.keep_live, "Ctrl+Shift+Return")
         self.generate_toolbar.addAction(self.live_action)
+        h = mb.addMenu("&Help")
+        self._action(h, "&Keyboard shortcuts", self.show_shortcuts, "F1")
+        self._action(h, "&About Latent Canvas", self.about)
+
+    def show_shortcuts(self, *_) -> ShortcutsDialog:
+        dlg = ShortcutsDialog(self.actions(), self)
+        dlg.show()
+        return dlg
+
+    def about_text(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("latent-canvas")
+        except PackageNotFoundError:
+            v = "(not installed)"
+        folders = (("Your models", self.settings.models_dir or api.user_models_dir()),
+                   ("Bundled models", api.default_models_dir()), ("Outputs", str(self.settings.outputs_path())),
+                   ("Autosave", str(self.recovery.folder) if self.recovery else "off"))
+        rows = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in folders)
+        return (f"<h3>Latent Canvas {v}</h3><p>A canvas for Latent Diffusion Models (Rombach et al., CVPR 2022): "
+                f"text, inpainting, layout, semantic synthesis and x4 upscaling, run on this machine.</p>"
+                f"<table>{rows}</table>")
+
+    def about(self, *_) -> None:
+        QMessageBox.about(self, "About Latent Canvas", self.about_text())
 
     # --- document --------------------------------------------------------------------------------------------
     def set_document(self, doc: Document) -> None:

@@ -348,3 +348,14 @@ def test_the_strength_box_edits_inpaintings_own_strength_when_the_task_is_inpain
     box.setValue(0.6)
     req = win.doc.to_request(seed=1)
     assert (req.inpaint_strength, req.strength) == (0.6, 0.4)
+
+
+def test_help_lists_every_shortcut_and_about_names_the_folders(make_window, tmp_path):
+    win = make_window()
+    dlg = win.show_shortcuts()
+    rows = {dlg.table.item(i, 0).text(): dlg.table.item(i, 1).text() for i in range(dlg.table.rowCount())}
+    assert rows["Generate"] == "Ctrl+Return, Ctrl+Enter" and rows["Live"] == "Ctrl+L" and rows["Mask brush"] == "B"
+    assert rows["Paste into canvas"] == "Ctrl+Shift+V" and rows["Keyboard shortcuts"] == "F1" and "Brush size" in rows
+    dlg.close()
+    text = win.about_text()
+    assert "Latent Canvas" in text and str(tmp_path / "out") in text and api.default_models_dir() in text
