@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from app.canvas import to_qimage
 from engine import api
@@ -19,6 +19,7 @@ class LivePanel(QWidget):
     """The live image scaled to fit, what it is (step or time), and Keep."""
 
     keepRequested = Signal()
+    applyRequested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -28,15 +29,22 @@ class LivePanel(QWidget):
         self.view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.view.setMinimumSize(160, 160)
         self.info = QLabel()
-        self.keep_button = QPushButton("Keep (add to history)")
-        self.keep_button.setToolTip("Ctrl+Shift+Enter")
-        self.keep_button.setEnabled(False)
+        self.keep_button = QPushButton("Keep")
+        self.keep_button.setToolTip("Add the live image to the history and the outputs folder (Ctrl+Shift+Enter)")
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip("Keep the live image and lay it onto the canvas (one undo step)")
+        for b in (self.keep_button, self.apply_button):
+            b.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.keep_button)
+        buttons.addWidget(self.apply_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.view, 1)
         lay.addWidget(self.info)
-        lay.addWidget(self.keep_button)
+        lay.addLayout(buttons)
         self.keep_button.clicked.connect(self.keepRequested)
+        self.apply_button.clicked.connect(self.applyRequested)
 
     def show_image(self, rgb: np.ndarray | None, info: str = "", final: bool = False) -> None:
         if rgb is not None:
@@ -45,6 +53,7 @@ class LivePanel(QWidget):
         self.info.setText(info)
         if final:
             self.keep_button.setEnabled(rgb is not None)
+            self.apply_button.setEnabled(rgb is not None)
 
     def _fit(self) -> None:
         if self.image is not None:

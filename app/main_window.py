@@ -92,6 +92,7 @@ class MainWindow(FileActions, QMainWindow):
         self.history_strip.copyRequested.connect(self.copy_history)
         self.history_strip.shown.connect(self.show_history)
         self.live.panel.keepRequested.connect(self.keep_live)
+        self.live.panel.applyRequested.connect(self.apply_live)
         self.canvas.brushChanged.connect(self._brush_changed)
 
         self.autosave_timer = QTimer(self)
@@ -428,6 +429,14 @@ class MainWindow(FileActions, QMainWindow):
             return False
         ev, req, region, rect = self.live.kept
         self._record(ev, req, region, rect)
+        return True
+
+    @guarded
+    def apply_live(self, *_) -> bool:
+        """Keep the newest live image, then lay it onto the canvas where it was made (one undo step)."""
+        if not self.keep_live():
+            return False
+        self.apply_history(len(self.doc.history) - 1)
         return True
 
     def _live_ended(self, ev) -> None:

@@ -43,6 +43,10 @@ def test_live_follows_every_edit_at_one_seed_and_keep_adds_to_history(make_windo
     assert win.keep_live()
     assert len(win.doc.history) == 1 and win.doc.history[0].seeds == [first.seed] and len(win.written) == 1
     assert np.array_equal(win.doc.history[0].images[0], win.live.panel.image)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):  # applying changes the image: live follows it
+        win.live.panel.apply_button.click()
+    assert len(win.doc.history) == 2 and np.array_equal(win.doc.image, win.doc.history[1].images[0])
+    assert win.doc.has_image and win.doc.can_undo
     win.set_live(False)
     win.doc.stroke("labels", [(70, 70)], radius=6, value=3)
     qtbot.wait(600)
