@@ -247,6 +247,10 @@ class Document:
         self._push(PatchCommand(f"clear {layer}", layer, 0, 0, arr.copy(), np.full_like(arr, empty)))
         return True
 
+    def invert_mask(self) -> None:
+        """Repaint everything but what was masked (soft edges inverted too): one undo step."""
+        self._push(PatchCommand("invert mask", "mask", 0, 0, self.mask.copy(), 255 - self.mask))
+
     # --- boxes -----------------------------------------------------------------------------------------------
     def _edit_boxes(self, text: str, after: list) -> None:
         self._push(BoxesCommand(text, copy.deepcopy(self.boxes), copy.deepcopy(after)))

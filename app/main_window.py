@@ -175,6 +175,7 @@ class MainWindow(FileActions, QMainWindow):
         self._action(e, "Paste &into canvas", self.paste_into, "Ctrl+Shift+V")
         e.addSeparator()
         self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
+        self._action(e, "&Invert mask", lambda: self.doc.invert_mask(), "Ctrl+I")
         self._action(e, "Clear &labels", lambda: self.doc.clear_layer("labels"))
         self._action(e, "&Delete box", self.delete_box)
         self._action(e, "E&xtend canvas...", self.extend_canvas)

@@ -62,6 +62,15 @@ def test_a_blank_canvas_is_sized_without_an_undo_step_and_a_used_one_is_not():
     assert not doc.is_blank() and not doc.start_size(128, 128)
 
 
+def test_invert_mask_is_one_undo_step():
+    doc = Document(16, 8)
+    doc.stroke("mask", [(4, 4)], radius=2, hardness=0.5, value=255)
+    painted = doc.mask.copy()
+    doc.invert_mask()
+    assert np.array_equal(doc.mask, 255 - painted) and doc.task() == "inpaint"
+    assert doc.undo() and np.array_equal(doc.mask, painted) and doc.redo() and doc.mask[0, 15] == 255
+
+
 def test_label_stroke_fill_and_undo():
     doc = Document(32, 32)
     doc.stroke("labels", [(0, 16), (31, 16)], radius=2, value=7)
