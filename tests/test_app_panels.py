@@ -356,6 +356,8 @@ def test_help_lists_every_shortcut_and_about_names_the_folders(make_window, tmp_
     rows = {dlg.table.item(i, 0).text(): dlg.table.item(i, 1).text() for i in range(dlg.table.rowCount())}
     assert rows["Generate"] == "Ctrl+Return, Ctrl+Enter" and rows["Live"] == "Ctrl+L" and rows["Mask brush"] == "B"
     assert rows["Paste into canvas"] == "Ctrl+Shift+V" and rows["Keyboard shortcuts"] == "F1" and "Brush size" in rows
+    keys = [k.toString() for a in win.actions() for k in a.shortcuts()]
+    assert len(keys) == len(set(keys)), "a shortcut bound twice fires neither"
     dlg.close()
     text = win.about_text()
     assert "Latent Canvas" in text and str(tmp_path / "out") in text and api.default_models_dir() in text
