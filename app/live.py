@@ -16,7 +16,7 @@ EDITS = ("params", "size", "image", "mask", "labels", "boxes", "region", "all")
 
 
 class LivePanel(QWidget):
-    """The live image scaled to fit, what it is (step or time), and Keep."""
+    """The live image scaled to fit, what it is (step or time), Keep and Apply."""
 
     keepRequested = Signal()
     applyRequested = Signal()
@@ -113,9 +113,12 @@ class LiveMode(QObject):
             return
         self.pending = False
         doc = self.win.doc
-        req = replace(doc.to_request(self.win.settings, seed=self.seed), batch_size=1, best_of=1)
-        self._submitted = (req, doc.region, doc.generation_rect())
-        self.job = self.win.bridge.submit(req)
+        try:
+            req = replace(doc.to_request(self.win.settings, seed=self.seed), batch_size=1, best_of=1)
+            self._submitted = (req, doc.region, doc.generation_rect())
+            self.job = self.win.bridge.submit(req)
+        except Exception as e:  # a canvas the request cannot be made from yet: say so here, no dialog per edit
+            self.panel.show_image(None, f"Cannot run: {api.describe_exception(e)}")
 
     def preview(self, ev: api.Preview) -> None:
         self.panel.show_image(ev.image, f"step {ev.step}")

@@ -95,6 +95,10 @@ def test_a_failing_live_job_is_reported_in_the_status_bar_and_the_next_edit_runs
     with qtbot.waitSignal(win.bridge.result, timeout=5000):
         win.doc.set_param("prompt", "good")
     assert calls == ["bad", "good"] and win.live.panel.keep_button.isEnabled()
+    win.doc.to_request = lambda *a, **k: (_ for _ in ()).throw(ValueError("no request from this canvas"))
+    win.doc.set_param("prompt", "again")
+    qtbot.waitUntil(lambda: "no request from this canvas" in win.live.panel.info.text(), timeout=5000)
+    assert win.last_error is None and not win.bridge.busy and calls == ["bad", "good"]
     win.set_live(False)
 
 
