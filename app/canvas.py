@@ -16,6 +16,22 @@ CORNERS = ("tl", "tr", "bl", "br")
 HANDLE_PX = 7.0
 
 
+def corners(r: QRectF) -> dict[str, QPointF]:
+    return dict(zip(CORNERS, (r.topLeft(), r.topRight(), r.bottomLeft(), r.bottomRight())))
+
+
+def corner_at(r: QRectF, wp: QPointF) -> str | None:
+    """The corner of a widget rect whose handle is under the point, or None."""
+    return next((name for name, c in corners(r).items()
+                 if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX), None)
+
+
+def paint_handles(p: QPainter, r: QRectF, fill: QColor) -> None:
+    p.setBrush(fill)
+    for c in corners(r).values():
+        p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
+
+
 def to_qimage(a: np.ndarray) -> QImage:
     """A deep-copied QImage of an HxWx3 (RGB888) or HxWx4 (RGBA8888) uint8 array."""
     a = np.ascontiguousarray(a)
@@ -225,10 +241,8 @@ class Canvas(QWidget):
         rect = self._floating_rect()
         if rect is None:
             return None
-        for name, c in zip(CORNERS, (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight())):
-            if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX:
-                return f"floating-{name}"
-        return "floating" if rect.contains(wp) else None
+        corner = corner_at(rect, wp)
+        return f"floating-{corner}" if corner else "floating" if rect.contains(wp) else None
 
     def _dragged_floating(self, d: dict, pos: QPointF) -> tuple[int, int, int, int]:
         """(x, y, w, h) of the floating picture under a drag: moved, or scaled about the opposite corner with its
@@ -238,8 +252,7 @@ class Canvas(QWidget):
         if d["kind"] == "floating":
             return round(x + ip.x() - d["start"].x()), round(y + ip.y() - d["start"].y()), w, h
         corner = d["kind"][len("floating-"):]
-        ax, ay = (x + w, y + h) if corner == "tl" else (x, y + h) if corner == "tr" else (x + w, y) if corner == "bl" \
-            else (x, y)
+        ax, ay = x + w * (corner[1] == "l"), y + h * (corner[0] == "t")  # the opposite corner stays
         s = max(abs(ip.x() - ax) / w, abs(ip.y() - ay) / h, 4 / min(w, h))
         nw, nh = round(w * s), round(h * s)
         return (ax - nw if corner[1] == "l" else ax), (ay - nh if corner[0] == "t" else ay), nw, nh
@@ -258,9 +271,7 @@ class Canvas(QWidget):
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(rect)
         p.setPen(QPen(QColor(255, 220, 0), 1))
-        p.setBrush(QColor(255, 255, 255))
-        for c in (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight()):
-            p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
+        paint_handles(p, rect, QColor(255, 255, 255))
 
     def shown_region(self) -> tuple | None:
         if self._drag and "region" in self._drag:
@@ -286,9 +297,7 @@ class Canvas(QWidget):
         p.drawRect(wr)
         p.drawText(QPointF(wr.left() + 4, wr.bottom() - 6), f"region {round(abs(region[2]))}×{round(abs(region[3]))}")
         if self.tool == "region":
-            p.setBrush(QColor(255, 170, 0))
-            for c in (wr.topLeft(), wr.topRight(), wr.bottomLeft(), wr.bottomRight()):
-                p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
+            paint_handles(p, wr, QColor(255, 170, 0))
 
     def _box_widget_rect(self, rect) -> QRectF:
         x0, y0, x1, y1 = rect
@@ -313,9 +322,7 @@ class Canvas(QWidget):
             p.setPen(QColor(0, 0, 0))
             p.drawText(QRectF(wr.left() + 4, wr.top() - 18, tw, 18), Qt.AlignmentFlag.AlignVCenter, text)
             if selected:
-                p.setBrush(QColor(255, 255, 255))
-                for c in (wr.topLeft(), wr.topRight(), wr.bottomLeft(), wr.bottomRight()):
-                    p.drawRect(QRectF(c.x() - 4, c.y() - 4, 8, 8))
+                paint_handles(p, wr, QColor(255, 255, 255))
         if self._drag and self._drag.get("kind") == "new":
             p.setPen(QPen(QColor(255, 255, 0), 1, Qt.PenStyle.DashLine))
             p.setBrush(Qt.BrushStyle.NoBrush)
@@ -330,10 +337,9 @@ class Canvas(QWidget):
         """(box index, 'move' or a corner name) under a widget point; the selected box's handles win."""
         order = ([self.selected_box] if self.selected_box is not None else []) + list(reversed(range(len(self.doc.boxes))))
         for i in order:
-            wr = self._box_widget_rect(self.doc.boxes[i].rect)
-            for name, c in (("tl", wr.topLeft()), ("tr", wr.topRight()), ("bl", wr.bottomLeft()), ("br", wr.bottomRight())):
-                if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX:
-                    return i, name
+            corner = corner_at(self._box_widget_rect(self.doc.boxes[i].rect), wp)
+            if corner:
+                return i, corner
         i = self.doc.box_at(*self._norm(wp))
         return (i, "move") if i is not None else None
 
@@ -433,10 +439,8 @@ class Canvas(QWidget):
         if self.doc.region is None:
             return "region-new"
         wr = self.pixel_rect(*self.doc.region)
-        for name, c in zip(CORNERS, (wr.topLeft(), wr.topRight(), wr.bottomLeft(), wr.bottomRight())):
-            if abs(c.x() - wp.x()) <= HANDLE_PX and abs(c.y() - wp.y()) <= HANDLE_PX:
-                return f"region-{name}"
-        return "region-move" if wr.contains(wp) else "region-new"
+        corner = corner_at(wr, wp)
+        return f"region-{corner}" if corner else "region-move" if wr.contains(wp) else "region-new"
 
     def _dragged_region(self, d: dict, pos: QPointF) -> tuple[float, float, float, float]:
         a, b = self.to_image(d["start"]), self.to_image(pos)
