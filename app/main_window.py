@@ -67,7 +67,7 @@ class MainWindow(FileActions, QMainWindow):
         self.palette = PalettePanel()
         self.history_strip = HistoryStrip()
         self.live = LiveMode(self)
-        self._generate_next = False
+        self.queue: list[tuple] = []  # (Request, region, rect): generations waiting behind the running job
         self.device_label = QLabel()
         self.brush_label = QLabel()
         self._build_docks()
@@ -381,14 +381,21 @@ class MainWindow(FileActions, QMainWindow):
     # --- generation ------------------------------------------------------------------------------------------
     @guarded
     def generate(self, *_) -> int | None:
+        """Run the canvas as it is now; while a job runs, queue it (a live job gives way at once)."""
         self.doc.anchor()
+        job = (self.doc.to_request(self.settings), self.doc.region, self.doc.generation_rect())
         if self.bridge.busy:
+            self.queue.append(job)
+            self.generate_bar.queued = len(self.queue)
             if self.live.job is not None and self.bridge.current_job == self.live.job:
-                self._generate_next = self.live.pending = True
+                self.live.pending = True
                 self.bridge.cancel()
+            self.statusBar().showMessage(f"Queued: {len(self.queue)} waiting", 5000)
             return None
-        req = self.doc.to_request(self.settings)
-        self.last_request, self.last_region, self.last_rect = req, self.doc.region, self.doc.generation_rect()
+        return self._start(*job)
+
+    def _start(self, req: api.Request, region, rect) -> int:
+        self.last_request, self.last_region, self.last_rect = req, region, rect
         self._started_at = time.perf_counter()
         job = self.bridge.submit(req)
         self.generate_bar.set_busy(True)
@@ -396,12 +403,22 @@ class MainWindow(FileActions, QMainWindow):
         return job
 
     def cancel(self, *_) -> None:
-        """Esc: remove a floating paste, else cancel the running job."""
+        """Esc: remove a floating paste, else cancel the running job and empty the queue."""
         if self.doc.drop_floating():
             self.statusBar().showMessage("Paste removed", 3000)
         elif self.bridge.busy:
+            self.queue.clear()
+            self.generate_bar.queued = 0
             self.bridge.cancel()
             self.generate_bar.progress.setFormat("cancelling...")
+
+    def _next(self) -> None:
+        """After a job ends: the next queued generation, else the edit Live is waiting to show."""
+        if self.queue and not self.bridge.busy:
+            self._start(*self.queue.pop(0))
+            self.generate_bar.queued = len(self.queue)
+        else:
+            self.live.resume()
 
     def _current(self, ev) -> bool:
         return ev.job_id == self.bridge.current_job
@@ -443,9 +460,7 @@ class MainWindow(FileActions, QMainWindow):
     def _live_ended(self, ev) -> None:
         self.live.finished(ev)
         self.generate_bar.finish("live")
-        if self._generate_next:
-            self._generate_next = False
-            self.generate()
+        self._next()
 
     @guarded
     def on_progress(self, ev: api.Progress):
@@ -465,7 +480,7 @@ class MainWindow(FileActions, QMainWindow):
             return self._live_ended(ev)
         self.generate_bar.finish("done")
         self._record(ev, self.last_request, self.last_region, self.last_rect)
-        self.live.resume()
+        self._next()
 
     def _record(self, ev: api.Result, req: api.Request, region, rect) -> None:
         """A finished result into the history (shown on the canvas), the outputs folder and the autosave."""
@@ -503,7 +518,7 @@ class MainWindow(FileActions, QMainWindow):
         self.canvas.set_preview(None)
         self.generate_bar.finish("failed")
         self.report_error("Generation failed", ev.message or "unknown error", ev.detail)
-        self.live.resume()
+        self._next()
 
     @guarded
     def on_cancelled(self, ev: api.Cancelled):
@@ -512,7 +527,7 @@ class MainWindow(FileActions, QMainWindow):
         self.canvas.set_preview(None)
         self.generate_bar.finish(f"cancelled at step {ev.step}")
         self.statusBar().showMessage("Cancelled", 5000)
-        self.live.resume()
+        self._next()
 
     @guarded
     def apply_history(self, entry: int, image: int = 0):

@@ -410,13 +410,15 @@ class HistoryStrip(QWidget):
 
 
 class GenerateBar(QWidget):
-    """Generate (Ctrl+Enter) and Cancel (Esc) buttons and a progress bar with step count and time left."""
+    """Generate (Ctrl+Enter; while a job runs it queues another) and Cancel (Esc) buttons and a progress bar with the
+    step count, the time left and how many generations wait."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.generate_button = QPushButton("Generate")
         self.cancel_button = QPushButton("Cancel")
-        self.generate_button.setToolTip("Ctrl+Enter")
+        self.generate_button.setToolTip("Ctrl+Enter; while a job runs, queues another with the canvas as it is now")
+        self.queued = 0
         self.cancel_button.setToolTip("Esc")
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
@@ -428,7 +430,6 @@ class GenerateBar(QWidget):
         lay.addWidget(self.progress, 1)
 
     def set_busy(self, busy: bool) -> None:
-        self.generate_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setRange(0, 0)
@@ -440,7 +441,8 @@ class GenerateBar(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(step)
         left = "" if not math.isfinite(eta_s) else f" · {eta_s:.0f} s left" if eta_s < 120 else f" · {eta_s / 60:.1f} min left"
-        self.progress.setFormat(f"step {step}/{total}{left}")
+        waiting = f" · {self.queued} queued" if self.queued else ""
+        self.progress.setFormat(f"step {step}/{total}{left}{waiting}")
 
     def finish(self, text: str) -> None:
         self.set_busy(False)

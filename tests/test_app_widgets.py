@@ -183,7 +183,7 @@ def test_ctrl_enter_generates_with_progress_and_preview(make_window, qtbot, tmp_
     win.bridge.progress.connect(lambda ev: seen["bar"].append((win.generate_bar.progress.value(), win.generate_bar.progress.format())))
     with qtbot.waitSignal(win.bridge.result, timeout=10000):
         QTest.keyClick(win, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-        assert win.bridge.busy and not win.generate_bar.generate_button.isEnabled()
+        assert win.bridge.busy and win.generate_bar.cancel_button.isEnabled()
     assert seen["progress"][-1] == (6, 6) and len(seen["progress"]) == 6
     assert seen["preview"] and all(seen["preview"])
     assert seen["bar"][-1][0] == 6 and "step 6/6" in seen["bar"][-1][1]
@@ -196,6 +196,35 @@ def test_ctrl_enter_generates_with_progress_and_preview(make_window, qtbot, tmp_
     assert (tmp_path / "rec" / "autosave.lcproj").exists()
     win.history_strip.apply_button.click()
     assert win.doc.has_image and np.array_equal(win.doc.image, win.doc.history[0].images[0]) and win.canvas.preview is None
+
+
+def test_generate_while_busy_queues_the_canvas_as_it_was_and_escape_empties_the_queue(make_window, qtbot):
+    seen = []
+
+    def runner(request, ctx, cache):
+        seen.append(request.prompt)
+        return fake_runner(request, ctx, cache, step_s=0.02)
+
+    win = make_window(runner=runner)
+    win.doc.set_param("steps", 10)
+    formats = []
+    win.bridge.progress.connect(lambda ev: formats.append(win.generate_bar.progress.format()))
+    for prompt in ("a lighthouse", "a harbour", "a ship"):
+        win.doc.set_param("prompt", prompt)
+        win.generate()
+    assert len(win.queue) == 2 and "Queued: 2" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: len(win.doc.history) == 3, timeout=15000)
+    assert seen == ["a lighthouse", "a harbour", "a ship"] and not win.queue
+    assert [h.parameters.splitlines()[0] for h in win.doc.history] == seen
+    assert any("2 queued" in f for f in formats) and "queued" not in formats[-1]
+    for prompt in ("one", "two", "three"):
+        win.doc.set_param("prompt", prompt)
+        win.generate()
+    qtbot.waitUntil(lambda: len(seen) == 4, timeout=5000)
+    with qtbot.waitSignal(win.bridge.cancelled, timeout=5000):
+        QTest.keyClick(win, Qt.Key.Key_Escape)
+    qtbot.wait(300)
+    assert seen[3:] == ["one"] and not win.queue and not win.bridge.busy and len(win.doc.history) == 3
 
 
 def _slow_runner(request, ctx, cache):
