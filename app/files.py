@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from PySide6.QtGui import QGuiApplication, QImage
+from PySide6.QtCore import QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from app import project
@@ -14,6 +15,7 @@ from app.canvas import to_qimage
 from app.dialogs import guarded
 from app.document import Document, Params
 from app.parameters import format_parameters, parse_parameters, read_png_parameters, write_png
+from app.settings import RECENT, save_settings
 from engine import api
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -63,10 +65,40 @@ class FileActions:
     @guarded
     def open_path(self, path: str):
         if path.lower().endswith(project.SUFFIX):
-            if self.confirm_discard():
-                self.set_document(project.load(path))
+            if not self.confirm_discard():
+                return
+            self.set_document(project.load(path))
         else:
             self.load_image(path)
+        self.remember(path)
+
+    def remember(self, path: str) -> None:
+        """A file opened or saved goes to the top of File > Open Recent (kept in the settings)."""
+        path = str(Path(path).resolve())
+        self.settings.recent_files = [path] + [p for p in self.settings.recent_files if p != path][:RECENT - 1]
+        if self.persist_settings:
+            save_settings(self.settings)
+
+    def fill_recent_menu(self) -> None:
+        """File > Open Recent: the files that still exist, newest first, then Clear."""
+        menu = self.recent_menu
+        menu.clear()
+        for path in [p for p in self.settings.recent_files if Path(p).exists()]:
+            menu.addAction(Path(path).name, lambda path=path: self.open_path(path)).setToolTip(path)
+        menu.addSeparator()
+        clear = menu.addAction("Clear the list", self.clear_recent)
+        clear.setEnabled(bool(self.settings.recent_files))
+
+    def clear_recent(self) -> None:
+        self.settings.recent_files = []
+        if self.persist_settings:
+            save_settings(self.settings)
+
+    def open_outputs_folder(self, *_) -> bool:
+        """The outputs folder in the system's file manager."""
+        folder = self.settings.outputs_path()
+        folder.mkdir(parents=True, exist_ok=True)
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     @guarded
     def save(self, *_) -> bool:
@@ -74,6 +106,7 @@ class FileActions:
         if not self.doc.path or not self.doc.path.endswith(project.SUFFIX):
             return bool(self.save_as())
         project.save(self.doc, self.doc.path)
+        self.remember(self.doc.path)
         self.statusBar().showMessage(f"Saved {self.doc.path}", 5000)
         self._update_title()
         return True
@@ -87,6 +120,7 @@ class FileActions:
         if not path.endswith(project.SUFFIX):
             path += project.SUFFIX
         project.save(self.doc, path)
+        self.remember(path)
         self._update_title()
         return True
 

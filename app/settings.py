@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from app.project import atomic_write, data_dir
@@ -11,6 +11,7 @@ from app.project import atomic_write, data_dir
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 TILE_MODES = ("auto", "off", "on")
+RECENT = 10
 
 
 @dataclass
@@ -28,6 +29,7 @@ class AppSettings:
     memory_budget_mb: int = 0
     autosave_interval_s: int = 60
     max_image_side: int = 2048
+    recent_files: list = field(default_factory=list)  # newest first, at most RECENT
 
     def outputs_path(self) -> Path:
         return Path(self.outputs_dir) if self.outputs_dir else data_dir() / "outputs"
@@ -66,6 +68,7 @@ def load_settings(path: str | os.PathLike | None = None) -> AppSettings:
         s.precision = "auto"
     if s.tile_mode not in TILE_MODES:
         s.tile_mode = "auto"
+    s.recent_files = [p for p in s.recent_files if isinstance(p, str)][:RECENT]
     return s
 
 

@@ -478,3 +478,34 @@ def test_a_layout_from_the_prompt_alone_shows_the_planned_boxes(make_window, qtb
     qtbot.waitUntil(lambda: not win.bridge.busy and len(seen) == 2, timeout=10000)
     assert [b.label for b in seen[1].boxes] == ["red circle"] and len(win.doc.boxes) == 1 and seen[1].best_of == 1
     assert seen[1].sketch_strength == pytest.approx(0.45), "boxes drawn again from the same sketch"
+
+
+def test_open_recent_lists_opened_and_saved_files_and_opens_them(make_window, tmp_path, monkeypatch):
+    from PySide6.QtGui import QDesktopServices
+
+    from app.settings import load_settings, save_settings
+
+    win = make_window()
+    proj, img = tmp_path / "scene.lcproj", tmp_path / "photo.png"
+    project.save(Document(64, 48), proj)
+    Image.fromarray(np.full((32, 40, 3), 90, np.uint8)).save(img)
+    win.open_path(str(proj))
+    win.open_path(str(img))
+    assert win.settings.recent_files == [str(img.resolve()), str(proj.resolve())]
+    img.unlink()
+    win.fill_recent_menu()
+    names = [a.text() for a in win.recent_menu.actions() if not a.isSeparator()]
+    assert names == ["scene.lcproj", "Clear the list"]
+    win.doc.set_param("prompt", "unsaved")  # a clean project reopens without asking
+    win.doc.mark_clean()
+    win.recent_menu.actions()[0].trigger()
+    assert win.doc.path == str(proj) and (win.doc.width, win.doc.height) == (64, 48)
+    save_settings(win.settings, tmp_path / "s.json")
+    assert load_settings(tmp_path / "s.json").recent_files == win.settings.recent_files
+    (tmp_path / "bad.json").write_text('{"recent_files": ["a.png", 3, null]}')
+    assert load_settings(tmp_path / "bad.json").recent_files == ["a.png"]
+    win.clear_recent()
+    assert win.settings.recent_files == []
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    assert win.open_outputs_folder() and opened == [str(tmp_path / "out")] and (tmp_path / "out").is_dir()
