@@ -48,6 +48,7 @@ class MainWindow(FileActions, QMainWindow):
         self.last_region: tuple | None = None
         self.last_rect: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._device_known = False
+        self._families: tuple[int | None, list[str]] = (None, [])
         self.written: list[Path] = []
         self._started_at = 0.0
         self.setWindowTitle("Latent Canvas")
@@ -428,8 +429,15 @@ class MainWindow(FileActions, QMainWindow):
 
     @guarded
     def on_started(self, ev: api.Started):
+        """Device, precision and every model the job has used so far (a two-pass job names both)."""
         self._device_known = True
-        self.device_label.setText(f"{ev.device or '?'} · {ev.dtype or '?'}" + (f" · {ev.family}" if ev.family else ""))
+        job, families = self._families
+        families = families if job == ev.job_id else []
+        if ev.family and ev.family not in families:
+            families = families + [ev.family]
+        self._families = (ev.job_id, families)
+        used = [" + ".join(families)] if families else []
+        self.device_label.setText(" · ".join([ev.device or "?", ev.dtype or "?", *used]))
 
     @guarded
     def set_live(self, on: bool | None = None) -> None:

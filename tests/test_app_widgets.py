@@ -509,3 +509,19 @@ def test_open_recent_lists_opened_and_saved_files_and_opens_them(make_window, tm
     opened = []
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
     assert win.open_outputs_folder() and opened == [str(tmp_path / "out")] and (tmp_path / "out").is_dir()
+
+
+def test_status_bar_names_every_model_a_job_used(make_window, qtbot):
+    def two_pass(request, ctx, cache):
+        for family in ("world-semantic", "world-sr4", "world-sr4"):
+            ctx.emit(api.Started(ctx.job_id, device="cpu", dtype="float32", family=family))
+        return api.Result(ctx.job_id, (np.zeros((96, 128, 3), np.uint8),), "p", (1,), 0.1)
+
+    win = make_window(runner=two_pass)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    assert win.device_label.text() == "cpu · float32 · world-semantic + world-sr4"
+    win.bridge.engine._runner = functools.partial(fake_runner, step_s=0.001)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    assert win.device_label.text() == "cpu (demo) · float32 · demo"
