@@ -153,3 +153,16 @@ class ShortcutsDialog(QDialog):
         lay.addWidget(self.table)
         lay.addWidget(buttons)
         self.resize(460, 560)
+
+
+def about_html(folders) -> str:
+    """Help > About: the installed version and the (name, folder) pairs the app uses."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("latent-canvas")
+    except PackageNotFoundError:
+        v = "(not installed)"
+    rows = "".join(f"<tr><td>{k}</td><td><code>{f}</code></td></tr>" for k, f in folders)
+    return (f"<h3>Latent Canvas {v}</h3><p>A canvas for Latent Diffusion Models (Rombach et al., CVPR 2022): text, "
+            f"inpainting, layout, semantic synthesis and x4 upscaling, run on this machine.</p><table>{rows}</table>")

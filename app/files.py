@@ -235,6 +235,20 @@ class FileActions:
         self.doc.set_task_override("upscale")
         return self.generate()
 
+    @guarded
+    def copy_history_image(self, entry: int, image: int = 0):
+        QGuiApplication.clipboard().setImage(to_qimage(self.doc.history[entry].images[image]))
+        self.statusBar().showMessage("Copied the result", 3000)
+
+    @guarded
+    def upscale_history(self, entry: int, image: int = 0) -> int | None:
+        """A result as the new source image (one undo step), enlarged x4 at once, as a dropped image is."""
+        self.doc.set_image(self.doc.history[entry].images[image], "upscale result")
+        self.doc.set_param("upscale", True)
+        self.doc.set_task_override("upscale")
+        self.refit("Upscaling the result x4")
+        return self.generate()
+
     def dragEnterEvent(self, e) -> None:
         mime = e.mimeData()
         if mime.hasImage() or any(u.toLocalFile().lower().endswith(IMAGE_SUFFIXES + (project.SUFFIX,))

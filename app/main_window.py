@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QLabel, QMainWindow, QMessa
 from app import project
 from app.bridge import EngineBridge
 from app.canvas import Canvas
-from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, ShortcutsDialog, guarded
+from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, ShortcutsDialog, about_html, guarded
 from app.document import Document, Params
 from app.files import FileActions
 from app.icon import app_icon
@@ -92,6 +92,8 @@ class MainWindow(FileActions, QMainWindow):
         self.history_strip.discardRequested.connect(self.discard_history)
         self.history_strip.copyRequested.connect(self.copy_history)
         self.history_strip.shown.connect(self.show_history)
+        self.history_strip.copyImageRequested.connect(self.copy_history_image)
+        self.history_strip.upscaleRequested.connect(self.upscale_history)
         self.live.panel.keepRequested.connect(self.keep_live)
         self.live.panel.applyRequested.connect(self.apply_live)
         self.canvas.brushChanged.connect(self._brush_changed)
@@ -222,19 +224,9 @@ class MainWindow(FileActions, QMainWindow):
         return dlg
 
     def about_text(self) -> str:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("latent-canvas")
-        except PackageNotFoundError:
-            v = "(not installed)"
-        folders = (("Your models", self.settings.models_dir or api.user_models_dir()),
-                   ("Bundled models", api.default_models_dir()), ("Outputs", str(self.settings.outputs_path())),
-                   ("Autosave", str(self.recovery.folder) if self.recovery else "off"))
-        rows = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in folders)
-        return (f"<h3>Latent Canvas {v}</h3><p>A canvas for Latent Diffusion Models (Rombach et al., CVPR 2022): "
-                f"text, inpainting, layout, semantic synthesis and x4 upscaling, run on this machine.</p>"
-                f"<table>{rows}</table>")
+        return about_html((("Your models", self.settings.models_dir or api.user_models_dir()),
+                           ("Bundled models", api.default_models_dir()), ("Outputs", str(self.settings.outputs_path())),
+                           ("Autosave", str(self.recovery.folder) if self.recovery else "off")))
 
     def about(self, *_) -> None:
         QMessageBox.about(self, "About Latent Canvas", self.about_text())

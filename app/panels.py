@@ -10,8 +10,8 @@ import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSpinBox, QVBoxLayout, QWidget)
+                               QLineEdit, QListWidget, QListWidgetItem, QMenu, QPlainTextEdit, QProgressBar,
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from app import raster
 from app.canvas import to_qimage
@@ -357,11 +357,14 @@ def thumbnail(rgb: np.ndarray, size: int = 96) -> QIcon:
 
 
 class HistoryStrip(QWidget):
-    """Thumbnails of finished results with Apply, Discard and Copy parameters."""
+    """Thumbnails of finished results with Apply, Discard and Copy parameters; a thumbnail's context menu also copies
+    the image or upscales it x4."""
 
     applyRequested = Signal(int, int)  # entry, image
     discardRequested = Signal(int)
     copyRequested = Signal(int)
+    copyImageRequested = Signal(int, int)
+    upscaleRequested = Signal(int, int)
     shown = Signal(int, int)
 
     def __init__(self, parent=None):
@@ -384,6 +387,26 @@ class HistoryStrip(QWidget):
         self.discard_button.clicked.connect(lambda: self._emit(self.discardRequested))
         self.copy_button.clicked.connect(lambda: self._emit(self.copyRequested))
         self.list.currentItemChanged.connect(lambda item, _: item is not None and self.shown.emit(*item.data(Qt.ItemDataRole.UserRole)))
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._show_menu)
+
+    def context_menu(self, item: QListWidgetItem) -> QMenu:
+        """What can be done with one result: apply, copy, upscale, copy its parameters, discard."""
+        entry, image = item.data(Qt.ItemDataRole.UserRole)
+        menu = QMenu(self)
+        menu.addAction("Apply to canvas", lambda: self.applyRequested.emit(entry, image))
+        menu.addAction("Copy image", lambda: self.copyImageRequested.emit(entry, image))
+        menu.addAction("Upscale x4", lambda: self.upscaleRequested.emit(entry, image))
+        menu.addAction("Copy parameters", lambda: self.copyRequested.emit(entry))
+        menu.addSeparator()
+        menu.addAction("Discard", lambda: self.discardRequested.emit(entry))
+        return menu
+
+    def _show_menu(self, pos) -> None:
+        item = self.list.itemAt(pos)
+        if item is not None:
+            self.list.setCurrentItem(item)
+            self.context_menu(item).exec(self.list.viewport().mapToGlobal(pos))
 
     def _emit(self, signal, with_image: bool = False) -> None:
         item = self.list.currentItem()

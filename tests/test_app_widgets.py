@@ -525,3 +525,25 @@ def test_status_bar_names_every_model_a_job_used(make_window, qtbot):
     with qtbot.waitSignal(win.bridge.result, timeout=5000):
         win.generate()
     assert win.device_label.text() == "cpu (demo) · float32 · demo"
+
+
+def test_history_context_menu_copies_and_upscales_a_result(make_window, qtbot):
+    from PySide6.QtGui import QGuiApplication
+
+    from app.files import from_qimage
+
+    seen = []
+    win = make_window(runner=lambda request, ctx, cache: seen.append(request) or fake_runner(request, ctx, cache,
+                                                                                            step_s=0.001))
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    result = win.doc.history[0].images[0]
+    menu = win.history_strip.context_menu(win.history_strip.list.item(0))
+    actions = {a.text(): a for a in menu.actions() if not a.isSeparator()}
+    assert list(actions) == ["Apply to canvas", "Copy image", "Upscale x4", "Copy parameters", "Discard"]
+    actions["Copy image"].trigger()
+    assert np.array_equal(np.array(from_qimage(QGuiApplication.clipboard().image()).convert("RGB")), result)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        actions["Upscale x4"].trigger()
+    assert seen[-1].task == "upscale" and np.array_equal(seen[-1].image, result)
+    assert win.doc.history[-1].images[0].shape == (4 * 96, 4 * 128, 3) and np.array_equal(win.doc.image, result)
