@@ -69,7 +69,7 @@ class Canvas(QWidget):
         self.current_label = 0
         self.colors = raster.palette(182)
         self.mask_opacity, self.label_opacity = 0.45, 0.55
-        self.show_labels = self.show_mask = self.show_boxes = True
+        self.show_labels = self.show_mask = self.show_boxes = self.show_preview = True
         self.scale, self.offset = 1.0, QPointF(0, 0)
         self.preview: np.ndarray | None = None
         self.preview_region: tuple | None = None
@@ -212,7 +212,7 @@ class Canvas(QWidget):
         p.drawImage(r, self._img)
         if self.show_labels:
             p.drawImage(r, self._labels)
-        if self._preview is not None:
+        if self._preview is not None and self.show_preview:
             p.drawImage(self.pixel_rect(*self.preview_region) if self.preview_region else r, self._preview)
         self._paint_floating(p)
         if self.show_mask:

@@ -192,6 +192,9 @@ class MainWindow(FileActions, QMainWindow):
         self._action(v, "&100%", self.canvas.actual_size, "Ctrl+1")
         self._action(v, "Zoom &in", lambda: self.canvas.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn)
         self._action(v, "Zoom &out", lambda: self.canvas.zoom_by(0.8), QKeySequence.StandardKey.ZoomOut)
+        v.addSeparator()
+        self.preview_action = self._action(v, "Show the &result over the canvas", self.toggle_preview, "H", True)
+        self.preview_action.setChecked(True)
         t = mb.addMenu("&Tools")
         bar = QToolBar("Tools", self)
         bar.setObjectName("Tools")
@@ -217,6 +220,11 @@ class MainWindow(FileActions, QMainWindow):
         h = mb.addMenu("&Help")
         self._action(h, "&Keyboard shortcuts", self.show_shortcuts, "F1")
         self._action(h, "&About Latent Canvas", self.about)
+
+    def toggle_preview(self, *_) -> None:
+        """H: flip between the result (or preview) and the canvas under it, to compare before and after."""
+        self.canvas.show_preview = self.preview_action.isChecked()
+        self.canvas.update()
 
     def show_shortcuts(self, *_) -> ShortcutsDialog:
         dlg = ShortcutsDialog(self.actions(), self)

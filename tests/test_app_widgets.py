@@ -547,3 +547,18 @@ def test_history_context_menu_copies_and_upscales_a_result(make_window, qtbot):
         actions["Upscale x4"].trigger()
     assert seen[-1].task == "upscale" and np.array_equal(seen[-1].image, result)
     assert win.doc.history[-1].images[0].shape == (4 * 96, 4 * 128, 3) and np.array_equal(win.doc.image, result)
+
+
+def test_h_flips_between_the_result_and_the_canvas_under_it(make_window, qtbot):
+    win = make_window()
+    win.doc.set_image(np.full((96, 128, 3), 20, np.uint8))
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    win.canvas.setFocus()
+    shown = lambda: win.canvas.grab().toImage().pixelColor(at(win.canvas, 64, 10)).red()  # noqa: E731
+    result = int(win.doc.history[0].images[0][10, 64, 0])
+    assert abs(shown() - result) <= 2 and abs(result - 20) > 10
+    QTest.keyClick(win.canvas, Qt.Key.Key_H)
+    assert abs(shown() - 20) <= 2 and not win.preview_action.isChecked()
+    QTest.keyClick(win.canvas, Qt.Key.Key_H)
+    assert abs(shown() - result) <= 2
