@@ -1,0 +1,130 @@
+"""The window over a working session (pytest-qt, offscreen): the generation queue, recent files, the history's
+context menu, comparing a result with the canvas, and the models a job used."""
+import functools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from test_app_widgets import at, make_window  # noqa: E402,F401
+
+from app import project  # noqa: E402
+from app.demo import fake_runner  # noqa: E402
+from app.document import Document  # noqa: E402
+from engine import api  # noqa: E402
+
+
+def test_generate_while_busy_queues_the_canvas_as_it_was_and_escape_empties_the_queue(make_window, qtbot):
+    seen = []
+
+    def runner(request, ctx, cache):
+        seen.append(request.prompt)
+        return fake_runner(request, ctx, cache, step_s=0.02)
+
+    win = make_window(runner=runner)
+    win.doc.set_param("steps", 10)
+    formats = []
+    win.bridge.progress.connect(lambda ev: formats.append(win.generate_bar.progress.format()))
+    for prompt in ("a lighthouse", "a harbour", "a ship"):
+        win.doc.set_param("prompt", prompt)
+        win.generate()
+    assert len(win.queue) == 2 and "Queued: 2" in win.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: len(win.doc.history) == 3, timeout=15000)
+    assert seen == ["a lighthouse", "a harbour", "a ship"] and not win.queue
+    assert [h.parameters.splitlines()[0] for h in win.doc.history] == seen
+    assert any("2 queued" in f for f in formats) and "queued" not in formats[-1]
+    for prompt in ("one", "two", "three"):
+        win.doc.set_param("prompt", prompt)
+        win.generate()
+    qtbot.waitUntil(lambda: len(seen) == 4, timeout=5000)
+    with qtbot.waitSignal(win.bridge.cancelled, timeout=5000):
+        QTest.keyClick(win, Qt.Key.Key_Escape)
+    qtbot.wait(300)
+    assert seen[3:] == ["one"] and not win.queue and not win.bridge.busy and len(win.doc.history) == 3
+
+
+def test_open_recent_lists_opened_and_saved_files_and_opens_them(make_window, tmp_path, monkeypatch):
+    from PySide6.QtGui import QDesktopServices
+
+    from app.settings import load_settings, save_settings
+
+    win = make_window()
+    proj, img = tmp_path / "scene.lcproj", tmp_path / "photo.png"
+    project.save(Document(64, 48), proj)
+    Image.fromarray(np.full((32, 40, 3), 90, np.uint8)).save(img)
+    win.open_path(str(proj))
+    win.open_path(str(img))
+    assert win.settings.recent_files == [str(img.resolve()), str(proj.resolve())]
+    img.unlink()
+    win.fill_recent_menu()
+    names = [a.text() for a in win.recent_menu.actions() if not a.isSeparator()]
+    assert names == ["scene.lcproj", "Clear the list"]
+    win.doc.set_param("prompt", "unsaved")  # a clean project reopens without asking
+    win.doc.mark_clean()
+    win.recent_menu.actions()[0].trigger()
+    assert win.doc.path == str(proj) and (win.doc.width, win.doc.height) == (64, 48)
+    save_settings(win.settings, tmp_path / "s.json")
+    assert load_settings(tmp_path / "s.json").recent_files == win.settings.recent_files
+    (tmp_path / "bad.json").write_text('{"recent_files": ["a.png", 3, null]}')
+    assert load_settings(tmp_path / "bad.json").recent_files == ["a.png"]
+    win.clear_recent()
+    assert win.settings.recent_files == []
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    assert win.open_outputs_folder() and opened == [str(tmp_path / "out")] and (tmp_path / "out").is_dir()
+
+
+def test_status_bar_names_every_model_a_job_used(make_window, qtbot):
+    def two_pass(request, ctx, cache):
+        for family in ("world-semantic", "world-sr4", "world-sr4"):
+            ctx.emit(api.Started(ctx.job_id, device="cpu", dtype="float32", family=family))
+        return api.Result(ctx.job_id, (np.zeros((96, 128, 3), np.uint8),), "p", (1,), 0.1)
+
+    win = make_window(runner=two_pass)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    assert win.device_label.text() == "cpu · float32 · world-semantic + world-sr4"
+    win.bridge.engine._runner = functools.partial(fake_runner, step_s=0.001)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    assert win.device_label.text() == "cpu (demo) · float32 · demo"
+
+
+def test_history_context_menu_copies_and_upscales_a_result(make_window, qtbot):
+    from PySide6.QtGui import QGuiApplication
+
+    from app.files import from_qimage
+
+    seen = []
+    win = make_window(runner=lambda request, ctx, cache: seen.append(request) or fake_runner(request, ctx, cache,
+                                                                                            step_s=0.001))
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    result = win.doc.history[0].images[0]
+    menu = win.history_strip.context_menu(win.history_strip.list.item(0))
+    actions = {a.text(): a for a in menu.actions() if not a.isSeparator()}
+    assert list(actions) == ["Apply to canvas", "Copy image", "Upscale x4", "Copy parameters", "Discard"]
+    actions["Copy image"].trigger()
+    assert np.array_equal(np.array(from_qimage(QGuiApplication.clipboard().image()).convert("RGB")), result)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        actions["Upscale x4"].trigger()
+    assert seen[-1].task == "upscale" and np.array_equal(seen[-1].image, result)
+    assert win.doc.history[-1].images[0].shape == (4 * 96, 4 * 128, 3) and np.array_equal(win.doc.image, result)
+
+
+def test_h_flips_between_the_result_and_the_canvas_under_it(make_window, qtbot):
+    win = make_window()
+    win.doc.set_image(np.full((96, 128, 3), 20, np.uint8))
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    win.canvas.setFocus()
+    shown = lambda: win.canvas.grab().toImage().pixelColor(at(win.canvas, 64, 10)).red()  # noqa: E731
+    result = int(win.doc.history[0].images[0][10, 64, 0])
+    assert abs(shown() - result) <= 2 and abs(result - 20) > 10
+    QTest.keyClick(win.canvas, Qt.Key.Key_H)
+    assert abs(shown() - 20) <= 2 and not win.preview_action.isChecked()
+    QTest.keyClick(win.canvas, Qt.Key.Key_H)
+    assert abs(shown() - result) <= 2
