@@ -94,6 +94,26 @@ class FileActions:
         if self.persist_settings:
             save_settings(self.settings)
 
+    @guarded
+    def train_dialog(self, *_):
+        """File > Train a model on a folder: one dialog per window, kept while it trains (closing it hides it)."""
+        if getattr(self, "trainer", None) is None:
+            from app.training import TrainDialog
+
+            self.trainer = TrainDialog(self.settings.models_dir or api.user_models_dir(), self)
+            self.trainer.trained.connect(self.model_trained)
+        self.trainer.show()
+        self.trainer.raise_()
+        return self.trainer
+
+    def model_trained(self, path: str) -> None:
+        """A model the app trained: listed and chosen."""
+        self.model_panel.refresh()
+        i = self.model_panel.combo.findData(path)
+        if i >= 0:
+            self.model_panel.combo.setCurrentIndex(i)
+        self.statusBar().showMessage(f"Trained {Path(path).name}", 8000)
+
     def open_outputs_folder(self, *_) -> bool:
         """The outputs folder in the system's file manager."""
         folder = self.settings.outputs_path()

@@ -169,6 +169,7 @@ class MainWindow(FileActions, QMainWindow):
         self._action(f, "Save &As...", self.save_as, "Ctrl+Shift+S")
         self._action(f, "&Export PNG...", self.export_png, "Ctrl+E")
         self._action(f, "Open &outputs folder", self.open_outputs_folder)
+        self._action(f, "&Train a model on a folder...", self.train_dialog)
         f.addSeparator()
         self._action(f, "Se&ttings...", self.settings_dialog, "Ctrl+,")
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -584,6 +585,9 @@ class MainWindow(FileActions, QMainWindow):
             return
         self.autosave_timer.stop()
         self.bridge.shutdown()
+        if getattr(self, "trainer", None) is not None and self.trainer.running:  # let it save its state
+            self.trainer.stop()
+            self.trainer.process.waitForFinished(15000)
         if self.recovery is not None:
             self.recovery.finish()
         e.accept()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -222,6 +223,7 @@ class RunSpec:
     warmup: int = 100
     ema_decay: float = 0.998
     optimizer: str = "adamw"
+    progress_file: str = ""  # a JSON of step, elapsed and planned minutes and loss, rewritten every second
 
 
 def plot_losses(losses: list[float], path: Path, title: str) -> None:
@@ -322,7 +324,12 @@ class Trainer:
         bar = tqdm(total=min(spec.steps, 10**7), initial=self.step, desc=self.title, disable=not spec.progress,
                    mininterval=5.0, dynamic_ncols=True)
         t_last, t_start, base = time.time(), time.time(), self.elapsed
-        while self.step < spec.steps and self.elapsed < budget:
+        t_told, stop = 0.0, []
+        try:  # SIGTERM (the app's Stop): finish this step, save, return
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+        except ValueError:  # not the main thread
+            previous = None
+        while self.step < spec.steps and self.elapsed < budget and not stop:
             if on_refresh is not None and self.step % spec.refresh_every == 0 and self.step:
                 on_refresh(self.step)
             loss = step_fn(self.step)
@@ -334,8 +341,25 @@ class Trainer:
             if time.time() - t_last > spec.save_every_s:
                 self.save(module_state_fn())
                 t_last = time.time()
+            if spec.progress_file and time.time() - t_told > 1.0:
+                self.tell()
+                t_told = time.time()
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         self.save(module_state_fn())
+        if spec.progress_file:
+            self.tell()
+
+    def tell(self) -> None:
+        """Step, elapsed and planned minutes, step budget and recent loss into spec.progress_file (atomically)."""
+        path = Path(self.spec.progress_file)
+        done = dict(step=self.step, steps=self.spec.steps if self.spec.steps < 10**8 else 0,
+                    elapsed_min=self.elapsed / 60, minutes=self.spec.minutes,
+                    loss=float(np.mean(self.losses[-50:])) if self.losses else None)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done))
+        tmp.replace(path)
 
 
 # ---------------------------------------------------------------- first stage training

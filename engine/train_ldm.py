@@ -427,7 +427,7 @@ def train_ldm(kind: str, spec: RunSpec, ae_path, out: Path, images_dir: str | No
 def _spec(args, run_dir) -> RunSpec:
     return RunSpec(Path(run_dir), steps=args.steps or 10**9, minutes=args.minutes or 0.0, batch=args.batch,
                    lr=args.lr, seed=args.seed, pool_size=args.pool, progress=not args.no_progress, crop=args.crop,
-                   optimizer=args.optimizer)
+                   optimizer=args.optimizer, progress_file=args.progress_file)
 
 
 def _threads(args) -> None:
@@ -483,6 +483,7 @@ def _common(p, minutes: float) -> None:
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared, oversubscribed CPU")
     p.add_argument("--crop", type=int, default=0, help="train the autoencoder on random crops of this size")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress-file", default="", help="keep a JSON of step, minutes and loss there (for the app)")
     p.add_argument("--ae-kind", default="kl", choices=["kl", "vq"], help="first stage: KL-f4 (default) or VQ-f4")
 
 
