@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QProcess, QTimer, Signal
+from PySide6.QtCore import QProcess, Qt, QTimer, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
@@ -46,6 +46,7 @@ class TrainDialog(QDialog):
     def __init__(self, models_dir: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("Train a model on a folder of images")
+        self.setMinimumWidth(560)
         self.models_dir, self.steps = models_dir, 0
         self.images, self.captions, self.name = QLineEdit(), QLineEdit(), QLineEdit("my-model")
         self.captions.setPlaceholderText("optional: captions.json ({file name: caption}) for a text model")
@@ -136,11 +137,13 @@ class TrainDialog(QDialog):
         share = p["step"] / p["steps"] if p.get("steps") else p["elapsed_min"] / max(p["minutes"], 1e-9)
         self.bar.setValue(round(100 * (self.stage + min(share, 1.0)) / len(self.queue)))
         loss = f", loss {p['loss']:.4f}" if p.get("loss") is not None else ""
+        steps = f" of {p['steps']}" if p.get("steps") else ""
         self.status.setText(f"Training the {STAGES[self.stage]} ({self.stage + 1} of {len(self.queue)}): step "
-                            f"{p['step']}, {p['elapsed_min']:.1f} of {p['minutes']:.0f} min{loss}")
+                            f"{p['step']}{steps}, {p['elapsed_min']:.1f} of {p['minutes']:g} min{loss}")
         curve = Path(_arg(cmd, "--run-dir")) / "loss.png"
         if curve.exists():
-            self.curve.setPixmap(QPixmap(str(curve)))
+            self.curve.setPixmap(QPixmap(str(curve)).scaledToWidth(max(self.width() - 40, 200),
+                                                                     Qt.TransformationMode.SmoothTransformation))
 
     def _finished(self, code: int, status) -> None:
         self._read()

@@ -360,6 +360,9 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done))
         tmp.replace(path)
+        if time.time() - getattr(self, "_plotted", 0.0) > 10.0:  # the app shows the curve as it grows
+            plot_losses(self.losses, self.spec.run_dir / "loss.png", self.title)
+            self._plotted = time.time()
 
 
 # ---------------------------------------------------------------- first stage training
