@@ -23,7 +23,12 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--engine"]:  # the packaged app has no `python -m engine`: its own binary runs the engine CLI
+        from engine.__main__ import main as engine_main
+
+        return engine_main(argv[1:])
+    args = parse_args(argv)
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 

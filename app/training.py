@@ -32,6 +32,12 @@ def training_commands(images: str, name: str, models_dir: str, size: int = 64, a
     return [ae, ldm]
 
 
+def engine_argv(args: list[str]) -> list[str]:
+    """Arguments for sys.executable to run `python -m engine` with: in a PyInstaller bundle the app's own binary
+    takes `--engine` instead (app.__main__)."""
+    return ["--engine", *args] if getattr(sys, "frozen", False) else ["-m", "engine", *args]
+
+
 def _arg(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
@@ -121,7 +127,7 @@ class TrainDialog(QDialog):
         self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._finished)
-        self.process.start(sys.executable, ["-m", "engine", *cmd])
+        self.process.start(sys.executable, engine_argv(cmd))
         self.status.setText(f"Training the {STAGES[self.stage]} ({self.stage + 1} of {len(self.queue)})...")
         self.poll.start()
 

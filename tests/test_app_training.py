@@ -65,3 +65,17 @@ def test_train_a_model_on_a_folder_from_the_app(make_window, qtbot, tmp_path, mo
     assert "Stopped during the autoencoder" in dlg.status.text() and dlg.start_button.isEnabled()
     state = tmp_path / "data" / "training" / "stopped" / "ae"
     assert (state / "state.pt").exists() and not (models / "stopped.safetensors").exists()
+
+
+def test_the_packaged_app_runs_the_engine_cli_through_its_own_binary(monkeypatch, capsys):
+    import sys
+
+    from app.__main__ import main
+    from app.training import engine_argv
+
+    assert engine_argv(["train-ae"]) == ["-m", "engine", "train-ae"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert engine_argv(["train-ae"]) == ["--engine", "train-ae"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--engine", "train-ldm", "--help"])
+    assert exit_.value.code == 0 and "--progress-file" in capsys.readouterr().out
