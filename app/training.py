@@ -127,9 +127,17 @@ class TrainDialog(QDialog):
         self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._finished)
+        self.process.errorOccurred.connect(self._failed_to_start)
         self.process.start(sys.executable, engine_argv(cmd))
         self.status.setText(f"Training the {STAGES[self.stage]} ({self.stage + 1} of {len(self.queue)})...")
         self.poll.start()
+
+    def _failed_to_start(self, error) -> None:
+        if error == QProcess.ProcessError.FailedToStart:
+            self.poll.stop()
+            self.start_button.setEnabled(True)
+            self.stop_button.setEnabled(False)
+            self.status.setText(f"Cannot start the training: {self.process.errorString()}")
 
     def _read(self) -> None:
         self.log = (self.log + bytes(self.process.readAllStandardOutput()).decode(errors="replace"))[-4000:]

@@ -79,3 +79,15 @@ def test_the_packaged_app_runs_the_engine_cli_through_its_own_binary(monkeypatch
     with pytest.raises(SystemExit) as exit_:
         main(["--engine", "train-ldm", "--help"])
     assert exit_.value.code == 0 and "--progress-file" in capsys.readouterr().out
+
+
+def test_a_training_that_cannot_start_says_so_and_can_be_started_again(make_window, qtbot, tmp_path, monkeypatch):
+    import sys
+
+    win = make_window(models_dir=str(tmp_path / "models"))
+    dlg = win.train_dialog()
+    dlg.images.setText(str(_folder(tmp_path, 1)))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    assert dlg.start()
+    qtbot.waitUntil(lambda: "Cannot start" in dlg.status.text(), timeout=10000)
+    assert dlg.start_button.isEnabled() and not dlg.stop_button.isEnabled()
