@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from app.canvas import to_qimage
 from engine import api
@@ -29,6 +29,9 @@ class LivePanel(QWidget):
         self.view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.view.setMinimumSize(160, 160)
         self.info = QLabel()
+        self.steps = QSpinBox(minimum=0, maximum=200, prefix="Steps: ")
+        self.steps.setSpecialValueText("Steps: as Generate")
+        self.steps.setToolTip("Fewer steps answer sooner while you paint; Keep and Generate are unaffected")
         self.keep_button = QPushButton("Keep")
         self.keep_button.setToolTip("Add the live image to the history and the outputs folder (Ctrl+Shift+Enter)")
         self.apply_button = QPushButton("Apply")
@@ -36,6 +39,7 @@ class LivePanel(QWidget):
         for b in (self.keep_button, self.apply_button):
             b.setEnabled(False)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.steps)
         buttons.addWidget(self.keep_button)
         buttons.addWidget(self.apply_button)
         lay = QVBoxLayout(self)
@@ -82,6 +86,7 @@ class LiveMode(QObject):
         self._submitted: tuple | None = None
         self.timer = QTimer(self, singleShot=True, interval=delay_ms)
         self.timer.timeout.connect(self.run)
+        self.panel.steps.valueChanged.connect(lambda _: self.changed("params"))
 
     def set_enabled(self, on: bool) -> None:
         self.enabled = bool(on)
@@ -115,6 +120,7 @@ class LiveMode(QObject):
         doc = self.win.doc
         try:
             req = replace(doc.to_request(self.win.settings, seed=self.seed), batch_size=1, best_of=1)
+            req.steps = self.panel.steps.value() or req.steps
             self._submitted = (req, doc.region, doc.generation_rect())
             self.job = self.win.bridge.submit(req)
         except Exception as e:  # a canvas the request cannot be made from yet: say so here, no dialog per edit

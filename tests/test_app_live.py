@@ -37,7 +37,10 @@ def test_live_follows_every_edit_at_one_seed_and_keep_adds_to_history(make_windo
 
     with qtbot.waitSignal(win.bridge.result, timeout=5000):
         win.doc.stroke("labels", [(20, 20), (60, 40)], radius=6, value=2)
-    assert requests[-1].task == "semantic" and requests[-1].seed == first.seed
+    assert requests[-1].task == "semantic" and requests[-1].seed == first.seed and requests[-1].steps == 4
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.live.panel.steps.setValue(2)  # fewer steps while painting: runs again at once
+    assert requests[-1].steps == 2 and win.doc.params.steps == 4
     assert requests[-1].labels is not None and (requests[-1].labels == 2).any()
 
     assert win.keep_live()
