@@ -260,7 +260,7 @@ class Trainer:
         self.opt = make_optimizer(params, spec.lr, spec.optimizer, matrices)
         self.ema_module, self.ema_decay = ema_module, ema_decay or spec.ema_decay
         self.ema = [p.detach().clone() for p in params] if ema_module is not None else None
-        self.step, self.losses, self.elapsed = 0, [], 0.0
+        self.step, self.losses, self.elapsed, self.plotted = 0, [], 0.0, 0.0
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = spec.run_dir / "state.pt"
 
@@ -360,9 +360,9 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(done))
         tmp.replace(path)
-        if time.time() - getattr(self, "_plotted", 0.0) > 10.0:  # the app shows the curve as it grows
+        if time.time() - self.plotted > 10.0:  # the app shows the curve as it grows
             plot_losses(self.losses, self.spec.run_dir / "loss.png", self.title)
-            self._plotted = time.time()
+            self.plotted = time.time()
 
 
 # ---------------------------------------------------------------- first stage training
