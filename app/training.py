@@ -15,20 +15,24 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, 
 from app.project import data_dir
 
 STAGES = ("autoencoder", "diffusion model")
+KINDS = (("uncond", "New images like these (unconditional)"), ("txt2img", "Text to image (needs captions)"),
+         ("inpaint", "Inpainting: fill holes in images like these"), ("sr4", "x4 upscaling of images like these"))
 
 
 def training_commands(images: str, name: str, models_dir: str, size: int = 64, ae_minutes: float = 10.0,
-                      ldm_minutes: float = 30.0, captions: str = "", steps: int = 0) -> list[list[str]]:
-    """`python -m engine` argument lists: the first stage, then the LDM on its latents (txt2img with captions, else
-    unconditional), written to models_dir/name.safetensors; each run keeps its state under the app's data folder,
-    so the same name resumes where it stopped."""
+                      ldm_minutes: float = 30.0, captions: str = "", steps: int = 0,
+                      kind: str = "uncond") -> list[list[str]]:
+    """`python -m engine` argument lists: the first stage, then the LDM of that kind (KINDS) on its latents, written to
+    models_dir/name.safetensors; each run keeps its state under the app's data folder, so the same name resumes
+    where it stopped."""
     runs = data_dir() / "training" / name
     common = ["--images", images, "--size", str(size), "--no-progress"] + (["--steps", str(steps)] if steps else [])
     ae = ["train-ae", *common, "--minutes", str(ae_minutes), "--run-dir", str(runs / "ae"),
           "--progress-file", str(runs / "ae.progress.json")]
     ldm = ["train-ldm", *common, "--minutes", str(ldm_minutes), "--ae", str(runs / "ae" / "ae.pt"),
            "--run-dir", str(runs / "ldm"), "--out", str(Path(models_dir) / f"{name}.safetensors"),
-           "--progress-file", str(runs / "ldm.progress.json")] + (["--captions", captions] if captions else [])
+           "--progress-file", str(runs / "ldm.progress.json"), "--kind", kind]
+    ldm += ["--captions", captions] if captions else []
     return [ae, ldm]
 
 
@@ -56,6 +60,9 @@ class TrainDialog(QDialog):
         self.models_dir, self.steps = models_dir, 0
         self.images, self.captions, self.name = QLineEdit(), QLineEdit(), QLineEdit("my-model")
         self.captions.setPlaceholderText("optional: captions.json ({file name: caption}) for a text model")
+        self.kind = QComboBox()
+        for value, text in KINDS:
+            self.kind.addItem(text, value)
         self.size = QComboBox()
         for s in (64, 128, 256):
             self.size.addItem(f"{s} px", s)
@@ -70,6 +77,7 @@ class TrainDialog(QDialog):
             browse.clicked.connect(pick)
             row.addWidget(browse)
             form.addRow(label, row)
+        form.addRow("Model", self.kind)
         form.addRow("Name", self.name)
         form.addRow("Image size", self.size)
         form.addRow("Autoencoder", self.ae_minutes)
@@ -112,8 +120,12 @@ class TrainDialog(QDialog):
         if not re.fullmatch(r"[\w.-]+", name):
             self.status.setText("Name the model with letters, digits, '-', '_' or '.' only.")
             return False
+        captions, kind = self.captions.text().strip(), self.kind.currentData()
+        if kind == "txt2img" and not Path(captions).is_file():
+            self.status.setText("A text model needs captions: a JSON file of {file name: caption}.")
+            return False
         self.queue = training_commands(images, name, self.models_dir, self.size.currentData(), self.ae_minutes.value(),
-                                       self.ldm_minutes.value(), self.captions.text().strip(), self.steps)
+                                       self.ldm_minutes.value(), captions, self.steps, kind)
         self.stage = 0
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)

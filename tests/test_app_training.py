@@ -25,10 +25,12 @@ def _folder(tmp_path, n=6):
 
 
 def test_training_commands_chain_the_two_stages_and_resume_by_name(tmp_path):
-    ae, ldm = training_commands("/photos", "mine", "/models", 128, 5, 20, captions="/photos/captions.json")
+    ae, ldm = training_commands("/photos", "mine", "/models", 128, 5, 20, captions="/photos/captions.json",
+                                kind="txt2img")
     assert ae[0] == "train-ae" and ldm[0] == "train-ldm"
     assert ldm[ldm.index("--ae") + 1] == ae[ae.index("--run-dir") + 1] + "/ae.pt"
     assert ldm[ldm.index("--out") + 1] == "/models/mine.safetensors" and "--captions" in ldm
+    assert ldm[ldm.index("--kind") + 1] == "txt2img"
     assert ae[ae.index("--size") + 1] == "128" and ldm[ldm.index("--minutes") + 1] == "20"
     again = training_commands("/photos", "mine", "/models")[0]
     assert again[again.index("--run-dir") + 1] == ae[ae.index("--run-dir") + 1]  # same name, same run: it resumes
@@ -44,6 +46,9 @@ def test_train_a_model_on_a_folder_from_the_app(make_window, qtbot, tmp_path, mo
     dlg.name.setText("my photos")
     assert not dlg.start() and "Name" in dlg.status.text()
     dlg.name.setText("my-photos")
+    dlg.kind.setCurrentIndex(dlg.kind.findData("txt2img"))
+    assert not dlg.start() and "captions" in dlg.status.text()
+    dlg.kind.setCurrentIndex(dlg.kind.findData("inpaint"))
     dlg.steps = 2
     with qtbot.waitSignal(dlg.trained, timeout=180000) as sig:
         assert dlg.start()
@@ -51,7 +56,7 @@ def test_train_a_model_on_a_folder_from_the_app(make_window, qtbot, tmp_path, mo
     assert sig.args == [str(out)] and out.exists() and dlg.bar.value() == 100 and "Done" in dlg.status.text()
     assert win.model_panel.combo.currentData() == str(out)
     info = api.inspect_model(str(out))
-    assert not info.error and info.image_size == 64 and "txt2img" in info.tasks  # unconditional: from nothing
+    assert not info.error and info.image_size == 64 and info.tasks == ("inpaint",)
     progress = json.loads((tmp_path / "data" / "training" / "my-photos" / "ldm.progress.json").read_text())
     assert progress["step"] == 2 and progress["loss"] > 0
 
