@@ -76,8 +76,7 @@ class FileActions:
         """A file opened or saved goes to the top of File > Open Recent (kept in the settings)."""
         path = str(Path(path).resolve())
         self.settings.recent_files = [path] + [p for p in self.settings.recent_files if p != path][:RECENT - 1]
-        if self.persist_settings:
-            save_settings(self.settings)
+        self.store_settings()
 
     def fill_recent_menu(self) -> None:
         """File > Open Recent: the files that still exist, newest first, then Clear."""
@@ -91,6 +90,10 @@ class FileActions:
 
     def clear_recent(self) -> None:
         self.settings.recent_files = []
+        self.store_settings()
+
+    def store_settings(self) -> None:
+        """The window's settings to disk (not in tests' windows, which keep theirs in memory)."""
         if self.persist_settings:
             save_settings(self.settings)
 
@@ -251,6 +254,10 @@ class FileActions:
     def upscale_path(self, path: str):
         """An image dropped on the upscale target: open it, switch the task to x4 upscale and start at once."""
         self.load_image(path)
+        return self._upscale_now()
+
+    def _upscale_now(self) -> int | None:
+        """The canvas image enlarged x4 at once (the upscale task chosen for it)."""
         self.doc.set_param("upscale", True)
         self.doc.set_task_override("upscale")
         return self.generate()
@@ -264,10 +271,8 @@ class FileActions:
     def upscale_history(self, entry: int, image: int = 0) -> int | None:
         """A result as the new source image (one undo step), enlarged x4 at once, as a dropped image is."""
         self.doc.set_image(self.doc.history[entry].images[image], "upscale result")
-        self.doc.set_param("upscale", True)
-        self.doc.set_task_override("upscale")
         self.refit("Upscaling the result x4")
-        return self.generate()
+        return self._upscale_now()
 
     def dragEnterEvent(self, e) -> None:
         mime = e.mimeData()

@@ -21,7 +21,7 @@ from app.icon import app_icon
 from app.live import LiveMode
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
 from app.parameters import format_parameters, merge_parameters, write_png
-from app.settings import AppSettings, load_settings, save_settings
+from app.settings import AppSettings, load_settings
 from app.task_panels import RegionPromptsPanel, TaskOptionsPanel
 from engine import api
 
@@ -302,8 +302,7 @@ class MainWindow(FileActions, QMainWindow):
 
     def apply_settings(self, s: AppSettings) -> None:
         self.settings = s
-        if self.persist_settings:
-            save_settings(s)
+        self.store_settings()
         self.autosave_timer.start(int(s.autosave_interval_s * 1000))
         self._show_device_setting()
         self.model_panel.extra_dirs = s.extra_model_dirs()

@@ -84,7 +84,6 @@ class TrainDialog(QDialog):
         form.addRow("Diffusion model", self.ldm_minutes)
         self.bar, self.status, self.curve = QProgressBar(), QLabel(wordWrap=True), QLabel()
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
-        self.stop_button.setEnabled(False)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         buttons = QHBoxLayout()
@@ -101,6 +100,11 @@ class TrainDialog(QDialog):
         self.stage, self.log = 0, ""
         self.poll = QTimer(self, interval=500)
         self.poll.timeout.connect(self._show_progress)
+        self._busy(False)
+
+    def _busy(self, busy: bool) -> None:
+        self.start_button.setEnabled(not busy)
+        self.stop_button.setEnabled(busy)
 
     def _pick_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of images")
@@ -127,8 +131,7 @@ class TrainDialog(QDialog):
         self.queue = training_commands(images, name, self.models_dir, self.size.currentData(), self.ae_minutes.value(),
                                        self.ldm_minutes.value(), captions, self.steps, kind)
         self.stage = 0
-        self.start_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
+        self._busy(True)
         self._next()
         return True
 
@@ -147,8 +150,7 @@ class TrainDialog(QDialog):
     def _failed_to_start(self, error) -> None:
         if error == QProcess.ProcessError.FailedToStart:
             self.poll.stop()
-            self.start_button.setEnabled(True)
-            self.stop_button.setEnabled(False)
+            self._busy(False)
             self.status.setText(f"Cannot start the training: {self.process.errorString()}")
 
     def _read(self) -> None:
@@ -179,8 +181,7 @@ class TrainDialog(QDialog):
         if ok and not stopped and self.stage + 1 < len(self.queue):
             self.stage += 1
             return self._next()
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
+        self._busy(False)
         if ok and self.stage + 1 == len(self.queue):
             out = _arg(self.queue[-1], "--out")
             self.bar.setValue(self.bar.value() if stopped else 100)
