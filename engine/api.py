@@ -344,6 +344,46 @@ def user_models_dir() -> str:
     return str(platformdirs.user_data_path("latent-canvas") / "models")
 
 
+LORA_NOTE = "a LoRA, not a model"  # in the error of a LoRA file opened as a model
+ASSET_FOLDERS = {"lora": ("loras", "Lora", "lora"), "embedding": ("embeddings",)}
+ASSET_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
+
+
+def asset_folders(kind: str, model_dirs: tuple[str, ...] = ()) -> list:
+    """Where LoRA or textual-inversion embedding files are looked for: a loras / embeddings folder in each models
+    folder (the given ones, the user's, the bundled one) and beside the given ones (A1111's models/Lora beside
+    models/Stable-diffusion and webui/embeddings, ComfyUI's models/loras and models/embeddings). They need not exist."""
+    from pathlib import Path
+
+    names = ASSET_FOLDERS[kind]
+    given = [Path(d) for d in model_dirs]
+    found = [r / n for r in (*given, Path(user_models_dir()), Path(default_models_dir())) for n in names]
+    found += [r.parent / n for r in given for n in names]
+    if kind == "embedding":
+        found += [r.parent.parent / "embeddings" for r in given]
+    return list(dict.fromkeys(found))
+
+
+def list_assets(kind: str, model_dirs: tuple[str, ...] = ()) -> dict:
+    """name -> file for every LoRA or embedding in asset_folders(); a name is the file's stem with its subfolder."""
+    files = {}
+    for folder in asset_folders(kind, model_dirs):
+        if folder.is_dir():
+            for f in sorted(folder.rglob("*")):
+                if f.suffix in ASSET_EXTENSIONS and f.is_file():
+                    files.setdefault(f.relative_to(folder).with_suffix("").as_posix(), f)
+    return files
+
+
+def lora_folders(model_dirs: tuple[str, ...] = ()) -> list:
+    return asset_folders("lora", model_dirs)
+
+
+def list_loras(model_dirs: tuple[str, ...] = ()) -> list[str]:
+    """The names a prompt can give as <lora:NAME:weight>."""
+    return list(list_assets("lora", model_dirs))
+
+
 def inspect_model(path: str) -> ModelInfo:
     """Detect a checkpoint's family from its header (no weights are loaded); errors become ModelInfo.error."""
     from pathlib import Path
@@ -376,8 +416,14 @@ def unknown_words(vocabulary: tuple[str, ...], prompt: str) -> list[str]:
     each once, in order; [] for an open vocabulary."""
     import re
 
+    from engine.prompts import PromptError, plain
+
     if not vocabulary:
         return []
+    try:
+        prompt = plain(prompt)
+    except PromptError:
+        pass
     known = {w.lower() for w in vocabulary}
     return list(dict.fromkeys(w for w in re.findall(r"\w+", prompt.lower()) if w not in known))
 

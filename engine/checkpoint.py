@@ -64,6 +64,18 @@ def _safetensors_header(path: Path) -> tuple[dict, dict]:
 
 
 def _torch_load(path: Path) -> dict:
+    import torch
+
+    obj = torch_object(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"{path.name}: not a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def torch_object(path: Path):
+    """What a torch .ckpt / .pt file holds, unpickled with weights_only (tensors, containers, numbers, strings)."""
     import pickle
 
     import torch
@@ -84,11 +96,7 @@ def _torch_load(path: Path) -> dict:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{path.name}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise CheckpointError(f"{path.name}: not a state dict")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return obj
 
 
 def read_shapes(path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:

@@ -5,6 +5,7 @@ attributes (get_sigmas, sigma_min, ...) are forwarded to the wrapped denoiser, s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +33,20 @@ def _bcast(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def same_length(*contexts: Tensor) -> list[Tensor]:
+    """Cross-attention contexts of different lengths (long prompts: whole 77-token chunks) tiled along the sequence
+    to their least common multiple. Exact: attention over r copies of the same keys and values gives the same output."""
+    n = math.lcm(*(c.shape[1] for c in contexts))
+    return [c if c.shape[1] == n else c.repeat(1, n // c.shape[1], 1) for c in contexts]
+
+
 def merge_cond(cond: dict, uncond: dict, batch: int) -> dict:
     """One batched conditioning dict [uncond; cond]; keys missing from uncond (e.g. 'concat') are taken from cond."""
     merged = {}
     for key in dict.fromkeys([*cond, *uncond]):
         c, u = cond.get(key, uncond.get(key)), uncond.get(key, cond.get(key))
+        if key == "context" and isinstance(c, Tensor) and c.shape[1] != u.shape[1]:
+            u, c = same_length(u, c)
         if isinstance(c, Tensor):
             merged[key] = torch.cat([_expand(u, batch), _expand(c, batch)])
         elif c is None or c is u or c == u:

@@ -16,6 +16,7 @@ from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, Eng
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser
+from engine.prompts import plain
 from engine.large_canvas import first_pass_size, run_scaled_inpaint, run_two_pass
 
 
@@ -239,7 +240,7 @@ def plan_boxes(request: Request, cache: dict) -> list:
     path = planner_path(request.planner)
     try:
         model = cached(cache, "planner", path, lambda: planner.load(path))
-        return [Box(label, box) for label, box in planner.plan(model, request.prompt, seed=request.seed)]
+        return [Box(label, box) for label, box in planner.plan(model, plain(request.prompt), seed=request.seed)]
     except planner.PlannerError as e:
         raise EngineError(str(e)) from None
 
@@ -269,7 +270,7 @@ def judged_text(request: Request, model) -> bool:
     from engine.judge import shape_swaps
 
     return (request.task == "txt2img" and request.best_of > 1 and request.batch_size == 1 and request.image is None
-            and model.config.cond.tokenizer == "world" and bool(shape_swaps(request.prompt)))
+            and model.config.cond.tokenizer == "world" and bool(shape_swaps(plain(request.prompt))))
 
 
 def run_text_tries(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
@@ -333,7 +334,7 @@ def judge_votes(request: Request, images: list, cache: dict) -> list[tuple[int, 
     if "txt2img" not in tasks_for(judge.config):
         raise EngineError(f"the judge must be a text-to-image model; {path.name} is {judge.config.family}")
     with torch.inference_mode():
-        return shape_votes(judge, images, request.prompt, int(request.seed))
+        return shape_votes(judge, images, plain(request.prompt), int(request.seed))
 
 
 def make_plan(request: Request, model, h: int, w: int) -> Plan:

@@ -7,11 +7,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from engine.api import HIRES_TASKS, EngineError, Request
 from engine.guidance import MaskBlendDenoiser, Region, RegionalDenoiser
 from engine.images import colour_fix, composite, grow_and_feather, mask_bbox, resize_nearest, resize_rgb
 from engine.pipelines import Plan, to_tensor
+from engine.prompts import plain
 
 TEXT_KINDS = ("clip", "openclip", "bert")
 
@@ -25,22 +27,71 @@ TEXT_CACHE = 8
 
 def text_cond(model, prompts: list[str]) -> torch.Tensor:
     """The text encoder's context for prompts: each distinct prompt encoded once, and the last TEXT_CACHE kept per
-    model, device, dtype and weight version (a re-run prompt, or the usual empty negative prompt, skips the encoder,
-    like A1111's cached c/uc)."""
+    model, device, dtype, weight version and embedding files (a re-run prompt, or the usual empty negative prompt,
+    skips the encoder, like A1111's cached c/uc)."""
+    from engine import embeddings
+
     cache = model.__dict__.setdefault("_text_cache", OrderedDict())
     params = model.cond_stage_model.parameters() if model.cond_stage_model is not None else ()
-    where = (str(model.device), str(model.dtype), sum(t._version for t in params))
+    names = embeddings.available(model)
+    files = tuple((n, f.stat().st_mtime) for n, f in names.items())
+    where = (str(model.device), str(model.dtype), sum(t._version for t in params), files)
     enc = {}
     for p in dict.fromkeys(prompts):
         key = (p, *where)
         if key in cache:
             cache.move_to_end(key)
         else:
-            cache[key] = model.get_learned_conditioning([p])
+            cache[key] = prompt_context(model, p, names)
             while len(cache) > TEXT_CACHE:
                 cache.popitem(last=False)
         enc[p] = cache[key]
     return torch.cat([enc[p] for p in prompts])
+
+
+def prompt_context(model, prompt: str, names: dict | None = None) -> torch.Tensor:
+    """(1, k * max_len, dim): A1111's long prompts, emphasis and embeddings. The prompt's tokens go in chunks of
+    max_len - 2 (BREAK starts a new one; an embedding is not split), each framed and encoded on its own, then
+    concatenated along the sequence; an emphasis weight scales its tokens' embeddings, and each chunk is rescaled to
+    keep its mean. `names` (engine.embeddings.available) are the embedding files the prompt may name."""
+    from engine import embeddings
+    from engine.prompts import BREAK, parse
+
+    cond = model.cond_stage_model
+    cond.tokenize("")
+    tok = cond.tokenizer
+    room = tok.max_len - 2
+    chunks: list[list[tuple[int, float, torch.Tensor | None]]] = [[]]
+    for text, w in parse(prompt).segments:
+        if text is BREAK:
+            if chunks[-1]:
+                chunks.append([])
+            continue
+        for piece in embeddings.split(text, names or {}):
+            if isinstance(piece, str):
+                for i in tok.encode(piece):
+                    if len(chunks[-1]) == room:
+                        chunks.append([])
+                    chunks[-1].append((i, w, None))
+                continue
+            vecs = embeddings.vectors(model, piece)
+            if len(vecs) > room:
+                raise embeddings.EmbeddingError(f"{piece.name} has {len(vecs)} vectors, more than a chunk's {room}")
+            if len(chunks[-1]) + len(vecs) > room:
+                chunks.append([])
+            chunks[-1] += [(tok.pad_id, w, v) for v in vecs]
+    ids = torch.tensor([tok.frame([i for i, _, _ in c]) for c in chunks])
+    fixes = [(r, 1 + j, v[None]) for r, c in enumerate(chunks) for j, (_, _, v) in enumerate(c) if v is not None]
+    with embeddings.placed(cond, fixes):
+        z = model.get_learned_conditioning(ids.to(model.device))
+    if any(w != 1.0 for c in chunks for _, w, _ in c):
+        mult = torch.ones(ids.shape)
+        for row, c in zip(mult, chunks):
+            row[1 : 1 + len(c)] = torch.tensor([w for _, w, _ in c])
+        mean = z.mean(dim=(1, 2), keepdim=True)
+        z = z * mult[..., None].to(z)
+        z = z * (mean / z.mean(dim=(1, 2), keepdim=True))
+    return rearrange(z, "k n d -> 1 (k n) d")
 
 
 def layout_tokenizer(model):
@@ -165,14 +216,14 @@ def wants_sketch(request: Request, model) -> bool:
         return False
     if not is_layout_model(model) or tuple(model.config.cond.label_names) != OBJECT_CLASSES:
         return False
-    return names_background(request.prompt)
+    return names_background(plain(request.prompt))
 
 
 def sketch_for(request: Request, model, h: int, w: int) -> np.ndarray | None:
     """The flat sketch of the prompt's ground and sky to start from (engine.planner.background_sketch), or None."""
     from engine.planner import background_sketch
 
-    return background_sketch(request.prompt, h, w) if wants_sketch(request, model) else None
+    return background_sketch(plain(request.prompt), h, w) if wants_sketch(request, model) else None
 
 
 def plan(request: Request, model, h: int, w: int) -> Plan:

@@ -42,6 +42,26 @@ def _as_texts(texts: str | Iterable[str]) -> list[str]:
     return [texts] if isinstance(texts, str) else list(texts)
 
 
+class FramedTokenizer:
+    """bos, the text's ids (truncated), eos, then pad up to max_len: the frame every text conditioner reads."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    max_len: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def frame(self, ids: list[int]) -> list[int]:
+        ids = [self.bos_id, *ids[: self.max_len - 2], self.eos_id]
+        return ids + [self.pad_id] * (self.max_len - len(ids))
+
+    def __call__(self, texts: str | Iterable[str]) -> torch.LongTensor:
+        rows = [self.frame(self.encode(t)) for t in _as_texts(texts)]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.max_len)
+
+
 def _bytes_to_unicode() -> list[str]:
     """GPT-2 byte-level alphabet in CLIP's vocabulary order: printable bytes first, the others mapped above U+0100."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -65,8 +85,10 @@ def _clip_backend():
     return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
 
 
-class ClipTokenizer:
+class ClipTokenizer(FramedTokenizer):
     """CLIP byte-level BPE: <|startoftext|> text <|endoftext|>, truncated and padded to max_len."""
+
+    bos_id, eos_id = CLIP_BOS, CLIP_EOS
 
     def __init__(self, pad: Literal["eos", "zero"] = "eos", max_len: int = 77):
         self.pad_id = CLIP_EOS if pad == "eos" else 0
@@ -75,14 +97,6 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.backend(text, add_special_tokens=False)["input_ids"]
-
-    def __call__(self, texts: str | Iterable[str]) -> torch.LongTensor:
-        texts = _as_texts(texts)
-        out = torch.full((len(texts), self.max_len), self.pad_id, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [CLIP_BOS] + self.encode(text)[: self.max_len - 2] + [CLIP_EOS]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
 
 
 def clip_tokenizer(pad: Literal["eos", "zero"] = "eos", max_len: int = 77) -> ClipTokenizer:
@@ -101,14 +115,14 @@ def _is_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
-class BertTokenizer:
+class BertTokenizer(FramedTokenizer):
     """Uncased BERT WordPiece (basic clean/lowercase/accent strip/punctuation split, greedy longest match)."""
 
     def __init__(self, vocab: Sequence[str], max_len: int = 77, max_chars_per_word: int = 100):
         self.vocab = {w: i for i, w in enumerate(vocab)}
         self.max_len = max_len
         self.max_chars_per_word = max_chars_per_word
-        self.cls_id, self.sep_id = self.vocab["[CLS]"], self.vocab["[SEP]"]
+        self.bos_id, self.eos_id = self.vocab["[CLS]"], self.vocab["[SEP]"]
         self.pad_id, self.unk_id = self.vocab["[PAD]"], self.vocab["[UNK]"]
 
     def _normalize(self, text: str) -> str:
@@ -162,14 +176,6 @@ class BertTokenizer:
     def encode(self, text: str) -> list[int]:
         return [i for w in self._words(text) for i in self._wordpiece(w)]
 
-    def __call__(self, texts: str | Iterable[str]) -> torch.LongTensor:
-        texts = _as_texts(texts)
-        out = torch.full((len(texts), self.max_len), self.pad_id, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [self.cls_id] + self.encode(text)[: self.max_len - 2] + [self.sep_id]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
-
 
 @functools.lru_cache(maxsize=1)
 def bert_vocab() -> tuple[str, ...]:
@@ -183,11 +189,12 @@ def bert_tokenizer(max_len: int = 77) -> BertTokenizer:
     return BertTokenizer(bert_vocab(), max_len)
 
 
-class WorldTokenizer:
+class WorldTokenizer(FramedTokenizer):
     """Word-level tokenizer for the project's own small models: 0 pad, 1 bos, 2 eos, 3 unk, then the words."""
 
     PAD, BOS, EOS, UNK = 0, 1, 2, 3
     SPECIAL = 4
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
     _split = re.compile(r"\w+|[^\w\s]")
 
     def __init__(self, vocab: Sequence[str], max_len: int = 77):
@@ -219,14 +226,6 @@ class WorldTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.vocab[i - self.SPECIAL] if i >= self.SPECIAL else "<unk>" for i in ids
                         if i not in (self.PAD, self.BOS, self.EOS))
-
-    def __call__(self, texts: str | Iterable[str]) -> torch.LongTensor:
-        texts = _as_texts(texts)
-        out = torch.full((len(texts), self.max_len), self.PAD, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [self.BOS] + self.encode(text)[: self.max_len - 2] + [self.EOS]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
 
 
 Rect = tuple[float, float, float, float]
