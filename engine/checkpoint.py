@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from engine.api import LORA_NOTE
 from engine.config import ModelConfig, config_from_dict, config_to_dict
 from engine.families import PRESETS, tasks_for
 
@@ -26,6 +27,9 @@ SCHEDULE_KEYS = {
 }
 IGNORED_PREFIXES = ("model_ema.", "low_scale_model.", "first_stage_model.loss.")
 IGNORED_SUFFIXES = ("text_model.embeddings.position_ids", "model.attn_mask")
+
+
+LORA_PREFIXES = ("lora_unet_", "lora_te", "unet.", "text_encoder.")
 
 
 class CheckpointError(Exception):
@@ -146,6 +150,9 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict | None = None, nam
     if any(k.startswith("conditioner.embedders.") for k in shapes):
         raise CheckpointError(f"{name}: this looks like an SDXL checkpoint, which Latent Canvas does not run")
     key_in = UNET + "input_blocks.0.0.weight"
+    if key_in not in shapes and any("lora" in k and k.startswith(LORA_PREFIXES) for k in shapes):
+        raise CheckpointError(f"{name}: {LORA_NOTE}: put it in the models folder's loras folder and add it to the "
+                              f"prompt as <lora:{Path(name).stem}:1>")
     if key_in not in shapes:
         hint = ""
         if any(k.startswith(("encoder.", "decoder.")) for k in shapes):
