@@ -86,6 +86,7 @@ class MainWindow(FileActions, QMainWindow):
         self.generate_bar.cancel_button.clicked.connect(self.cancel)
         self.model_panel.modelChanged.connect(self._model_changed)
         self.model_panel.modelsListed.connect(self.task_options.set_models)
+        self.model_panel.loraAdded.connect(self.prompt_panel.install_lora)
         self.task_options.drop_target.imageDropped.connect(self.upscale_path)
         self.palette.labelChosen.connect(self._label_chosen)
         self.history_strip.applyRequested.connect(self.apply_history)

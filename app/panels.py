@@ -41,20 +41,29 @@ class PromptPanel(QWidget):
     warning naming the words it will ignore."""
 
     PLACEHOLDER = "Prompt: what to generate"
+    SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down; BREAK starts a new 75-token chunk; "
+              "<lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read in whole.")
 
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
         self.doc = doc
         self.model: api.ModelInfo | None = None
-        self.prompt = QPlainTextEdit(placeholderText=self.PLACEHOLDER)
-        self.negative = QPlainTextEdit(placeholderText="Negative prompt")
+        self.prompt = QPlainTextEdit(placeholderText=self.PLACEHOLDER, toolTip=self.SYNTAX)
+        self.negative = QPlainTextEdit(placeholderText="Negative prompt", toolTip=self.SYNTAX)
         self.hint = QLabel(wordWrap=True, visible=False)
+        self.lora_button = QPushButton("Extras", toolTip="LoRA files and textual-inversion embeddings for the prompt")
+        self.lora_menu = QMenu(self.lora_button)
+        self.lora_button.setMenu(self.lora_menu)
+        self.lora_menu.aboutToShow.connect(self.fill_lora_menu)
         self.prompt.setMaximumHeight(90)
         self.negative.setMaximumHeight(60)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.prompt)
-        lay.addWidget(self.hint)
+        row = QHBoxLayout()
+        row.addWidget(self.hint, 1)
+        row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
+        lay.addLayout(row)
         lay.addWidget(self.negative)
         self.prompt.textChanged.connect(self._prompt_edited)
         self.negative.textChanged.connect(lambda: self.doc.set_param("negative_prompt", self.negative.toPlainText()))
@@ -73,6 +82,67 @@ class PromptPanel(QWidget):
         self.prompt.setPlaceholderText(f"{self.PLACEHOLDER}, e.g. {example}" if example else self.PLACEHOLDER)
         self.hint.setToolTip(f"{info.name} knows these words: {' '.join(vocab)}" if vocab else "")
         self._check_words()
+
+    def lora_dirs(self) -> tuple[str, ...]:
+        """The chosen model's folder: the engine looks for a prompt's LoRAs and embeddings there (and in the user's and
+        bundled models folders), so the menu offers what it will find."""
+        return (str(Path(self.model.path).parent),) if self.model is not None and self.model.path else ()
+
+    def fill_lora_menu(self) -> None:
+        """The LoRA files and embeddings found beside the models (engine.api.asset_folders), then ways to add one."""
+        menu = self.lora_menu
+        menu.clear()
+        names = api.list_loras(self.lora_dirs())
+        menu.addSection("LoRA")
+        for name in names:
+            menu.addAction(name, lambda n=name: self.add_lora(n))
+        if not names:
+            menu.addAction("No LoRA files yet").setEnabled(False)
+        embeddings = list(api.list_assets("embedding", self.lora_dirs()))
+        for where, edit in (("prompt", self.prompt), ("negative prompt", self.negative)):
+            sub = menu.addMenu(f"Embedding in the {where}")
+            sub.setEnabled(bool(embeddings))
+            for name in embeddings:
+                sub.addAction(name, lambda n=name, e=edit: self.append(e, f"embedding:{n}", ", "))
+        menu.addSeparator()
+        menu.addAction("Add LoRA file...", lambda: self.add_file_dialog("lora"))
+        menu.addAction("Add embedding file...", lambda: self.add_file_dialog("embedding"))
+
+    @staticmethod
+    def append(edit: QPlainTextEdit, text: str, separator: str = " ") -> None:
+        """Append text to a prompt box unless it is there already (an edit like typing it, so Ctrl+Z takes it back)."""
+        if text in edit.toPlainText():
+            return
+        cursor = edit.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertText((separator if edit.toPlainText().strip() else "") + text)
+
+    def add_lora(self, name: str, weight: float = 1.0) -> None:
+        self.append(self.prompt, f"<lora:{name}:{weight:g}>")
+
+    def add_file_dialog(self, kind: str) -> None:
+        pattern = "LoRA (*.safetensors *.pt *.ckpt)" if kind == "lora" else "Embedding (*.safetensors *.pt *.bin)"
+        path, _ = QFileDialog.getOpenFileName(self, f"Add {kind}", "", pattern)
+        if path:
+            self.install(path, kind)
+
+    def install_lora(self, path: str) -> str:
+        return self.install(path, "lora")
+
+    def install(self, path: str, kind: str) -> str:
+        """Link (or copy) a LoRA or embedding file into the user's folder for it and add it to the prompt; '' or the
+        error."""
+        try:
+            dest = install_model(path, str(api.asset_folders(kind)[0]))
+        except OSError as e:
+            self.hint.setText(f"<span style='color:#e66'>{Path(path).name}: {e}</span>")
+            self.hint.setVisible(True)
+            return str(e)
+        if kind == "lora":
+            self.add_lora(dest.stem)
+        else:
+            self.append(self.prompt, f"embedding:{dest.stem}", ", ")
+        return ""
 
     def _check_words(self) -> None:
         m = self.model
@@ -109,6 +179,7 @@ class ModelPanel(QWidget):
 
     modelChanged = Signal(object)  # api.ModelInfo | None
     modelsListed = Signal(list)  # [api.ModelInfo]
+    loraAdded = Signal(str)  # a LoRA file given to Add model...: the prompt panel installs it
 
     def __init__(self, doc: Document, extra_dirs: tuple[str, ...] = (), parent=None):
         super().__init__(parent)
@@ -195,6 +266,9 @@ class ModelPanel(QWidget):
 
     def add_model(self, path: str) -> api.ModelInfo | None:
         info = api.inspect_model(path)
+        if info.error and api.LORA_NOTE in info.error:
+            self.loraAdded.emit(path)
+            return None
         if info.error:
             self.info.setText(f"<span style='color:#e66'>{Path(path).name}: {info.error}</span>")
             return info

@@ -361,3 +361,46 @@ def test_help_lists_every_shortcut_and_about_names_the_folders(make_window, tmp_
     dlg.close()
     text = win.about_text()
     assert "Latent Canvas" in text and str(tmp_path / "out") in text and api.default_models_dir() in text
+
+
+def test_extras_menu_adds_loras_and_embeddings_and_installs_a_lora_given_as_a_model(make_window, tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+
+    user = tmp_path / "user_models"
+    monkeypatch.setattr(api, "user_models_dir", lambda: str(user))
+    (user / "loras").mkdir(parents=True)
+    weights = {"lora_unet_out_2.lora_down.weight": np.zeros((4, 8), np.float32),
+               "lora_unet_out_2.lora_up.weight": np.zeros((8, 4), np.float32)}
+    save_file(weights, str(user / "loras" / "ink.safetensors"))
+    win = make_window()
+    panel = win.prompt_panel
+    panel.prompt.setPlainText("a cat")
+    panel.fill_lora_menu()
+    ink = [a for a in panel.lora_menu.actions() if a.text() == "ink"]
+    assert len(ink) == 1
+    ink[0].trigger()
+    assert win.doc.params.prompt == "a cat <lora:ink:1>"
+    ink[0].trigger()
+    assert win.doc.params.prompt == "a cat <lora:ink:1>"
+    panel.prompt.undo()
+    assert win.doc.params.prompt == "a cat"
+    src = tmp_path / "oil.safetensors"
+    save_file(weights, str(src))
+    assert api.LORA_NOTE in api.inspect_model(str(src)).error
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(src), ""))
+    win.model_panel.add_button.click()
+    assert (user / "loras" / "oil.safetensors").exists() and not (user / "oil.safetensors").exists()
+    assert win.doc.params.prompt == "a cat <lora:oil:1>"
+    panel.fill_lora_menu()
+    assert {"ink", "oil"} <= {a.text() for a in panel.lora_menu.actions()}
+    negative = next(a.menu() for a in panel.lora_menu.actions() if a.text() == "Embedding in the negative prompt")
+    assert not negative.isEnabled()
+    (user / "embeddings").mkdir()
+    save_file({"emb_params": np.zeros((2, 8), np.float32)}, str(user / "embeddings" / "EasyNegative.safetensors"))
+    panel.negative.setPlainText("blurry")
+    panel.fill_lora_menu()
+    negative = next(a.menu() for a in panel.lora_menu.actions() if a.text() == "Embedding in the negative prompt")
+    [easy] = negative.actions()
+    easy.trigger()
+    assert win.doc.params.negative_prompt == "blurry, embedding:EasyNegative"
+    assert win.doc.params.prompt == "a cat <lora:oil:1>"
