@@ -452,6 +452,7 @@ class Document:
             boxes=boxes, labels=self.labels[crop].copy() if task == "semantic" else None,
             label_prompts={int(k): v.strip() for k, v in p.label_prompts.items() if v and v.strip()},
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
+            clip_skip=int(p.clip_skip),
             seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop),

@@ -11,7 +11,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMenu, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                               QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from app import raster
 from app.canvas import to_qimage
@@ -52,6 +52,7 @@ class PromptPanel(QWidget):
         self.negative = QPlainTextEdit(placeholderText="Negative prompt", toolTip=self.SYNTAX)
         self.hint = QLabel(wordWrap=True, visible=False)
         self.lora_button = QPushButton("Extras", toolTip="LoRA files and textual-inversion embeddings for the prompt")
+        self.lora_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.lora_menu = QMenu(self.lora_button)
         self.lora_button.setMenu(self.lora_menu)
         self.lora_menu.aboutToShow.connect(self.fill_lora_menu)
@@ -62,6 +63,7 @@ class PromptPanel(QWidget):
         lay.addWidget(self.prompt)
         row = QHBoxLayout()
         row.addWidget(self.hint, 1)
+        row.addStretch()
         row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
         lay.addLayout(row)
         lay.addWidget(self.negative)
@@ -320,6 +322,9 @@ class ParamsPanel(QWidget):
             self.sampler.addItem(s, s)
         self.steps = QSpinBox(minimum=1, maximum=1000)
         self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
+        self.clip_skip = QSpinBox(minimum=1, maximum=12, prefix="CLIP skip ", toolTip=(
+            "Stable Diffusion's text encoder: read its n-th last layer (A1111's Clip skip; 2 for many anime models, "
+            "1 as the model was trained). Other models ignore it."))
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         self.seed_mode = QComboBox()
         for m in SEED_MODES:
@@ -334,7 +339,10 @@ class ParamsPanel(QWidget):
         form.addRow("Task", self.task)
         form.addRow("Sampler", self.sampler)
         form.addRow("Steps", self.steps)
-        form.addRow("Guidance", self.cfg)
+        guide_row = QHBoxLayout()
+        guide_row.addWidget(self.cfg, 1)
+        guide_row.addWidget(self.clip_skip)
+        form.addRow("Guidance", guide_row)
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.seed_mode)
@@ -351,6 +359,7 @@ class ParamsPanel(QWidget):
         self.sampler.currentIndexChanged.connect(lambda: self.doc.set_param("sampler", self.sampler.currentData()))
         self.steps.valueChanged.connect(lambda v: self.doc.set_param("steps", v))
         self.cfg.valueChanged.connect(lambda v: self.doc.set_param("cfg_scale", v))
+        self.clip_skip.valueChanged.connect(lambda v: self.doc.set_param("clip_skip", v))
         self.seed.valueChanged.connect(lambda v: self.doc.set_param("seed", v))
         self.seed_mode.currentIndexChanged.connect(lambda: self.doc.set_param("seed_mode", self.seed_mode.currentData()))
         self.strength.valueChanged.connect(lambda v: self.doc.set_param(self._strength_param(), v))
@@ -370,7 +379,8 @@ class ParamsPanel(QWidget):
         self.doc, p = doc, doc.params
         self.task.setItemText(0, f"auto ({doc.inferred_task()})")
         for w, v in ((self.task, doc.task_override), (self.sampler, p.sampler), (self.steps, p.steps),
-                     (self.cfg, p.cfg_scale), (self.seed, int(p.seed) % 2**31), (self.seed_mode, p.seed_mode),
+                     (self.cfg, p.cfg_scale), (self.clip_skip, p.clip_skip), (self.seed, int(p.seed) % 2**31),
+                     (self.seed_mode, p.seed_mode),
                      (self.width_, doc.width), (self.height_, doc.height),
                      (self.strength, getattr(p, self._strength_param())),
                      (self.batch, p.batch_size), (self.upscale, p.upscale)):

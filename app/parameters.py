@@ -20,7 +20,7 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
         "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
-        "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int)}
+        "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int), "Clip skip": ("clip_skip", int)}
 
 
 def _quote(value: str) -> str:
@@ -45,6 +45,8 @@ def format_parameters(request, seed: int | None = None) -> str:
     pairs = [("Steps", request.steps), ("Sampler", request.sampler), ("CFG scale", request.cfg_scale),
              ("Seed", request.seed if seed is None else seed), ("Size", f"{request.width}x{request.height}"),
              ("Model", Path(str(request.model)).stem), ("Task", request.task)]
+    if request.clip_skip != 1:
+        pairs.append(("Clip skip", request.clip_skip))
     if request.task in ("img2img", "inpaint"):
         pairs.append(("Denoising strength", request.inpaint_strength if request.task == "inpaint" else request.strength))
     if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
@@ -99,6 +101,8 @@ def parse_parameters(text: str) -> dict:
             prompt.append(line)
     out["prompt"] = "\n".join(prompt).strip()
     out["negative_prompt"] = "\n".join(negative).strip()
+    if last:
+        out["clip_skip"] = 1  # A1111 writes it only when it is not 1
     for key, value in _PAIR.findall(last):
         key, value = key.strip(), _unquote(value)
         if key == "Label prompts":

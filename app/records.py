@@ -32,6 +32,7 @@ class Params:
     sampler: str = "ddim"
     steps: int = 30
     cfg_scale: float = 5.0
+    clip_skip: int = 1
     seed: int = 0
     seed_mode: str = "random"
     last_seed: int | None = None

@@ -63,6 +63,7 @@ class Request:
     sampler: str = "ddim"
     steps: int = 30
     cfg_scale: float = 5.0
+    clip_skip: int = 1  # CLIP / OpenCLIP text encoders: read the n-th last layer (A1111's "Clip skip"; 1: as trained)
     eta: float = 0.0
     seed: int = 0
     width: int | None = None

@@ -131,6 +131,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"sketch strength must be in [0, 1], got {request.sketch_strength}")
     if not 0.0 < request.inpaint_strength <= 1.0:
         raise EngineError(f"inpainting strength must be in (0, 1], got {request.inpaint_strength}")
+    if not 1 <= request.clip_skip <= 12:
+        raise EngineError(f"clip skip must be between 1 and 12, got {request.clip_skip}")
     if request.steps < 1 or request.steps > 1000:
         raise EngineError(f"steps must be between 1 and 1000, got {request.steps}")
     if request.batch_size < 1:
@@ -542,5 +544,7 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Sketch strength"] = request.sketch_strength
     if request.eta:
         pairs["Eta"] = request.eta
+    if request.clip_skip != 1:
+        pairs["Clip skip"] = request.clip_skip
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def is_layout_model(model) -> bool:
 TEXT_CACHE = 8
 
 
-def text_cond(model, prompts: list[str]) -> torch.Tensor:
+def text_cond(model, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
     """The text encoder's context for prompts: each distinct prompt encoded once, and the last TEXT_CACHE kept per
     model, device, dtype, weight version and embedding files (a re-run prompt, or the usual empty negative prompt,
     skips the encoder, like A1111's cached c/uc)."""
@@ -35,25 +35,26 @@ def text_cond(model, prompts: list[str]) -> torch.Tensor:
     params = model.cond_stage_model.parameters() if model.cond_stage_model is not None else ()
     names = embeddings.available(model)
     files = tuple((n, f.stat().st_mtime) for n, f in names.items())
-    where = (str(model.device), str(model.dtype), sum(t._version for t in params), files)
+    where = (str(model.device), str(model.dtype), sum(t._version for t in params), files, clip_skip)
     enc = {}
     for p in dict.fromkeys(prompts):
         key = (p, *where)
         if key in cache:
             cache.move_to_end(key)
         else:
-            cache[key] = prompt_context(model, p, names)
+            cache[key] = prompt_context(model, p, names, clip_skip)
             while len(cache) > TEXT_CACHE:
                 cache.popitem(last=False)
         enc[p] = cache[key]
     return torch.cat([enc[p] for p in prompts])
 
 
-def prompt_context(model, prompt: str, names: dict | None = None) -> torch.Tensor:
+def prompt_context(model, prompt: str, names: dict | None = None, clip_skip: int = 1) -> torch.Tensor:
     """(1, k * max_len, dim): A1111's long prompts, emphasis and embeddings. The prompt's tokens go in chunks of
     max_len - 2 (BREAK starts a new one; an embedding is not split), each framed and encoded on its own, then
     concatenated along the sequence; an emphasis weight scales its tokens' embeddings, and each chunk is rescaled to
-    keep its mean. `names` (engine.embeddings.available) are the embedding files the prompt may name."""
+    keep its mean. `names` (engine.embeddings.available) are the embedding files the prompt may name; clip_skip
+    (CLIP and OpenCLIP encoders) reads an earlier layer."""
     from engine import embeddings
     from engine.prompts import BREAK, parse
 
@@ -83,7 +84,8 @@ def prompt_context(model, prompt: str, names: dict | None = None) -> torch.Tenso
     ids = torch.tensor([tok.frame([i for i, _, _ in c]) for c in chunks])
     fixes = [(r, 1 + j, v[None]) for r, c in enumerate(chunks) for j, (_, _, v) in enumerate(c) if v is not None]
     with embeddings.placed(cond, fixes):
-        z = model.get_learned_conditioning(ids.to(model.device))
+        skip = {"clip_skip": clip_skip} if model.config.cond.kind in ("clip", "openclip") else {}
+        z = model.get_learned_conditioning(ids.to(model.device), **skip)
     if any(w != 1.0 for c in chunks for _, w, _ in c):
         mult = torch.ones(ids.shape)
         for row, c in zip(mult, chunks):
@@ -109,7 +111,9 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
     cfg, b = model.config, request.batch_size
     kind = cfg.cond.kind
     if kind in TEXT_KINDS and not is_layout_model(model):
-        return {"context": text_cond(model, [request.prompt] * b)}, {"context": text_cond(model, [request.negative_prompt] * b)}
+        skip = request.clip_skip
+        return ({"context": text_cond(model, [request.prompt] * b, skip)},
+                {"context": text_cond(model, [request.negative_prompt] * b, skip)})
     if kind == "bert":
         tok = layout_tokenizer(model)
         boxes = [(bx.label, bx.box) for bx in request.boxes]
@@ -159,7 +163,7 @@ def regions_for(request: Request, model, h: int, w: int) -> list[Region]:
     regions = []
     if request.task == "layout":
         for bx in request.boxes:
-            ctx = text_cond(model, [bx.prompt or bx.label] * b)
+            ctx = text_cond(model, [bx.prompt or bx.label] * b, request.clip_skip)
             regions.append(Region({"cond": {"context": ctx}}, soft_box(bx.box, lh, lw, model.device)))
     elif request.task == "semantic" and request.labels is not None:
         labels = resize_nearest(np.asarray(request.labels), w, h)
@@ -173,7 +177,7 @@ def regions_for(request: Request, model, h: int, w: int) -> list[Region]:
                 raise EngineError(f"label map class {int(cid)} has no name to prompt with")
             m = torch.from_numpy((labels == cid).astype(np.float32))[None, None].to(model.device)
             m = F.interpolate(m, size=(lh, lw), mode="area")
-            ctx = text_cond(model, [names[int(cid)]] * b)
+            ctx = text_cond(model, [names[int(cid)]] * b, request.clip_skip)
             regions.append(Region({"cond": {"context": ctx}}, m))
     return regions
 
@@ -287,8 +291,8 @@ def plan_dedicated_inpaint(request: Request, model, h: int, w: int) -> Plan:
     else:
         masked = model.encode_first_stage(x * (1 - m))
         concat = torch.cat([F.interpolate(m, size=(lh, lw)), masked], dim=1).expand(b, -1, -1, -1)
-        cond = {"context": text_cond(model, [request.prompt] * b), "concat": concat}
-        uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
+        cond = {"context": text_cond(model, [request.prompt] * b, request.clip_skip), "concat": concat}
+        uncond = {"context": text_cond(model, [request.negative_prompt] * b, request.clip_skip)}
     p = Plan(cond, uncond, h, w, finish=lambda img: composite(image, img, soft))
     if request.inpaint_strength < 1.0:
         p.init = model.encode_first_stage(x).float().expand(b, -1, -1, -1)
@@ -338,6 +342,6 @@ def plan_upscale(request: Request, model, h: int, w: int) -> Plan:
     noise = torch.randn(x.shape, generator=g).to(x)
     aug = ac**0.5 * x + (1 - ac) ** 0.5 * noise
     y = torch.full((b,), level, dtype=torch.long, device=model.device)
-    cond = {"context": text_cond(model, [request.prompt] * b), "concat": aug, "y": y}
-    uncond = {"context": text_cond(model, [request.negative_prompt] * b)}
+    cond = {"context": text_cond(model, [request.prompt] * b, request.clip_skip), "concat": aug, "y": y}
+    uncond = {"context": text_cond(model, [request.negative_prompt] * b, request.clip_skip)}
     return Plan(cond, uncond, h, w, finish=finish)

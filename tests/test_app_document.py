@@ -252,6 +252,10 @@ def test_parameters_chunk_round_trip(tmp_path):
     up = doc.to_request(seed=1)
     up.task = "upscale"
     assert up.colour_fix is False and parse_parameters(format_parameters(up))["colour_fix"] is False
+    assert "Clip skip" not in text and parsed["clip_skip"] == 1
+    doc.set_param("clip_skip", 2)
+    text = format_parameters(doc.to_request(seed=1))
+    assert "Clip skip: 2" in text and parse_parameters(text)["clip_skip"] == 2
 
 
 def test_settings_persist_and_survive_bad_values(tmp_path):

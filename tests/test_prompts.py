@@ -1,6 +1,8 @@
 """Prompt syntax (emphasis, BREAK, LoRA tags) and long prompts, as A1111 reads them."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -177,3 +179,32 @@ def test_embeddings_found_beside_the_model_are_not_split_and_refuse_another_widt
         save_file({"emb_params": torch.randn(1, 48)}, tmp_path / "embeddings" / "wide.safetensors")
         with pytest.raises(EmbeddingError, match="made for another model"):
             text_cond(model, ["a wide circle"])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_clip_skip_reads_an_earlier_layer_and_is_reported(family, tmp_path):
+    """A1111's Clip skip n: the n-th last layer through the final norm (SD2 counts from its own penultimate)."""
+    from engine.families import tiny
+    from engine.models.latent_diffusion import LatentDiffusion
+    from engine.random_weights import randomize_
+    from engine.tasks import prompt_context
+
+    cfg = tiny(family)
+    model = randomize_(LatentDiffusion(replace(cfg, cond=replace(cfg.cond, n_layer=4)))).eval()
+    cond = model.cond_stage_model
+    ids = cond.tokenize(["a red circle"])
+    with torch.no_grad():
+        one, two = prompt_context(model, "a red circle"), prompt_context(model, "a red circle", clip_skip=2)
+        assert not torch.allclose(one, two, atol=1e-3)
+        if family == "sd1":
+            text = cond.transformer.text_model
+            hidden = text(input_ids=ids, output_hidden_states=True).hidden_states
+            torch.testing.assert_close(two, text.final_layer_norm(hidden[-2]))
+        else:
+            m = cond.model
+            x = m.token_embedding(ids) + m.positional_embedding
+            for block in m.transformer.resblocks[:2]:
+                x = block(x)
+            torch.testing.assert_close(two, m.ln_final(x))
+        with pytest.raises(ValueError, match="clip skip must be between 1 and"):
+            prompt_context(model, "a red circle", clip_skip=5)

@@ -20,6 +20,14 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _layers_skipped(cfg: CondConfig, clip_skip: int) -> int:
+    """Final layers left out: the family's own choice (SD2: the penultimate layer) plus clip_skip - 1 more."""
+    skip = (1 if cfg.layer == "penultimate" else 0) + clip_skip - 1
+    if clip_skip < 1 or skip >= cfg.n_layer:
+        raise ValueError(f"clip skip must be between 1 and {cfg.n_layer - (1 if cfg.layer == 'penultimate' else 0)}")
+    return skip
+
+
 class _TextModelHolder(nn.Module):
     """Keeps transformers' CLIPTextModel under `text_model` (transformers 5 dropped that level)."""
 
@@ -68,13 +76,15 @@ class FrozenCLIPEmbedder(nn.Module):
             self.tokenizer = clip_tokenizer("eos", self.cfg.max_seq_len)
         return self.tokenizer(text)
 
-    def encode(self, c) -> torch.Tensor:
+    def encode(self, c, clip_skip: int = 1) -> torch.Tensor:
+        """clip_skip n > 1 reads the output of the n-th last layer (A1111's "Clip skip"), through the final norm."""
         ids = self.tokenize(c) if _is_text(c) else c
         ids = ids.to(_device_of(self))
         text_model = self.transformer.text_model
-        if self.cfg.layer == "penultimate":
+        skip = _layers_skipped(self.cfg, clip_skip)
+        if skip:
             out = text_model(input_ids=ids, output_hidden_states=True)
-            return text_model.final_layer_norm(out.hidden_states[-2])
+            return text_model.final_layer_norm(out.hidden_states[-1 - skip])
         return text_model(input_ids=ids).last_hidden_state
 
     forward = encode
@@ -145,7 +155,6 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = OpenCLIPTextTower(cfg)
-        self.layer_idx = 1 if cfg.layer == "penultimate" else 0
         self.tokenizer = None
 
     def tokenize(self, text) -> torch.LongTensor:
@@ -155,12 +164,13 @@ class FrozenOpenCLIPEmbedder(nn.Module):
             self.tokenizer = clip_tokenizer("zero", self.cfg.max_seq_len)
         return self.tokenizer(text)
 
-    def encode(self, c) -> torch.Tensor:
+    def encode(self, c, clip_skip: int = 1) -> torch.Tensor:
+        """clip_skip n > 1 stops n - 1 blocks before the family's own layer (the penultimate one for SD2)."""
         ids = self.tokenize(c) if _is_text(c) else c
         m = self.model
         x = m.token_embedding(ids.to(m.positional_embedding.device)) + m.positional_embedding[: ids.shape[1]]
         blocks = m.transformer.resblocks
-        for block in blocks[: len(blocks) - self.layer_idx]:
+        for block in blocks[: len(blocks) - _layers_skipped(self.cfg, clip_skip)]:
             x = block(x)
         return m.ln_final(x)
 

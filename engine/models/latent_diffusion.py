@@ -91,8 +91,8 @@ class LatentDiffusion(nn.Module):
         """Scaled latent -> image in [-1, 1] (VQ decoders quantize first)."""
         return self.first_stage_model.decode(z.to(self.dtype) / self.scale_factor)
 
-    def get_learned_conditioning(self, c):
-        """cond_stage_model.encode(c): strings or token ids, label maps, class ids, images."""
+    def get_learned_conditioning(self, c, **kw):
+        """cond_stage_model.encode(c): strings or token ids, label maps, class ids, images (kw: clip_skip)."""
         if self.cond_stage_model is None:
             return None
-        return self.cond_stage_model.encode(c)
+        return self.cond_stage_model.encode(c, **kw)
