@@ -9,6 +9,7 @@ tensors are kept on the CPU and put back when the prompt asks for another set.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -167,44 +168,41 @@ class Merged:
         self.backup: dict[str, torch.Tensor] = {}
 
 
-@torch.no_grad()
 def apply(model, loras: list[tuple[Path, float]]) -> None:
-    """Make the model's weights its own plus the given LoRAs at their weights (none: the file's weights again)."""
+    """Make the model's weights its own plus the given LoRAs at their weights (none: the file's weights again).
+    Every file is read and checked before the model is touched, so a refused one leaves it as it was."""
     state = model.__dict__.setdefault("_loras", Merged())
     key = tuple((str(p), p.stat().st_mtime, w) for p, w in loras)
     if key == state.active:
         return
-    params = dict(model.named_parameters())
-    for name, original in state.backup.items():
-        params[name].copy_(original)
-    state.active = ()
-    if not loras:
-        return
     table = model.__dict__.get("_lora_targets") or model.__dict__.setdefault("_lora_targets", targets(model))
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     plans = []
     for path, weight in loras:
         groups = read(path)
         missing = [m for m in groups if m not in table]
         if missing:
-            family = model.config.family
-            raise LoraError(f"{path.name} does not fit {family}: {len(missing)} of its {len(groups)} layers are not "
-                            f"in this model (first: {missing[0]}); it was made for another model")
+            raise LoraError(f"{path.name} does not fit {model.config.family}: {len(missing)} of its {len(groups)} "
+                            f"layers are not in this model (first: {missing[0]}); it was made for another model")
         for module, g in groups.items():
             name, rows = table[module]
-            p = params[name]
-            view = p[rows] if rows is not None else p
+            shape = shapes[name] if rows is None else (rows.stop - rows.start, *shapes[name][1:])
             d = delta(g, weight)
-            if d.numel() != view.numel():
+            if d.numel() != math.prod(shape):
                 raise LoraError(f"{path.name} does not fit {model.config.family}: {module} is "
-                                f"{tuple(g['up'].shape[:1]) + tuple(g['down'].shape[1:])}, the model's "
-                                f"{tuple(view.shape)}; it was made for another model")
-            plans.append((name, rows, d.reshape(view.shape)))
-    for name, rows, d in plans:
-        p = params[name]
-        if name not in state.backup:
-            state.backup[name] = p.detach().to("cpu", copy=True)
-        (p[rows] if rows is not None else p).add_(d.to(p.device, p.dtype))
-    state.active = key
+                                f"{tuple(g['up'].shape[:1]) + tuple(g['down'].shape[1:])}, the model's {shape}; "
+                                f"it was made for another model")
+            plans.append((name, rows, d.reshape(shape)))
+    with model.plain_weights() as params:
+        for name, original in state.backup.items():
+            params[name].copy_(original)
+        state.active = ()
+        for name, rows, d in plans:
+            p = params[name]
+            if name not in state.backup:
+                state.backup[name] = p.detach().to("cpu", copy=True)
+            (p[rows] if rows is not None else p).add_(d.to(p.device, p.dtype))
+        state.active = key
 
 
 def find(name: str, folders: list[Path]) -> Path:

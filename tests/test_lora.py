@@ -245,3 +245,23 @@ def test_prompt_tags_load_the_lora_through_the_job_api(tmp_path):
         assert np.array_equal(image("a red circle").images[0], plain)
     finally:
         engine.shutdown()
+
+
+def test_a_lora_merges_into_packed_cpu_convolutions(tmp_path):
+    """Wide models run on the CPU with convs packed for oneDNN or computed by Winograd: a LoRA lands there too."""
+    from engine.models.onednn import PackedConv2d, cpu_inference_layout_, packable
+
+    if not packable():
+        pytest.skip("oneDNN packing is not available here")
+    packed, plain = sd1_model(), sd1_model()
+    cpu_inference_layout_(packed.model)
+    assert any(isinstance(m, PackedConv2d) for m in packed.modules())
+    save_file(kohya_lora(plain.model.diffusion_model.named_modules(), "lora_unet_", seed=6), tmp_path / "c.safetensors")
+    x, t, ctx = unet_inputs()
+    with torch.no_grad():
+        for model in (packed, plain):
+            lora.apply(model, [(tmp_path / "c.safetensors", 1.0)])
+        assert_close(packed.model.diffusion_model(x, t, ctx), plain.model.diffusion_model(x, t, ctx))
+        lora.apply(packed, [])
+        lora.apply(plain, [])
+        assert_close(packed.model.diffusion_model(x, t, ctx), plain.model.diffusion_model(x, t, ctx))

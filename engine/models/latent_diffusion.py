@@ -1,6 +1,8 @@
 """LatentDiffusion (Rombach et al. 2022): UNet in model.diffusion_model, autoencoder, conditioner, one module."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -79,6 +81,17 @@ class LatentDiffusion(nn.Module):
                 if widest >= self.WIDE_CONV:
                     cpu_inference_layout_(part, pack=not self.training)
         return self
+
+    @contextmanager
+    def plain_weights(self):
+        """{name: parameter} in the plain layout (convs unpacked) to edit in place (LoRA, VAE), under no_grad; the
+        inference layout is made again afterwards, as loading made it."""
+        unpack_convs_(self)
+        try:
+            with torch.no_grad():
+                yield dict(self.named_parameters())
+        finally:
+            self.optimize_for(self.device)
 
     def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [-1, 1] -> scaled latent (KL: posterior mode, or a sample with a generator; VQ: pre-quant features)."""
