@@ -193,6 +193,10 @@ class ModelPanel(QWidget):
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setMinimumContentsLength(16)
         self.add_button = QPushButton("Add model...")
+        self.vae = QComboBox(toolTip="Another autoencoder for the model, from a vae folder (A1111's SD VAE), such as "
+                                     "Stable Diffusion's ft-MSE VAE for sharper faces and text")
+        self.vae.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.vae.setMinimumContentsLength(16)
         self.info = QLabel()
         self.info.setWordWrap(True)
         row = QHBoxLayout()
@@ -201,8 +205,13 @@ class ModelPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(row)
+        vae_row = QHBoxLayout()
+        vae_row.addWidget(QLabel("VAE"))
+        vae_row.addWidget(self.vae, 1)
+        lay.addLayout(vae_row)
         lay.addWidget(self.info)
         self.combo.currentIndexChanged.connect(self._chosen)
+        self.vae.currentIndexChanged.connect(lambda: self.doc.set_param("vae", self.vae.currentData() or ""))
         self.add_button.clicked.connect(self.add_model_dialog)
 
     def refresh(self) -> None:
@@ -249,8 +258,22 @@ class ModelPanel(QWidget):
             self.info.setText(f"<span style='color:#e66'>{m.error}</span>")
         else:
             self.info.setText(f"{m.family} · {', '.join(m.tasks) or 'no tasks'} · {m.image_size or '?'} px")
+        self._fill_vae(m)
         if emit:
             self.modelChanged.emit(m)
+
+    def _fill_vae(self, m: api.ModelInfo | None) -> None:
+        """The model's own autoencoder, then the VAE files the engine finds for it (and the one the document names)."""
+        names = list(api.list_assets("vae", (str(Path(m.path).parent),) if m is not None and m.path else ()))
+        chosen = self.doc.params.vae
+        self.vae.blockSignals(True)
+        self.vae.clear()
+        self.vae.addItem("The model's own", "")
+        for name in names + ([chosen] if chosen and chosen not in names else []):
+            self.vae.addItem(name, name)
+        self.vae.setCurrentIndex(max(0, self.vae.findData(chosen)))
+        self.vae.setEnabled(self.vae.count() > 1)
+        self.vae.blockSignals(False)
 
     def sync(self, doc: Document) -> None:
         self.doc = doc

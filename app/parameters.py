@@ -20,7 +20,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Refine strength": ("refine_strength", float), "Refine model": ("refine_model", str),
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
         "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
-        "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int), "Clip skip": ("clip_skip", int)}
+        "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int), "Clip skip": ("clip_skip", int),
+        "VAE": ("vae", str)}
 
 
 def _quote(value: str) -> str:
@@ -47,6 +48,8 @@ def format_parameters(request, seed: int | None = None) -> str:
              ("Model", Path(str(request.model)).stem), ("Task", request.task)]
     if request.clip_skip != 1:
         pairs.append(("Clip skip", request.clip_skip))
+    if request.vae:
+        pairs.append(("VAE", _quote(request.vae)))
     if request.task in ("img2img", "inpaint"):
         pairs.append(("Denoising strength", request.inpaint_strength if request.task == "inpaint" else request.strength))
     if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
@@ -102,7 +105,7 @@ def parse_parameters(text: str) -> dict:
     out["prompt"] = "\n".join(prompt).strip()
     out["negative_prompt"] = "\n".join(negative).strip()
     if last:
-        out["clip_skip"] = 1  # A1111 writes it only when it is not 1
+        out.update(clip_skip=1, vae="")  # A1111 writes them only when they are not the model's own
     for key, value in _PAIR.findall(last):
         key, value = key.strip(), _unquote(value)
         if key == "Label prompts":

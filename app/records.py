@@ -54,6 +54,7 @@ class Params:
     refine_model: str = "default"
     best_of: int = 4
     sketch_strength: float = 0.6
+    vae: str = ""
     label_prompts: dict = field(default_factory=dict)
 
     @classmethod

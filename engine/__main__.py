@@ -45,6 +45,7 @@ def add_generate(sub) -> None:
     p.add_argument("--cfg", type=float, default=None)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--clip-skip", type=int, default=None, help="read the n-th last CLIP layer (A1111's Clip skip)")
+    p.add_argument("--vae", default=None, help="another autoencoder: a file, or its name in a vae folder")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -77,7 +78,7 @@ FIELDS = {  # CLI flag -> Request field
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
     "best_of": "best_of", "sketch_strength": "sketch_strength", "inpaint_strength": "inpaint_strength",
-    "clip_skip": "clip_skip",
+    "clip_skip": "clip_skip", "vae": "vae",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -87,6 +87,7 @@ class Request:
     planner: str = "default"  # layout with no boxes: the text-to-layout planner that places the prompt's objects
     best_of: int = 4  # layout with no boxes, batch size 1: draw this many (own plan and seed), keep the judge's pick
     judge: str = "default"  # best_of: the text model that reads each try's shapes against the prompt (engine.judge)
+    vae: str = ""  # another autoencoder (A1111's SD VAE): a file, or its name in a vae folder; "": the model's own
     sketch_strength: float = 0.6  # layout, no image, shapes-world model: start from a sketch of the prompt's ground/sky
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -346,14 +347,15 @@ def user_models_dir() -> str:
 
 
 LORA_NOTE = "a LoRA, not a model"  # in the error of a LoRA file opened as a model
-ASSET_FOLDERS = {"lora": ("loras", "Lora", "lora"), "embedding": ("embeddings",)}
+ASSET_FOLDERS = {"lora": ("loras", "Lora", "lora"), "embedding": ("embeddings",), "vae": ("vae", "VAE")}
 ASSET_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
 
 
 def asset_folders(kind: str, model_dirs: tuple[str, ...] = ()) -> list:
-    """Where LoRA or textual-inversion embedding files are looked for: a loras / embeddings folder in each models
-    folder (the given ones, the user's, the bundled one) and beside the given ones (A1111's models/Lora beside
-    models/Stable-diffusion and webui/embeddings, ComfyUI's models/loras and models/embeddings). They need not exist."""
+    """Where LoRA, textual-inversion embedding or VAE files are looked for: a loras / embeddings / vae folder in each
+    models folder (the given ones, the user's, the bundled one) and beside the given ones (A1111's models/Lora and
+    models/VAE beside models/Stable-diffusion, and webui/embeddings; ComfyUI's models/loras, models/embeddings and
+    models/vae). They need not exist."""
     from pathlib import Path
 
     names = ASSET_FOLDERS[kind]
@@ -366,7 +368,7 @@ def asset_folders(kind: str, model_dirs: tuple[str, ...] = ()) -> list:
 
 
 def list_assets(kind: str, model_dirs: tuple[str, ...] = ()) -> dict:
-    """name -> file for every LoRA or embedding in asset_folders(); a name is the file's stem with its subfolder."""
+    """name -> file for every LoRA, embedding or VAE in asset_folders(); a name is the file's stem and subfolder."""
     files = {}
     for folder in asset_folders(kind, model_dirs):
         if folder.is_dir():

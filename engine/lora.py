@@ -205,8 +205,8 @@ def apply(model, loras: list[tuple[Path, float]]) -> None:
         state.active = key
 
 
-def find(name: str, folders: list[Path]) -> Path:
-    """The LoRA file a prompt names: a path, or a file stem (with or without its folder) in one of the folders."""
+def find(name: str, folders: list[Path], kind: str = "LoRA") -> Path:
+    """The file a prompt names: a path, or a file stem (with or without its folder) in one of the folders."""
     direct = Path(name).expanduser()
     if direct.suffix in EXTENSIONS and direct.is_file():
         return direct
@@ -222,4 +222,4 @@ def find(name: str, folders: list[Path]) -> Path:
                 if f.suffix in EXTENSIONS and low in (f.stem.lower(), relative):
                     return f
     where = ", ".join(str(f) for f in folders if f.is_dir()) or ", ".join(str(f) for f in folders[:2])
-    raise LoraError(f"LoRA {name!r} not found (looked in {where})")
+    raise LoraError(f"{kind} {name!r} not found (looked in {where})")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, EngineError, JobContext, Request, Result,
-                        Started, lora_folders)
+                        Started, ASSET_EXTENSIONS, asset_folders, lora_folders)
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser
@@ -85,6 +85,7 @@ def get_model(request: Request, cache: dict, device, dtype):
             raise EngineError(str(e)) from None
         cache["key"] = key
     use_loras(request, cache["model"], path)
+    use_vae(request, cache["model"], path, cache)
     return cache["model"]
 
 
@@ -101,6 +102,20 @@ def use_loras(request: Request, model, path: Path) -> None:
         folders = lora_folders((str(path.parent),))
         lora.apply(model, [(lora.find(name, folders), w) for name, w in tags])
     except (lora.LoraError, PromptError) as e:
+        raise EngineError(str(e)) from None
+
+
+def use_vae(request: Request, model, path: Path, cache: dict) -> None:
+    """The autoencoder the request names (engine.vae), or the model's own; upscaling keeps the upscaler's."""
+    from engine import lora, vae
+
+    try:
+        found = None
+        if request.vae and request.task != "upscale":
+            found = lora.find(request.vae, asset_folders("vae", (str(path.parent),)), kind="VAE")
+        if vae.apply(model, found):
+            cache.pop("previewer", None)
+    except (vae.VaeError, lora.LoraError) as e:
         raise EngineError(str(e)) from None
 
 
@@ -546,5 +561,7 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Eta"] = request.eta
     if request.clip_skip != 1:
         pairs["Clip skip"] = request.clip_skip
+    if request.vae and request.task != "upscale":
+        pairs["VAE"] = Path(request.vae).stem if Path(request.vae).suffix in ASSET_EXTENSIONS else request.vae
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)

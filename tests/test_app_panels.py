@@ -404,3 +404,20 @@ def test_extras_menu_adds_loras_and_embeddings_and_installs_a_lora_given_as_a_mo
     easy.trigger()
     assert win.doc.params.negative_prompt == "blurry, embedding:EasyNegative"
     assert win.doc.params.prompt == "a cat <lora:oil:1>"
+
+
+def test_vae_chooser_lists_the_models_vae_folder_and_round_trips(make_window, tmp_path):
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "ft-mse.safetensors").write_bytes(b"x")
+    win = make_window()
+    vae = win.model_panel.vae
+    assert [vae.itemText(i) for i in range(vae.count())] == ["The model's own", "ft-mse"] and vae.isEnabled()
+    vae.setCurrentIndex(1)
+    req = win.doc.to_request(win.settings)
+    assert req.vae == "ft-mse"
+    parsed = parse_parameters(format_parameters(req))
+    assert parsed["vae"] == "ft-mse"
+    assert parse_parameters("a cat\nSteps: 20, Seed: 1")["vae"] == ""
+    win.doc.set_param("vae", "from-a-png")
+    win.model_panel.sync(win.doc)
+    assert vae.currentText() == "from-a-png"

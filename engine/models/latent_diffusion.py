@@ -84,12 +84,12 @@ class LatentDiffusion(nn.Module):
 
     @contextmanager
     def plain_weights(self):
-        """{name: parameter} in the plain layout (convs unpacked) to edit in place (LoRA, VAE), under no_grad; the
-        inference layout is made again afterwards, as loading made it."""
+        """{name: parameter or buffer} in the plain layout (convs unpacked) to edit in place (LoRA, VAE), under
+        no_grad; the inference layout is made again afterwards, as loading made it."""
         unpack_convs_(self)
         try:
             with torch.no_grad():
-                yield dict(self.named_parameters())
+                yield {**dict(self.named_parameters()), **dict(self.named_buffers())}
         finally:
             self.optimize_for(self.device)
 
