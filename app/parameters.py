@@ -11,7 +11,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from app.project import atomic_write
-from engine.api import LARGE_CANVAS_TASKS
+from engine.api import LARGE_CANVAS_TASKS, SAMPLERS
+
+A1111_SAMPLERS = {"DDIM": "ddim", "PLMS": "plms", "Euler a": "euler_a", "Euler": "euler", "Heun": "heun",
+                  "DPM++ 2M": "dpmpp_2m", "DPM++ 2M Karras": "dpmpp_2m_karras",
+                  "DPM++ 2M SDE Karras": "dpmpp_2m_sde_karras"}
 
 KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg_scale", float),
         "Seed": ("seed", int), "Model": ("model", str), "Denoising strength": ("strength", float),
@@ -121,6 +125,13 @@ def parse_parameters(text: str) -> dict:
                 out[name] = cast(value)
             except ValueError:
                 pass
+    if out.get("sampler") not in (None, *SAMPLERS):
+        karras = re.search(r"Schedule type:\s*Karras", last) and not out["sampler"].endswith("Karras")
+        name = A1111_SAMPLERS.get(out["sampler"] + (" Karras" if karras else ""))
+        if name is None:
+            out.pop("sampler")  # a sampler this app does not have: keep the one chosen
+        else:
+            out["sampler"] = name
     if out.get("task") == "inpaint" and "strength" in out:
         out["inpaint_strength"] = out.pop("strength")
     return out

@@ -18,7 +18,8 @@ import numpy as np
 from engine.memory import lean_allocator
 
 Task = Literal["txt2img", "img2img", "inpaint", "layout", "semantic", "upscale"]
-SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "dpmpp_2m_karras")
+SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "euler", "heun", "dpmpp_2m", "dpmpp_2m_karras",
+            "dpmpp_2m_sde_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
 HIRES_MODES = ("auto", "on", "off", "dilated")  # Request.hires
 HIRES_UPSCALERS = ("lanczos", "model")  # "model": the default x4 upscaler (bundled world-sr4, SD x4, LDM-BSR)

@@ -149,6 +149,62 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, generator=
     return x
 
 
+@torch.no_grad()
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, generator=None):
+    """Euler on the probability-flow ODE dx/dsigma = (x - D) / sigma (Karras et al. 2022, Algorithm 1, no churn)."""
+    extra_args = extra_args or {}
+    s = _floats(sigmas)
+    for i in range(len(s) - 1):
+        denoised = model(x, _sigma_batch(x, s[i]), **extra_args)
+        x = x + (x - denoised) / s[i] * (s[i + 1] - s[i])
+        _report(callback, i, len(s) - 1, x, s[i], denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, generator=None):
+    """Heun's second-order method on the same ODE (Karras et al. 2022, Algorithm 1); Euler for the step to 0."""
+    extra_args = extra_args or {}
+    s = _floats(sigmas)
+    for i in range(len(s) - 1):
+        denoised = model(x, _sigma_batch(x, s[i]), **extra_args)
+        d = (x - denoised) / s[i]
+        x_next = x + d * (s[i + 1] - s[i])
+        if s[i + 1] > 0:
+            d_next = (x_next - model(x_next, _sigma_batch(x, s[i + 1]), **extra_args)) / s[i + 1]
+            x_next = x + (d + d_next) / 2 * (s[i + 1] - s[i])
+        x = x_next
+        _report(callback, i, len(s) - 1, x, s[i], denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, generator=None, eta: float = 1.0,
+                        s_noise: float = 1.0):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022), midpoint form: the data-prediction SDE solved exactly in its linear part
+    over each log-SNR step, a second-order correction from the previous prediction, and fresh noise of the SDE's
+    variance (eta 1; eta 0 is the ODE solver)."""
+    extra_args = extra_args or {}
+    s = _floats(sigmas)
+    old_denoised, h_last = None, None
+    for i in range(len(s) - 1):
+        denoised = model(x, _sigma_batch(x, s[i]), **extra_args)
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            eta_h = eta * h
+            x = (s[i + 1] / s[i]) * math.exp(-eta_h) * x - math.expm1(-h - eta_h) * denoised
+            if old_denoised is not None:
+                x = x - 0.5 * math.expm1(-h - eta_h) * (h / h_last) * (denoised - old_denoised)
+            if eta:
+                x = x + noise_like(x, generator) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+            h_last = h
+        old_denoised = denoised
+        _report(callback, i, len(s) - 1, x, s[i], denoised)
+    return x
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler: its function, the sigma schedule it runs on, and whether it draws noise."""
@@ -164,7 +220,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "plms": SamplerSpec(sample_plms, "ddim_uniform", False),
     "ddpm": SamplerSpec(sample_ddpm, "ddim_uniform", True),
     "euler_a": SamplerSpec(sample_euler_a, "discrete", True),
+    "euler": SamplerSpec(sample_euler, "discrete", False),
+    "heun": SamplerSpec(sample_heun, "discrete", False),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, "discrete", False),
     "dpmpp_2m_karras": SamplerSpec(sample_dpmpp_2m, "karras", False),
+    "dpmpp_2m_sde_karras": SamplerSpec(sample_dpmpp_2m_sde, "karras", True),
 }
 
 

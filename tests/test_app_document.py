@@ -253,6 +253,10 @@ def test_parameters_chunk_round_trip(tmp_path):
     up.task = "upscale"
     assert up.colour_fix is False and parse_parameters(format_parameters(up))["colour_fix"] is False
     assert "Clip skip" not in text and parsed["clip_skip"] == 1
+    a1111 = "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Clip skip: 2"
+    assert parse_parameters(a1111)["sampler"] == "dpmpp_2m_karras" and parse_parameters(a1111)["clip_skip"] == 2
+    assert parse_parameters("a cat\nSteps: 20, Sampler: Euler a, Seed: 1")["sampler"] == "euler_a"
+    assert "sampler" not in parse_parameters("a cat\nSteps: 20, Sampler: LCM, Seed: 1")
     doc.set_param("clip_skip", 2)
     text = format_parameters(doc.to_request(seed=1))
     assert "Clip skip: 2" in text and parse_parameters(text)["clip_skip"] == 2

@@ -54,7 +54,8 @@ def test_sampler_reproduces_mixture(name, param):
     5%, each mode's weight within 0.03 (4000 samples: standard errors about 0.02, 0.5%, 0.007)."""
     den = DiscreteDenoiser(mixture_unet(param), AC, param)
     g = torch.Generator().manual_seed(0)
-    x = sample(name, den, torch.randn(N_SAMPLES, 2, generator=g), 20 if name == "dpmpp_2m_karras" else 50, generator=g)
+    steps = 20 if name.endswith("karras") else 50
+    x = sample(name, den, torch.randn(N_SAMPLES, 2, generator=g), steps, generator=g)
     x = x.double()
     assert torch.isfinite(x).all()
     assert (x.mean(0) - MIX_MEAN).abs().max() < 0.05
@@ -231,7 +232,7 @@ def test_img2img_strength(name):
     assert not torch.allclose(out, init, atol=1e-3)
 
 
-@pytest.mark.parametrize("name,order", [("dpmpp_2m_karras", 2), ("plms", 2), ("ddim", 1)])
+@pytest.mark.parametrize("name,order", [("dpmpp_2m_karras", 2), ("plms", 2), ("heun", 2), ("ddim", 1), ("euler", 1)])
 def test_convergence_order(name, order):
     """Halving the step size cuts the error ~4x for second-order solvers and ~2x for first-order DDIM."""
     den = DiscreteDenoiser(mixture_unet("eps"), AC)
@@ -240,3 +241,16 @@ def test_convergence_order(name, order):
     ref = fn(den, x, den.get_sigmas("karras", 400))
     e20, e40 = ((fn(den, x, den.get_sigmas("karras", n)) - ref).abs().median() for n in (20, 40))
     assert (e20 / e40 > 3.2) if order == 2 else (1.6 < e20 / e40 < 2.8)
+
+
+def test_dpmpp_2m_sde_without_noise_is_dpmpp_2m_and_with_it_differs():
+    """The SDE solver's deterministic part is the ODE solver's update (eta 0); eta 1 adds the SDE's noise."""
+    from engine.sampling import sample_dpmpp_2m, sample_dpmpp_2m_sde
+
+    den = DiscreteDenoiser(mixture_unet("eps"), AC)
+    sigmas = den.get_sigmas("karras", 12)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * den.sigma_max
+    ode = sample_dpmpp_2m(den, x, sigmas)
+    torch.testing.assert_close(sample_dpmpp_2m_sde(den, x, sigmas, eta=0.0), ode)
+    sde = sample_dpmpp_2m_sde(den, x, sigmas, generator=torch.Generator().manual_seed(1))
+    assert (sde - ode).abs().mean() > 0.05
