@@ -128,7 +128,8 @@ class ExtendDialog(QDialog):
 
 CANVAS_KEYS = (("Brush size", "[  ]"), ("Brush hardness", "Shift+[  Shift+]"), ("Pan", "Space+drag, middle drag"),
                ("Zoom", "Wheel"), ("Erase labels (semantic brush)", "Alt+drag"),
-               ("Delete the selected box", "Delete"), ("Lay a floating paste", "Enter"))
+               ("Delete the selected box", "Delete"), ("Lay a floating paste", "Enter"),
+               ("Weigh the prompt's word or selection up / down", "Ctrl+Up  Ctrl+Down"))
 
 
 class ShortcutsDialog(QDialog):

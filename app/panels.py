@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPixmap, QTextCursor
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMenu, QPlainTextEdit, QProgressBar,
                                QPushButton, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 from app import raster
 from app.canvas import to_qimage
 from app.document import SEED_MODES, Document
+from app.prompt_edit import nudge_weight
 from engine import api
 
 
@@ -41,8 +42,9 @@ class PromptPanel(QWidget):
     warning naming the words it will ignore."""
 
     PLACEHOLDER = "Prompt: what to generate"
-    SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down; BREAK starts a new 75-token chunk; "
-              "<lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read in whole.")
+    SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down (Ctrl+Up / Ctrl+Down on a word or selection); BREAK "
+              "starts a new 75-token chunk; <lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read "
+              "in whole.")
 
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
@@ -67,6 +69,8 @@ class PromptPanel(QWidget):
         row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
         lay.addLayout(row)
         lay.addWidget(self.negative)
+        self.prompt.installEventFilter(self)
+        self.negative.installEventFilter(self)
         self.prompt.textChanged.connect(self._prompt_edited)
         self.negative.textChanged.connect(lambda: self.doc.set_param("negative_prompt", self.negative.toPlainText()))
 
@@ -84,6 +88,28 @@ class PromptPanel(QWidget):
         self.prompt.setPlaceholderText(f"{self.PLACEHOLDER}, e.g. {example}" if example else self.PLACEHOLDER)
         self.hint.setToolTip(f"{info.name} knows these words: {' '.join(vocab)}" if vocab else "")
         self._check_words()
+
+    def eventFilter(self, obj, event) -> bool:
+        steps = {Qt.Key.Key_Up: 0.1, Qt.Key.Key_Down: -0.1}
+        if (event.type() == QEvent.Type.KeyPress and event.key() in steps
+                and event.modifiers() == Qt.KeyboardModifier.ControlModifier):
+            self.nudge(obj, steps[event.key()])
+            return True
+        return super().eventFilter(obj, event)
+
+    @staticmethod
+    def nudge(edit: QPlainTextEdit, step: float) -> None:
+        """Ctrl+Up / Ctrl+Down: the emphasis of the selection or the word at the cursor up or down by 0.1, one edit."""
+        cursor = edit.textCursor()
+        text = edit.toPlainText()
+        new, start, end = nudge_weight(text, cursor.selectionStart(), cursor.selectionEnd(), step)
+        if new == text:
+            return
+        cursor.select(QTextCursor.SelectionType.Document)
+        cursor.insertText(new)
+        cursor.setPosition(start)
+        cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+        edit.setTextCursor(cursor)
 
     def lora_dirs(self) -> tuple[str, ...]:
         """The chosen model's folder: the engine looks for a prompt's LoRAs and embeddings there (and in the user's and
