@@ -461,7 +461,7 @@ class Document:
             hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,
             best_of=int(p.best_of) if (task == "layout" and not boxes) or task == "txt2img" else 1,
-            sketch_strength=float(p.sketch_strength), vae=str(p.vae))
+            sketch_strength=float(p.sketch_strength), vae=str(p.vae), seamless=p.seamless)
         if settings is not None:
             req.device, req.dtype = settings.device, settings.precision
             req.tiles = api.TileSettings(mode=settings.tile_mode, tile=settings.tile_size, overlap=settings.tile_overlap)

@@ -55,6 +55,7 @@ class Params:
     best_of: int = 4
     sketch_strength: float = 0.6
     vae: str = ""
+    seamless: str = "off"
     label_prompts: dict = field(default_factory=dict)
 
     @classmethod

@@ -15,6 +15,7 @@ HIRES = (("two passes when larger than the model (auto)", "auto"), ("always two 
          ("one pass (convolutional sampling)", "off"), ("one pass, dilated sampling", "dilated"))
 ONE_PASS = ("off", "dilated")
 HIRES_UPSCALERS = (("Lanczos", "lanczos"), ("x4 upscaler model", "model"))
+SEAMLESS = (("off", "off"), ("both directions", "xy"), ("left to right", "x"), ("top to bottom", "y"))
 DROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -79,11 +80,15 @@ class TaskOptionsPanel(QWidget):
             self.hires_upscaler.addItem(text, value)
         self.hires_upscaler.setToolTip("How the composition is enlarged before the full-size pass: Lanczos, or the x4 "
                                        "upscaler model (adds its own detail; A1111's LDSR upscaler)")
+        self.seamless = QComboBox(toolTip="A tileable image: its edges continue each other, so copies laid side by "
+                                          "side (textures, patterns) show no seam (A1111's Tiling)")
+        for text, value in SEAMLESS:
+            self.seamless.addItem(text, value)
         self.refine_strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.refine_strength.setSpecialValueText("off")
         self.refine_strength.setToolTip("After enlarging, refine tile by tile with img2img at this strength")
         self.refine_model = QComboBox()
-        for combo in (self.upscaler, self.refine_model, self.hires, self.hires_upscaler):
+        for combo in (self.upscaler, self.refine_model, self.hires, self.hires_upscaler, self.seamless):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
         self.mask_grow = QSpinBox(minimum=0, maximum=256, suffix=" px")
@@ -107,6 +112,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Large canvas", self.hires)
         form.addRow("Enlarge with", self.hires_upscaler)
         form.addRow("Second pass strength", self.hires_strength)
+        form.addRow("Seamless", self.seamless)
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Noise level", self.noise_level)
         form.addRow("", self.colour_fix)
@@ -123,6 +129,7 @@ class TaskOptionsPanel(QWidget):
         self.colour_fix.toggled.connect(lambda v: self.doc.set_param("colour_fix", v))
         self.hires.currentIndexChanged.connect(lambda: self.doc.set_param("hires", self.hires.currentData()))
         self.hires_strength.valueChanged.connect(lambda v: self.doc.set_param("hires_strength", v))
+        self.seamless.currentIndexChanged.connect(lambda: self.doc.set_param("seamless", self.seamless.currentData()))
         self.hires_upscaler.currentIndexChanged.connect(
             lambda: self.doc.set_param("hires_upscaler", self.hires_upscaler.currentData()))
         self.refine_strength.valueChanged.connect(lambda v: self.doc.set_param("refine_strength", v))
@@ -151,7 +158,7 @@ class TaskOptionsPanel(QWidget):
             self.refine_model.addItem(p.refine_model, p.refine_model)
         for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
                      (self.hires, p.hires), (self.hires_strength, float(p.hires_strength)),
-                     (self.hires_upscaler, p.hires_upscaler),
+                     (self.hires_upscaler, p.hires_upscaler), (self.seamless, p.seamless),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
                      (self.mask_grow, int(p.mask_grow)), (self.mask_feather, int(p.mask_feather)),
                      (self.inpaint_crop, p.inpaint_crop), (self.best_of, int(p.best_of)),

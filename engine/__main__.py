@@ -20,7 +20,7 @@ def cmd_inspect(args) -> int:
 
 
 def add_generate(sub) -> None:
-    from engine.api import HIRES_MODES, HIRES_UPSCALERS
+    from engine.api import HIRES_MODES, HIRES_UPSCALERS, SEAMLESS
 
     p = sub.add_parser("generate", help="generate an image (text, img2img, inpaint, layout, semantic, upscale)")
     p.add_argument("--model", default=None, help="checkpoint file (default: the bundled model for the task)")
@@ -46,6 +46,7 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--clip-skip", type=int, default=None, help="read the n-th last CLIP layer (A1111's Clip skip)")
     p.add_argument("--vae", default=None, help="another autoencoder: a file, or its name in a vae folder")
+    p.add_argument("--seamless", default=None, choices=SEAMLESS, help="a tileable image: edges meet along x, y or both")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -78,7 +79,7 @@ FIELDS = {  # CLI flag -> Request field
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
     "best_of": "best_of", "sketch_strength": "sketch_strength", "inpaint_strength": "inpaint_strength",
-    "clip_skip": "clip_skip", "vae": "vae",
+    "clip_skip": "clip_skip", "vae": "vae", "seamless": "seamless",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

@@ -22,6 +22,7 @@ SAMPLERS = ("ddim", "plms", "ddpm", "euler_a", "euler", "heun", "dpmpp_2m", "dpm
             "dpmpp_2m_sde_karras")
 TASKS = ("txt2img", "img2img", "inpaint", "layout", "semantic", "upscale")
 HIRES_MODES = ("auto", "on", "off", "dilated")  # Request.hires
+SEAMLESS = ("off", "xy", "x", "y")  # Request.seamless: tileable along these axes
 HIRES_UPSCALERS = ("lanczos", "model")  # "model": the default x4 upscaler (bundled world-sr4, SD x4, LDM-BSR)
 HIRES_TASKS = ("txt2img", "layout", "semantic")  # made in two passes on large canvases; a start image makes them img2img
 # Request.hires applies: img2img's first pass starts from the image scaled down; inpainting fills at the object's size
@@ -88,6 +89,7 @@ class Request:
     planner: str = "default"  # layout with no boxes: the text-to-layout planner that places the prompt's objects
     best_of: int = 4  # layout with no boxes, batch size 1: draw this many (own plan and seed), keep the judge's pick
     judge: str = "default"  # best_of: the text model that reads each try's shapes against the prompt (engine.judge)
+    seamless: Literal["off", "xy", "x", "y"] = "off"  # a tileable image: edges that meet along x, y or both
     vae: str = ""  # another autoencoder (A1111's SD VAE): a file, or its name in a vae folder; "": the model's own
     sketch_strength: float = 0.6  # layout, no image, shapes-world model: start from a sketch of the prompt's ground/sky
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -156,6 +156,40 @@ class RegionalDenoiser(DenoiserWrapper):
         return out
 
 
+def map_spatial(kw: dict, fn, h: int, w: int) -> dict:
+    """extra_args with fn applied to every (B, C, h, w) tensor, one dict level deep (CFG's cond / uncond)."""
+    def one(v):
+        return fn(v) if isinstance(v, Tensor) and v.ndim == 4 and v.shape[-2:] == (h, w) else v
+
+    return {k: ({kk: one(vv) for kk, vv in v.items()} if isinstance(v, dict) else one(v)) for k, v in kw.items()}
+
+
+class SeamlessDenoiser(DenoiserWrapper):
+    """Tileable images (A1111's Tiling, InvokeAI's seamless X / Y): before every model call the latent, and any
+    spatial conditioning, is padded by wrapping around, so each edge is denoised as the continuation of the opposite
+    one, and the prediction is cropped back. The result repeats without a seam along the chosen axes."""
+
+    def __init__(self, inner, axes: str = "xy", pad: int | None = None):
+        super().__init__(inner)
+        self.axes, self.pad = axes, pad
+
+    def margin(self, n: int) -> int:
+        """Latent pixels of wrapped context per side: a quarter of the side, 4 to 16, unless set."""
+        return min(n, self.pad if self.pad is not None else max(4, min(16, n // 4)))
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        py = self.margin(h) if "y" in self.axes else 0
+        px = self.margin(w) if "x" in self.axes else 0
+        if not (px or py):
+            return self.inner(x, sigma, **extra_args)
+        wrap = lambda t: F.pad(t, (px, px, py, py), mode="circular")  # noqa: E731
+        out = self.inner(wrap(x), sigma, **map_spatial(extra_args, wrap, h, w))
+        return out[..., py:py + h, px:px + w]
+
+
 def _band_mask(h: int, w: int, ky: int, kx: int, device) -> Tensor:
     """rfft2 mask of the frequencies a (h/ky) x (w/kx) sub-latent holds: 1 below its Nyquist on both axes, else 0."""
     fy = torch.fft.fftfreq(h, device=device).abs() * 2 * ky

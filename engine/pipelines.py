@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, EngineError, JobContext, Request, Result,
-                        Started, ASSET_EXTENSIONS, asset_folders, lora_folders)
+                        SEAMLESS, Started, ASSET_EXTENSIONS, asset_folders, lora_folders)
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
-from engine.guidance import CFGDenoiser, DilatedDenoiser
+from engine.guidance import CFGDenoiser, DilatedDenoiser, SeamlessDenoiser, map_spatial
 from engine.prompts import PromptError, lora_tags, plain
 from engine.large_canvas import first_pass_size, run_scaled_inpaint, run_two_pass
 
@@ -221,10 +221,8 @@ class PadToMultiple:
         ph, pw = -h % self.multiple, -w % self.multiple
         if not ph and not pw:
             return self.inner(x, sigma, **kw)
-        pad = lambda t: F.pad(t, (0, pw, 0, ph), mode="replicate") if t.ndim == 4 and t.shape[-2:] == (h, w) else t
-        kw = {k: ({kk: pad(vv) if torch.is_tensor(vv) else vv for kk, vv in v.items()} if isinstance(v, dict) else pad(v)
-                  if torch.is_tensor(v) else v) for k, v in kw.items()}
-        return self.inner(pad(x), sigma, **kw)[..., :h, :w]
+        pad = lambda t: F.pad(t, (0, pw, 0, ph), mode="replicate")  # noqa: E731
+        return self.inner(pad(x), sigma, **map_spatial(kw, pad, h, w))[..., :h, :w]
 
 
 def base_denoiser(model):
@@ -445,6 +443,8 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     lh, lw = plan.height // f, plan.width // f
     noise = initial_noise(seeds, (c, lh, lw)).to(model.device)
     den = base_denoiser(model)
+    if request.seamless not in SEAMLESS:
+        raise EngineError(f"unknown seamless mode {request.seamless!r}; valid: {', '.join(SEAMLESS)}")
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         den = DilatedDenoiser(den, model.config.image_size // model.config.factor)
     if plan.uncond is not None and request.cfg_scale != 1.0:
@@ -462,6 +462,10 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
             m = plan.latent_mask
             skip = lambda sl: not bool(m[..., sl[0], sl[1]].any())  # noqa: E731  (inpainting: tiles off the mask)
         den = TiledDenoiser(den, request.tiles.tile, request.tiles.overlap, crop_extra=plan.crop_extra, skip=skip)
+    if request.seamless != "off":
+        if tiled and plan.crop_extra is not None:
+            raise EngineError("a seamless image with layout boxes cannot be tiled: turn Tiling off, or Seamless")
+        den = SeamlessDenoiser(den, request.seamless)
     for wrap in plan.wrap:
         den = wrap(den, noise)
     previewer = preview_fn(model, cache)
@@ -484,7 +488,7 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     z = sample(request.sampler, den, noise, request.steps, extra_args=extra, callback=callback, generator=gen,
                eta=request.eta, strength=plan.strength, init=plan.init)
     ctx.check_cancel()
-    images = to_uint8(decode(model, z, tiled, request.tiles.vae_tile))
+    images = to_uint8(decode(model, z, tiled, request.tiles.vae_tile, request.seamless))
     if plan.finish is not None:
         images = [plan.finish(img) for img in images]
     return images
@@ -504,8 +508,14 @@ def use_tiles(request: Request, model, plan: Plan) -> bool:
                        torch.finfo(model.dtype).bits // 8)
 
 
-def decode(model, z: torch.Tensor, tiled: bool = False, vae_tile: int = 512) -> torch.Tensor:
-    """Latents -> images in [-1, 1]; the seamless tiled decoder keeps memory flat on large canvases."""
+def decode(model, z: torch.Tensor, tiled: bool = False, vae_tile: int = 512, wrap: str = "off") -> torch.Tensor:
+    """Latents -> images in [-1, 1]; the seamless tiled decoder keeps memory flat on large canvases. wrap ('x', 'y',
+    'xy'): a tileable image, decoded from the latent padded by wrapping around and cropped, so its edges meet."""
+    if wrap != "off":
+        f, (h, w) = model.config.factor, z.shape[-2:]
+        py, px = (min(8, h) if "y" in wrap else 0), (min(8, w) if "x" in wrap else 0)
+        images = decode(model, F.pad(z, (px, px, py, py), mode="circular"), tiled, vae_tile)
+        return images[..., py * f:(py + h) * f, px * f:(px + w) * f]
     if tiled:
         from engine.tiling import decode_tiled
 
@@ -561,6 +571,8 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Eta"] = request.eta
     if request.clip_skip != 1:
         pairs["Clip skip"] = request.clip_skip
+    if request.seamless != "off":
+        pairs["Seamless"] = request.seamless
     if request.vae and request.task != "upscale":
         pairs["VAE"] = Path(request.vae).stem if Path(request.vae).suffix in ASSET_EXTENSIONS else request.vae
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

@@ -257,6 +257,9 @@ def test_parameters_chunk_round_trip(tmp_path):
     assert parse_parameters(a1111)["sampler"] == "dpmpp_2m_karras" and parse_parameters(a1111)["clip_skip"] == 2
     assert parse_parameters("a cat\nSteps: 20, Sampler: Euler a, Seed: 1")["sampler"] == "euler_a"
     assert "sampler" not in parse_parameters("a cat\nSteps: 20, Sampler: LCM, Seed: 1")
+    assert parse_parameters("a cat\nSteps: 20, Tiling: True")["seamless"] == "xy" and parsed["seamless"] == "off"
+    doc.set_param("seamless", "x")
+    assert parse_parameters(format_parameters(doc.to_request(seed=1)))["seamless"] == "x"
     doc.set_param("clip_skip", 2)
     text = format_parameters(doc.to_request(seed=1))
     assert "Clip skip: 2" in text and parse_parameters(text)["clip_skip"] == 2
