@@ -210,6 +210,7 @@ class Canvas(QWidget):
         r = self.image_rect()
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.scale < 1.0)
         p.drawImage(r, self._img)
+        self._paint_tiles(p, r)
         if self.show_labels:
             p.drawImage(r, self._labels)
         if self._preview is not None and self.show_preview:
@@ -231,6 +232,21 @@ class Canvas(QWidget):
             p.setPen(QPen(QColor(255, 255, 255, 200), 1))
             p.drawEllipse(self._mouse, self.brush_radius * self.scale, self.brush_radius * self.scale)
         p.end()
+
+    def _paint_tiles(self, p: QPainter, r: QRectF) -> None:
+        """A seamless image: dimmed copies of it (or of its whole-canvas result preview) around it along its axes,
+        so a seam would show where they meet."""
+        axes = self.doc.params.seamless
+        if axes == "off":
+            return
+        shown = self._preview if self._preview is not None and self.show_preview and not self.preview_region else None
+        p.save()
+        p.setOpacity(0.6)
+        for dy in (-1, 0, 1) if "y" in axes else (0,):
+            for dx in (-1, 0, 1) if "x" in axes else (0,):
+                if dx or dy:
+                    p.drawImage(r.translated(dx * r.width(), dy * r.height()), self._img if shown is None else shown)
+        p.restore()
 
     def _floating_rect(self) -> QRectF | None:
         f = self.doc.floating

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, read_state_dict
-
 from engine.api import ASSET_EXTENSIONS as EXTENSIONS
+from engine.checkpoint import CheckpointError, read_state_dict
 
 
 class LoraError(ValueError):
@@ -41,7 +40,9 @@ def diffusers_name(path: str, unet: nn.Module) -> str | None:
         return head[path]
     parts = path.split(".")
     if parts[0] == "middle_block" and len(parts) > 1:
-        where, rest = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}[parts[1]], ".".join(parts[2:])
+        where, rest = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}.get(parts[1]), ".".join(parts[2:])
+        if where is None:
+            return None
         return f"mid_block.{where}.{_resnet_part(rest) if 'resnets' in where else rest}".rstrip(".")
     if len(parts) < 3 or not parts[1].isdigit() or not parts[2].isdigit():
         return None

@@ -128,3 +128,25 @@ def test_h_flips_between_the_result_and_the_canvas_under_it(make_window, qtbot):
     assert abs(shown() - 20) <= 2 and not win.preview_action.isChecked()
     QTest.keyClick(win.canvas, Qt.Key.Key_H)
     assert abs(shown() - result) <= 2
+
+
+def test_a_seamless_canvas_shows_dimmed_copies_of_itself_along_its_axes(make_window):
+    win = make_window()
+    red = np.zeros((96, 128, 3), np.uint8)
+    red[..., 0] = 250
+    win.doc.set_image(red)
+    win.canvas.fit()
+    win.canvas.zoom_by(0.5)
+    win.canvas._center()
+
+    def colour(x, y):
+        return win.canvas.grab().toImage().pixelColor(at(win.canvas, x, y))
+
+    beside, above = (-10, 48), (64, -10)
+    assert colour(*beside).red() < 200 and colour(*above).red() < 200
+    win.task_options.seamless.setCurrentIndex(win.task_options.seamless.findData("x"))
+    assert win.doc.params.seamless == "x"
+    left, top = colour(*beside), colour(*above)
+    assert left.red() > 150 and left.red() > left.green() + 80 and top.red() < 200
+    win.doc.set_param("seamless", "xy")
+    assert colour(*above).red() > 150
