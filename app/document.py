@@ -454,6 +454,7 @@ class Document:
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
             clip_skip=int(p.clip_skip),
             seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
+            variation_seed=int(p.variation_seed), variation_strength=float(p.variation_strength),
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop),
             inpaint_strength=float(p.inpaint_strength), upscaler=p.upscaler, noise_level=int(p.noise_level),

@@ -17,6 +17,7 @@ from app.canvas import Canvas
 from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, ShortcutsDialog, about_html, guarded
 from app.document import Document, Params
 from app.files import FileActions
+from app.history_actions import HistoryActions
 from app.icon import app_icon
 from app.live import LiveMode
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
@@ -28,7 +29,7 @@ from engine import api
 TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G", "region": "C"}
 
 
-class MainWindow(FileActions, QMainWindow):
+class MainWindow(FileActions, HistoryActions, QMainWindow):
     """Views over one Document; engine events arrive through EngineBridge signals on the GUI thread."""
 
     def __init__(self, runner: api.Runner | None = None, settings: AppSettings | None = None,
@@ -95,6 +96,7 @@ class MainWindow(FileActions, QMainWindow):
         self.history_strip.shown.connect(self.show_history)
         self.history_strip.copyImageRequested.connect(self.copy_history_image)
         self.history_strip.upscaleRequested.connect(self.upscale_history)
+        self.history_strip.variationsRequested.connect(self.vary_history)
         self.live.panel.keepRequested.connect(self.keep_live)
         self.live.panel.applyRequested.connect(self.apply_live)
         self.canvas.brushChanged.connect(self._brush_changed)
@@ -540,26 +542,6 @@ class MainWindow(FileActions, QMainWindow):
         self.generate_bar.finish(f"cancelled at step {ev.step}")
         self.statusBar().showMessage("Cancelled", 5000)
         self._next()
-
-    @guarded
-    def apply_history(self, entry: int, image: int = 0):
-        h = self.doc.history[entry]
-        self.doc.apply_result(h.images[image], region=h.region)
-        self.canvas.set_preview(None)
-
-    def show_history(self, entry: int, image: int) -> None:
-        h = self.doc.history[entry]
-        self.canvas.set_preview(h.images[image], h.region)
-
-    @guarded
-    def discard_history(self, entry: int):
-        self.doc.discard_history(entry)
-        self.canvas.set_preview(None)
-
-    @guarded
-    def copy_history(self, entry: int):
-        self.doc.copy_parameters(entry)
-        self._sync_all()
 
     # --- autosave, recovery, exit ----------------------------------------------------------------------------
     @guarded

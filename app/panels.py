@@ -378,6 +378,10 @@ class ParamsPanel(QWidget):
         self.seed_mode = QComboBox()
         for m in SEED_MODES:
             self.seed_mode.addItem(m, m)
+        self.variation = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2, specialValueText="off",
+                                        toolTip="A1111's variation seed: the seed's noise mixed this far towards the "
+                                                "variation seed's, for pictures close to the seed's")
+        self.variation_seed = QSpinBox(minimum=0, maximum=2**31 - 1, prefix="seed ")
         self.width_ = QSpinBox(minimum=32, maximum=8192, singleStep=32)
         self.height_ = QSpinBox(minimum=32, maximum=8192, singleStep=32)
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
@@ -396,6 +400,10 @@ class ParamsPanel(QWidget):
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.seed_mode)
         form.addRow("Seed", seed_row)
+        variation_row = QHBoxLayout()
+        variation_row.addWidget(self.variation)
+        variation_row.addWidget(self.variation_seed, 1)
+        form.addRow("Variation", variation_row)
         size_row = QHBoxLayout()
         size_row.addWidget(self.width_)
         size_row.addWidget(QLabel("×"))
@@ -410,6 +418,8 @@ class ParamsPanel(QWidget):
         self.cfg.valueChanged.connect(lambda v: self.doc.set_param("cfg_scale", v))
         self.clip_skip.valueChanged.connect(lambda v: self.doc.set_param("clip_skip", v))
         self.seed.valueChanged.connect(lambda v: self.doc.set_param("seed", v))
+        self.variation.valueChanged.connect(lambda v: self.doc.set_param("variation_strength", v))
+        self.variation_seed.valueChanged.connect(lambda v: self.doc.set_param("variation_seed", v))
         self.seed_mode.currentIndexChanged.connect(lambda: self.doc.set_param("seed_mode", self.seed_mode.currentData()))
         self.strength.valueChanged.connect(lambda v: self.doc.set_param(self._strength_param(), v))
         self.batch.valueChanged.connect(lambda v: self.doc.set_param("batch_size", v))
@@ -429,12 +439,14 @@ class ParamsPanel(QWidget):
         self.task.setItemText(0, f"auto ({doc.inferred_task()})")
         for w, v in ((self.task, doc.task_override), (self.sampler, p.sampler), (self.steps, p.steps),
                      (self.cfg, p.cfg_scale), (self.clip_skip, p.clip_skip), (self.seed, int(p.seed) % 2**31),
-                     (self.seed_mode, p.seed_mode),
+                     (self.seed_mode, p.seed_mode), (self.variation, float(p.variation_strength)),
+                     (self.variation_seed, int(p.variation_seed) % 2**31),
                      (self.width_, doc.width), (self.height_, doc.height),
                      (self.strength, getattr(p, self._strength_param())),
                      (self.batch, p.batch_size), (self.upscale, p.upscale)):
             _set(w, v)
         self.strength.setEnabled(doc.task() in ("img2img", "inpaint"))
+        self.variation_seed.setEnabled(p.variation_strength > 0)
         self.strength.setToolTip(STRENGTH_TIPS.get(doc.task(), ""))
 
 
@@ -498,6 +510,7 @@ class HistoryStrip(QWidget):
     copyRequested = Signal(int)
     copyImageRequested = Signal(int, int)
     upscaleRequested = Signal(int, int)
+    variationsRequested = Signal(int, int)
     shown = Signal(int, int)
 
     def __init__(self, parent=None):
@@ -524,12 +537,13 @@ class HistoryStrip(QWidget):
         self.list.customContextMenuRequested.connect(self._show_menu)
 
     def context_menu(self, item: QListWidgetItem) -> QMenu:
-        """What can be done with one result: apply, copy, upscale, copy its parameters, discard."""
+        """What can be done with one result: apply, copy, upscale, vary, copy its parameters, discard."""
         entry, image = item.data(Qt.ItemDataRole.UserRole)
         menu = QMenu(self)
         menu.addAction("Apply to canvas", lambda: self.applyRequested.emit(entry, image))
         menu.addAction("Copy image", lambda: self.copyImageRequested.emit(entry, image))
         menu.addAction("Upscale x4", lambda: self.upscaleRequested.emit(entry, image))
+        menu.addAction("Variations", lambda: self.variationsRequested.emit(entry, image))
         menu.addAction("Copy parameters", lambda: self.copyRequested.emit(entry))
         menu.addSeparator()
         menu.addAction("Discard", lambda: self.discardRequested.emit(entry))

@@ -25,7 +25,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
         "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
         "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int), "Clip skip": ("clip_skip", int),
-        "VAE": ("vae", str), "Seamless": ("seamless", str),
+        "VAE": ("vae", str), "Seamless": ("seamless", str), "Variation seed": ("variation_seed", int),
+        "Variation seed strength": ("variation_strength", float),
         "Tiling": ("seamless", lambda v: "xy" if v == "True" else "off")}  # A1111's
 
 
@@ -57,6 +58,8 @@ def format_parameters(request, seed: int | None = None) -> str:
         pairs.append(("VAE", _quote(request.vae)))
     if request.seamless != "off":
         pairs.append(("Seamless", request.seamless))
+    if request.variation_strength > 0:
+        pairs += [("Variation seed", request.variation_seed), ("Variation seed strength", request.variation_strength)]
     if request.task in ("img2img", "inpaint"):
         pairs.append(("Denoising strength", request.inpaint_strength if request.task == "inpaint" else request.strength))
     if request.task == "inpaint" and (request.mask_grow or request.mask_feather):
@@ -112,7 +115,7 @@ def parse_parameters(text: str) -> dict:
     out["prompt"] = "\n".join(prompt).strip()
     out["negative_prompt"] = "\n".join(negative).strip()
     if last:
-        out.update(clip_skip=1, vae="", seamless="off")  # written only when they are not the defaults
+        out.update(clip_skip=1, vae="", seamless="off", variation_strength=0.0)  # written only when not the defaults
     for key, value in _PAIR.findall(last):
         key, value = key.strip(), _unquote(value)
         if key == "Label prompts":

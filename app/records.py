@@ -35,6 +35,8 @@ class Params:
     clip_skip: int = 1
     seed: int = 0
     seed_mode: str = "random"
+    variation_seed: int = 0
+    variation_strength: float = 0.0
     last_seed: int | None = None
     strength: float = 0.75
     batch_size: int = 1

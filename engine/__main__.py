@@ -48,6 +48,8 @@ def add_generate(sub) -> None:
     p.add_argument("--vae", default=None, help="another autoencoder: a file, or its name in a vae folder")
     p.add_argument("--seamless", default=None, choices=SEAMLESS, help="a tileable image: edges meet along x, y or both")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--variation-seed", type=int, default=None, help="A1111's variation seed: another seed's noise ...")
+    p.add_argument("--variation-strength", type=float, default=None, help="... mixed in this far (0 to 1)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--strength", type=float, default=None, help="img2img: how far the image is repainted")
@@ -79,7 +81,8 @@ FIELDS = {  # CLI flag -> Request field
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
     "best_of": "best_of", "sketch_strength": "sketch_strength", "inpaint_strength": "inpaint_strength",
-    "clip_skip": "clip_skip", "vae": "vae", "seamless": "seamless",
+    "clip_skip": "clip_skip", "vae": "vae", "seamless": "seamless", "variation_seed": "variation_seed",
+    "variation_strength": "variation_strength",
 }
 INPUTS = ("image", "mask", "boxes", "labels")
 

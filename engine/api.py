@@ -68,6 +68,8 @@ class Request:
     clip_skip: int = 1  # CLIP / OpenCLIP text encoders: read the n-th last layer (A1111's "Clip skip"; 1: as trained)
     eta: float = 0.0
     seed: int = 0
+    variation_seed: int = 0  # A1111's variation seed: the seed's noise slerped towards this one's by variation_strength
+    variation_strength: float = 0.0
     width: int | None = None
     height: int | None = None
     strength: float = 0.75

@@ -146,6 +146,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"sketch strength must be in [0, 1], got {request.sketch_strength}")
     if not 0.0 < request.inpaint_strength <= 1.0:
         raise EngineError(f"inpainting strength must be in (0, 1], got {request.inpaint_strength}")
+    if not 0.0 <= request.variation_strength <= 1.0:
+        raise EngineError(f"variation strength must be in [0, 1], got {request.variation_strength}")
     if not 1 <= request.clip_skip <= 12:
         raise EngineError(f"clip skip must be between 1 and 12, got {request.clip_skip}")
     if request.steps < 1 or request.steps > 1000:
@@ -241,9 +243,30 @@ def seeds_for(request: Request) -> list[int]:
     return [int(request.seed) + i for i in range(request.batch_size)]
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """One CPU generator per image, so a seed gives the same picture in any batch and on any device."""
-    return torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+def initial_noise(seeds: list[int], shape: tuple[int, ...], variation_seeds: list[int] | None = None,
+                  strength: float = 0.0) -> torch.Tensor:
+    """One CPU generator per image, so a seed gives the same picture in any batch and on any device; a variation
+    (A1111's variation seed) slerps each image's noise towards its variation seed's by strength."""
+    def draw(s: int) -> torch.Tensor:
+        return torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(s))
+
+    noise = torch.cat([draw(s) for s in seeds])
+    if strength > 0 and variation_seeds:
+        noise = slerp(strength, noise, torch.cat([draw(s) for s in variation_seeds]))
+    return noise
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation per sample (Shoemake 1985): keeps Gaussian noise at its norm, where a straight mix of
+    two noises would shrink it."""
+    af, bf = a.flatten(1).double(), b.flatten(1).double()
+    cos = ((af / af.norm(dim=1, keepdim=True)) * (bf / bf.norm(dim=1, keepdim=True))).sum(1).clamp(-1, 1)
+    omega = torch.acos(cos)[:, None]
+    sin = torch.sin(omega)
+    straight = sin.abs() < 1e-6
+    wa = torch.where(straight, 1 - t, torch.sin((1 - t) * omega) / torch.where(straight, 1, sin))
+    wb = torch.where(straight, t, torch.sin(t * omega) / torch.where(straight, 1, sin))
+    return (wa * af + wb * bf).reshape(a.shape).to(a.dtype)
 
 
 def planner_path(name: str) -> Path:
@@ -441,7 +464,8 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     seeds = seeds_for(request)
     f, c = model.config.factor, model.config.unet.out_channels
     lh, lw = plan.height // f, plan.width // f
-    noise = initial_noise(seeds, (c, lh, lw)).to(model.device)
+    variations = [int(request.variation_seed) + i for i in range(len(seeds))]
+    noise = initial_noise(seeds, (c, lh, lw), variations, request.variation_strength).to(model.device)
     den = base_denoiser(model)
     if request.seamless not in SEAMLESS:
         raise EngineError(f"unknown seamless mode {request.seamless!r}; valid: {', '.join(SEAMLESS)}")
@@ -573,6 +597,9 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Clip skip"] = request.clip_skip
     if request.seamless != "off":
         pairs["Seamless"] = request.seamless
+    if request.variation_strength > 0:
+        pairs["Variation seed"] = request.variation_seed
+        pairs["Variation seed strength"] = request.variation_strength
     if request.vae and request.task != "upscale":
         pairs["VAE"] = Path(request.vae).stem if Path(request.vae).suffix in ASSET_EXTENSIONS else request.vae
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

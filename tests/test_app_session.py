@@ -106,7 +106,7 @@ def test_history_context_menu_copies_and_upscales_a_result(make_window, qtbot):
     result = win.doc.history[0].images[0]
     menu = win.history_strip.context_menu(win.history_strip.list.item(0))
     actions = {a.text(): a for a in menu.actions() if not a.isSeparator()}
-    assert list(actions) == ["Apply to canvas", "Copy image", "Upscale x4", "Copy parameters", "Discard"]
+    assert list(actions) == ["Apply to canvas", "Copy image", "Upscale x4", "Variations", "Copy parameters", "Discard"]
     actions["Copy image"].trigger()
     assert np.array_equal(np.array(from_qimage(QGuiApplication.clipboard().image()).convert("RGB")), result)
     with qtbot.waitSignal(win.bridge.result, timeout=5000):
@@ -150,3 +150,29 @@ def test_a_seamless_canvas_shows_dimmed_copies_of_itself_along_its_axes(make_win
     assert left.red() > 150 and left.red() > left.green() + 80 and top.red() < 200
     win.doc.set_param("seamless", "xy")
     assert colour(*above).red() > 150
+
+
+def test_variations_of_a_result_queue_four_jobs_at_its_seed_with_other_variation_seeds(make_window, qtbot):
+    from app.demo import fake_runner
+
+    seen = []
+
+    def runner(request, ctx, cache):
+        seen.append(request)
+        return fake_runner(request, ctx, cache, step_s=0.001)
+
+    win = make_window(runner=runner)
+    with qtbot.waitSignal(win.bridge.result, timeout=5000):
+        win.generate()
+    seed = win.doc.history[0].seeds[0]
+    menu = win.history_strip.context_menu(win.history_strip.list.item(0))
+    vary = next(a for a in menu.actions() if a.text() == "Variations")
+    vary.trigger()
+    qtbot.waitUntil(lambda: len(win.doc.history) == 5 and not win.bridge.busy, timeout=10000)
+    varied = seen[1:]
+    assert [r.seed for r in varied] == [seed] * 4 and all(r.variation_strength == 0.25 for r in varied)
+    assert len({r.variation_seed for r in varied}) == 4
+    assert "Variation seed strength: 0.25" in win.doc.history[-1].parameters
+    assert win.params_panel.variation.value() == 0.25 and win.doc.params.seed_mode == "fixed"
+    win.params_panel.variation.setValue(0.0)
+    assert win.doc.to_request().variation_strength == 0.0 and not win.params_panel.variation_seed.isEnabled()
