@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ class PromptPanel(QWidget):
     warning naming the words it will ignore."""
 
     PLACEHOLDER = "Prompt: what to generate"
+    tokenizerLoaded = Signal(object, object)  # (model info, its prompt tokenizer or None), from a loader thread
     SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down (Ctrl+Up / Ctrl+Down on a word or selection); BREAK "
               "starts a new 75-token chunk; <lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read "
               "in whole.")
@@ -53,6 +55,11 @@ class PromptPanel(QWidget):
         self.prompt = QPlainTextEdit(placeholderText=self.PLACEHOLDER, toolTip=self.SYNTAX)
         self.negative = QPlainTextEdit(placeholderText="Negative prompt", toolTip=self.SYNTAX)
         self.hint = QLabel(wordWrap=True, visible=False)
+        self.count = QLabel(toolTip="Tokens in the prompt / what its 75-token chunks hold: a longer prompt is read "
+                                    "in whole, one more chunk at a time")
+        self.count.setStyleSheet("color: gray")
+        self._tokenizer = None
+        self.tokenizerLoaded.connect(self._tokenizer_loaded)
         self.lora_button = QPushButton("Extras", toolTip="LoRA files and textual-inversion embeddings for the prompt")
         self.lora_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.lora_menu = QMenu(self.lora_button)
@@ -66,6 +73,7 @@ class PromptPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.hint, 1)
         row.addStretch()
+        row.addWidget(self.count, 0, Qt.AlignmentFlag.AlignTop)
         row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
         lay.addLayout(row)
         lay.addWidget(self.negative)
@@ -77,12 +85,38 @@ class PromptPanel(QWidget):
     def _prompt_edited(self) -> None:
         self.doc.set_param("prompt", self.prompt.toPlainText())
         self._check_words()
+        self._count_tokens()
+
+    def _load_tokenizer(self, info: api.ModelInfo) -> None:
+        try:
+            tokenizer = api.prompt_tokenizer(info)
+        except Exception:  # no vocabulary file: no count, nothing else lost
+            tokenizer = None
+        try:
+            self.tokenizerLoaded.emit(info, tokenizer)
+        except RuntimeError:  # the panel went away meanwhile
+            pass
+
+    def _tokenizer_loaded(self, info, tokenizer) -> None:
+        if info == self.model:
+            self._tokenizer = tokenizer
+            self._count_tokens()
+
+    def _count_tokens(self) -> None:
+        if self._tokenizer is None:
+            self.count.setText("")
+            return
+        n, chunks = api.prompt_tokens(self._tokenizer, self.prompt.toPlainText())
+        self.count.setText(f"{n}/{(self._tokenizer.max_len - 2) * chunks}")
 
     def set_model(self, info: api.ModelInfo | None) -> None:
         """The model that will read the prompt: its example prompt as the placeholder, its vocabulary for the check."""
         if info == self.model:
             return
-        self.model = info
+        self.model, self._tokenizer = info, None
+        if info is not None:
+            threading.Thread(target=self._load_tokenizer, args=(info,), daemon=True).start()
+        self._count_tokens()
         vocab = info.vocabulary if info is not None else ()
         example = api.example_prompt(vocab)
         self.prompt.setPlaceholderText(f"{self.PLACEHOLDER}, e.g. {example}" if example else self.PLACEHOLDER)

@@ -436,6 +436,42 @@ def unknown_words(vocabulary: tuple[str, ...], prompt: str) -> list[str]:
     return list(dict.fromkeys(w for w in re.findall(r"\w+", prompt.lower()) if w not in known))
 
 
+def prompt_tokenizer(info: ModelInfo):
+    """The tokenizer a model's text encoder reads prompts with (no torch; CLIP's takes a second to build), or None
+    for a model that reads no text: the world's words, BERT WordPiece for the LDM text models, CLIP BPE for SD."""
+    from engine import tokenizers
+    from engine.families import PRESETS
+
+    if info.vocabulary:
+        return tokenizers.WorldTokenizer(list(info.vocabulary))
+    cond = PRESETS[info.family].cond if info.family in PRESETS else None
+    if cond is None or cond.kind not in ("clip", "openclip", "bert") or cond.tokenizer == "layout":
+        return None
+    if cond.kind == "bert":
+        return tokenizers.bert_tokenizer(cond.max_seq_len)
+    return tokenizers.clip_tokenizer("eos" if cond.kind == "clip" else "zero", cond.max_seq_len)
+
+
+def prompt_tokens(tokenizer, prompt: str) -> tuple[int, int]:
+    """(tokens, chunks) of a prompt as the engine reads it: markup left out, a new chunk at BREAK and after every
+    max_len - 2 tokens (an embedding counts as its name's tokens here)."""
+    from engine.prompts import BREAK, PromptError, chunked, parse
+
+    try:
+        segments = parse(prompt).segments
+    except PromptError:
+        return 0, 1
+    def groups():
+        for text, _ in segments:
+            if text is BREAK:
+                yield None
+            else:
+                yield from ([i] for i in tokenizer.encode(text))
+
+    chunks = chunked(groups(), tokenizer.max_len - 2)
+    return sum(len(c) for c in chunks), len(chunks)
+
+
 def ignored_words_note(name: str, vocabulary: tuple[str, ...], prompt: str) -> str:
     """'NAME does not know w1, w2: ignored' for the prompt's unknown words; '' when there are none."""
     words = unknown_words(vocabulary, prompt)

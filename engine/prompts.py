@@ -101,6 +101,23 @@ def parse(prompt: str) -> Parsed:
     return Parsed(segments, loras)
 
 
+def chunked(groups, room: int) -> list[list]:
+    """Token groups into chunks of at most `room` tokens, as A1111 reads long prompts: a group (one word piece, or
+    an embedding's vectors) that does not fit starts the next chunk, and None (BREAK) ends the current one."""
+    chunks: list[list] = [[]]
+    for group in groups:
+        if group is None:
+            if chunks[-1]:
+                chunks.append([])
+            continue
+        if len(group) > room:
+            raise PromptError(f"{len(group)} tokens in one piece: more than a chunk's {room}")
+        if len(chunks[-1]) + len(group) > room:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
+
+
 def plain(prompt: str) -> str:
     """The prompt's words without markup, for readers of the words themselves (planner, judge, sketch)."""
     if not any(c in prompt for c in "()[]<\\") and "BREAK" not in prompt:

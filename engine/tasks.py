@@ -56,31 +56,24 @@ def prompt_context(model, prompt: str, names: dict | None = None, clip_skip: int
     keep its mean. `names` (engine.embeddings.available) are the embedding files the prompt may name; clip_skip
     (CLIP and OpenCLIP encoders) reads an earlier layer."""
     from engine import embeddings
-    from engine.prompts import BREAK, parse
+    from engine.prompts import BREAK, chunked, parse
 
     cond = model.cond_stage_model
     cond.tokenize("")
     tok = cond.tokenizer
-    room = tok.max_len - 2
-    chunks: list[list[tuple[int, float, torch.Tensor | None]]] = [[]]
-    for text, w in parse(prompt).segments:
-        if text is BREAK:
-            if chunks[-1]:
-                chunks.append([])
-            continue
-        for piece in embeddings.split(text, names or {}):
-            if isinstance(piece, str):
-                for i in tok.encode(piece):
-                    if len(chunks[-1]) == room:
-                        chunks.append([])
-                    chunks[-1].append((i, w, None))
+
+    def groups():
+        for text, w in parse(prompt).segments:
+            if text is BREAK:
+                yield None
                 continue
-            vecs = embeddings.vectors(model, piece)
-            if len(vecs) > room:
-                raise embeddings.EmbeddingError(f"{piece.name} has {len(vecs)} vectors, more than a chunk's {room}")
-            if len(chunks[-1]) + len(vecs) > room:
-                chunks.append([])
-            chunks[-1] += [(tok.pad_id, w, v) for v in vecs]
+            for piece in embeddings.split(text, names or {}):
+                if isinstance(piece, str):
+                    yield from ([(i, w, None)] for i in tok.encode(piece))
+                else:
+                    yield [(tok.pad_id, w, v) for v in embeddings.vectors(model, piece)]
+
+    chunks = chunked(groups(), tok.max_len - 2)
     ids = torch.tensor([tok.frame([i for i, _, _ in c]) for c in chunks])
     fixes = [(r, 1 + j, v[None]) for r, c in enumerate(chunks) for j, (_, _, v) in enumerate(c) if v is not None]
     with embeddings.placed(cond, fixes):

@@ -9,9 +9,10 @@ import math
 import re
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CLIP_BOS, CLIP_EOS = 49406, 49407
 CLIP_VOCAB_SIZE = 49408
@@ -58,6 +59,8 @@ class FramedTokenizer:
         return ids + [self.pad_id] * (self.max_len - len(ids))
 
     def __call__(self, texts: str | Iterable[str]) -> torch.LongTensor:
+        import torch
+
         rows = [self.frame(self.encode(t)) for t in _as_texts(texts)]
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.max_len)
 
@@ -292,6 +295,8 @@ class LayoutTokenizer:
 
     def with_crop(self, tokens: torch.Tensor, crop: Rect) -> torch.Tensor:
         """Replace the crop tokens of encoded layouts (..., length) for a window, as LDM's tiled sampling does."""
+        import torch
+
         if not self.encode_crop:
             raise ValueError("this layout tokenizer encodes no crop tokens")
         out = tokens.clone()
@@ -307,6 +312,8 @@ class LayoutTokenizer:
 
     def encode(self, boxes: Sequence, crop: Rect = FULL_CROP) -> torch.LongTensor:
         """Boxes: (label, (x0, y0, x1, y1)[, modifier bits]) or objects with .label/.box; crop: the image window."""
+        import torch
+
         parsed = [self._parse(b) for b in boxes]
         if len(parsed) > self.max_objects:
             raise ValueError(f"{len(parsed)} layout boxes given; the model takes at most {self.max_objects}")
@@ -339,6 +346,8 @@ class LayoutTokenizer:
         over a class's boxes: the concat half of a hybrid layout model's conditioning, boxes drawn as a label map.
         coords: two more channels (x, then y) with each covered cell centre's place inside its smallest covering box,
         -1 to 1 edge to edge, 0 outside every box (box-relative CoordConv, Liu et al. 2018)."""
+        import torch
+
         out = torch.zeros(self.n_classes + (2 if coords else 0), h, w)
         cells_y, cells_x = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
         nearest = torch.full((h, w), math.inf)
@@ -369,6 +378,8 @@ class LayoutTokenizer:
         return x0, y0, x0 + w, y0 + h
 
     def __call__(self, layouts: Sequence[Sequence], crop: Rect = FULL_CROP) -> torch.LongTensor:
+        import torch
+
         return torch.stack([self.encode(b, crop) for b in layouts])
 
     def decode(self, tokens: torch.Tensor) -> tuple[list[tuple[str, Rect, int]], Rect | None]:

@@ -44,3 +44,23 @@ def test_ctrl_up_on_the_prompt_box_is_one_undoable_edit(qtbot):
     panel.negative.setFocus()
     qtbot.keyClick(panel.negative, Qt.Key.Key_Down, Qt.KeyboardModifier.ControlModifier)
     assert doc.params.negative_prompt == "(blurry:0.9)"
+
+
+def test_the_prompt_box_counts_tokens_per_75_token_chunk(qtbot):
+    from app.document import Document
+    from app.panels import PromptPanel
+    from engine import api
+
+    panel = PromptPanel(Document(32, 32))
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.tokenizerLoaded, timeout=30000):
+        panel.set_model(api.ModelInfo(path="/m/sd.safetensors", name="sd", family="sd1"))
+    panel.prompt.setPlainText("a (red:1.2) circle <lora:ink:0.5>")
+    assert panel.count.text() == "3/75"
+    panel.prompt.setPlainText(" ".join(["red"] * 80))
+    assert panel.count.text() == "80/150"
+    panel.prompt.setPlainText("a cat BREAK a dog")
+    assert panel.count.text() == "4/150"
+    with qtbot.waitSignal(panel.tokenizerLoaded, timeout=30000):
+        panel.set_model(api.ModelInfo(path="/m/sem.safetensors", name="sem", family="ldm-semantic"))
+    assert panel.count.text() == ""
