@@ -109,13 +109,23 @@ class FileActions:
         self.trainer.raise_()
         return self.trainer
 
-    def model_trained(self, path: str) -> None:
-        """A model the app trained: listed and chosen."""
+    @guarded
+    def merge_dialog(self, *_):
+        """File > Merge models, over the models the model chooser lists."""
+        from app.merging import MergeDialog
+
+        dialog = MergeDialog(self.model_panel.models, self.settings.models_dir or api.user_models_dir(), self)
+        dialog.merged.connect(lambda path: self.model_trained(path, "Merged"))
+        dialog.show()
+        return dialog
+
+    def model_trained(self, path: str, verb: str = "Trained") -> None:
+        """A model the app trained or merged: listed and chosen."""
         self.model_panel.refresh()
         i = self.model_panel.combo.findData(path)
         if i >= 0:
             self.model_panel.combo.setCurrentIndex(i)
-        self.statusBar().showMessage(f"Trained {Path(path).name}", 8000)
+        self.statusBar().showMessage(f"{verb} {Path(path).name}", 8000)
 
     def open_outputs_folder(self, *_) -> bool:
         """The outputs folder in the system's file manager."""

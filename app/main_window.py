@@ -20,7 +20,8 @@ from app.files import FileActions
 from app.history_actions import HistoryActions
 from app.icon import app_icon
 from app.live import LiveMode
-from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel, PromptPanel
+from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel
+from app.prompt_panel import PromptPanel
 from app.parameters import format_parameters, merge_parameters, write_png
 from app.settings import AppSettings, load_settings
 from app.task_panels import RegionPromptsPanel, TaskOptionsPanel
@@ -173,6 +174,7 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         self._action(f, "&Export PNG...", self.export_png, "Ctrl+E")
         self._action(f, "Open &outputs folder", self.open_outputs_folder)
         self._action(f, "&Train a model on a folder...", self.train_dialog)
+        self._action(f, "&Merge models...", self.merge_dialog)
         f.addSeparator()
         self._action(f, "Se&ttings...", self.settings_dialog, "Ctrl+,")
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)

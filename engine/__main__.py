@@ -243,6 +243,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
     add_generate(sub)
+    from engine.merge import add_command as add_merge
+
+    add_merge(sub)
     try:
         from engine.train import add_commands
     except ImportError:

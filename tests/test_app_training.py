@@ -96,3 +96,40 @@ def test_a_training_that_cannot_start_says_so_and_can_be_started_again(make_wind
     assert dlg.start()
     qtbot.waitUntil(lambda: "Cannot start" in dlg.status.text(), timeout=10000)
     assert dlg.start_button.isEnabled() and not dlg.stop_button.isEnabled()
+
+
+def test_merge_dialog_runs_the_engine_merge_and_chooses_the_result(make_window, qtbot, tmp_path, monkeypatch):
+    from conftest_models import write_tiny
+
+    from engine import api
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (tmp_path / "b").mkdir()
+    a, b, other = write_tiny(folder, "sd1", 1), write_tiny(tmp_path / "b", "sd1", 2), write_tiny(tmp_path, "sd2", 3)
+    infos = [api.inspect_model(str(p)) for p in (a, b, other)]
+    monkeypatch.setattr(api, "list_models", lambda extra=(): infos + [api.inspect_model(str(f)) for f in
+                                                                      sorted(folder.glob("merged*.safetensors"))])
+    win = make_window(models_dir=str(folder))
+    win.model_panel.refresh()
+    dialog = win.merge_dialog()
+    dialog.b.setCurrentIndex(1)
+    dialog.multiplier.setValue(0.25)
+    assert not dialog.c.isEnabled()
+    with qtbot.waitSignal(dialog.merged, timeout=120000) as done:
+        assert dialog.start()
+    assert done.args == [str(folder / "merged.safetensors")]
+    assert win.model_panel.combo.currentData() == str(folder / "merged.safetensors")
+    assert "Done" in dialog.status.text() and dialog.bar.value() == 100
+    assert not dialog.start() and "already in the models folder" in dialog.status.text()
+    dialog.mode.setCurrentIndex(1)
+    dialog.name.setText("merged-diff")
+    assert dialog.c.isEnabled()
+    with qtbot.waitSignal(dialog.merged, timeout=120000):
+        assert dialog.start()
+    dialog.b.setCurrentIndex(2)
+    dialog.name.setText("merged-bad")
+    assert dialog.start()
+    qtbot.waitUntil(lambda: dialog.merge_button.isEnabled(), timeout=120000)
+    assert "Merge failed" in dialog.status.text() and "different families" in dialog.status.text()
+    assert not (folder / "merged-bad.safetensors").exists()

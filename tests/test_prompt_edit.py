@@ -22,7 +22,7 @@ def test_ctrl_up_on_the_prompt_box_is_one_undoable_edit(qtbot):
     from PySide6.QtGui import QTextCursor
 
     from app.document import Document
-    from app.panels import PromptPanel
+    from app.prompt_panel import PromptPanel
 
     doc = Document(32, 32)
     panel = PromptPanel(doc)
@@ -48,7 +48,7 @@ def test_ctrl_up_on_the_prompt_box_is_one_undoable_edit(qtbot):
 
 def test_the_prompt_box_counts_tokens_per_75_token_chunk(qtbot):
     from app.document import Document
-    from app.panels import PromptPanel
+    from app.prompt_panel import PromptPanel
     from engine import api
 
     panel = PromptPanel(Document(32, 32))
