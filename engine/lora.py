@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from engine.api import ASSET_EXTENSIONS as EXTENSIONS
+from engine.api import EngineError, Request, lora_folders
 from engine.checkpoint import CheckpointError, read_state_dict
 
 
@@ -224,3 +225,18 @@ def find(name: str, folders: list[Path], kind: str = "LoRA") -> Path:
                     return f
     where = ", ".join(str(f) for f in folders if f.is_dir()) or ", ".join(str(f) for f in folders[:2])
     raise LoraError(f"{kind} {name!r} not found (looked in {where})")
+
+
+def for_request(request: Request, model, path: Path) -> None:
+    """Merge the LoRAs the prompt names (<lora:name:weight>) into the model, or take back the ones it no longer
+    names. Upscaling (whose prompt may be a result's, tags and all) leaves them out."""
+    from engine.prompts import PromptError, lora_tags
+    from engine.tasks import TEXT_KINDS, is_layout_model
+
+    try:
+        tags = lora_tags(request.prompt) if request.task != "upscale" else []
+        if tags and (model.config.cond.kind not in TEXT_KINDS or is_layout_model(model)):
+            raise EngineError(f"{path.name} takes no LoRA: it has no text encoder ({model.config.family})")
+        apply(model, [(find(name, lora_folders((str(path.parent),))), w) for name, w in tags])
+    except (LoraError, PromptError) as e:
+        raise EngineError(str(e)) from None

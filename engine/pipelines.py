@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, EngineError, JobContext, Request, Result,
-                        SEAMLESS, Started, ASSET_EXTENSIONS, asset_folders, lora_folders)
+                        SEAMLESS, Started, ASSET_EXTENSIONS)
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
 from engine.guidance import CFGDenoiser, DilatedDenoiser, SeamlessDenoiser, map_spatial
-from engine.prompts import PromptError, lora_tags, plain
+from engine.prompts import plain
 from engine.large_canvas import first_pass_size, run_scaled_inpaint, run_two_pass
 
 
@@ -84,39 +84,12 @@ def get_model(request: Request, cache: dict, device, dtype):
         except CheckpointError as e:
             raise EngineError(str(e)) from None
         cache["key"] = key
-    use_loras(request, cache["model"], path)
-    use_vae(request, cache["model"], path, cache)
-    return cache["model"]
-
-
-def use_loras(request: Request, model, path: Path) -> None:
-    """Merge the LoRAs the prompt names (<lora:name:weight>) into the model, or take back the ones it no longer
-    names. Upscaling (whose prompt may be a result's, tags and all) leaves them out."""
-    from engine import lora
-    from engine.tasks import TEXT_KINDS, is_layout_model
-
-    try:
-        tags = lora_tags(request.prompt) if request.task != "upscale" else []
-        if tags and (model.config.cond.kind not in TEXT_KINDS or is_layout_model(model)):
-            raise EngineError(f"{path.name} takes no LoRA: it has no text encoder ({model.config.family})")
-        folders = lora_folders((str(path.parent),))
-        lora.apply(model, [(lora.find(name, folders), w) for name, w in tags])
-    except (lora.LoraError, PromptError) as e:
-        raise EngineError(str(e)) from None
-
-
-def use_vae(request: Request, model, path: Path, cache: dict) -> None:
-    """The autoencoder the request names (engine.vae), or the model's own; upscaling keeps the upscaler's."""
     from engine import lora, vae
 
-    try:
-        found = None
-        if request.vae and request.task != "upscale":
-            found = lora.find(request.vae, asset_folders("vae", (str(path.parent),)), kind="VAE")
-        if vae.apply(model, found):
-            cache.pop("previewer", None)
-    except (vae.VaeError, lora.LoraError) as e:
-        raise EngineError(str(e)) from None
+    lora.for_request(request, cache["model"], path)
+    if vae.for_request(request, cache["model"], path):
+        cache.pop("previewer", None)
+    return cache["model"]
 
 
 def warm_up() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from engine.api import EngineError, Request, asset_folders
 from engine.checkpoint import FIRST, CheckpointError, read_state_dict
 
 
@@ -69,3 +70,16 @@ def apply(model, path: Path | None) -> bool:
                 p.copy_(v.to(p.device, p.dtype))
             state.active = key
     return True
+
+
+def for_request(request: Request, model, path: Path) -> bool:
+    """The autoencoder the request names, or the model's own; upscaling keeps the upscaler's. True when it changed."""
+    from engine import lora
+
+    try:
+        found = None
+        if request.vae and request.task != "upscale":
+            found = lora.find(request.vae, asset_folders("vae", (str(path.parent),)), kind="VAE")
+        return apply(model, found)
+    except (VaeError, lora.LoraError) as e:
+        raise EngineError(str(e)) from None
