@@ -265,3 +265,22 @@ def test_a_lora_merges_into_packed_cpu_convolutions(tmp_path):
         lora.apply(packed, [])
         lora.apply(plain, [])
         assert_close(packed.model.diffusion_model(x, t, ctx), plain.model.diffusion_model(x, t, ctx))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_every_full_size_diffusers_unet_layer_has_its_place(family):
+    """At full size (four levels, two res blocks, upsamplers, a level without attention) every linear and
+    convolution of diffusers' UNet, as kohya names it, lands on one of our parameters of its shape."""
+    from engine.checkpoint import params_on_meta
+    from engine.families import preset
+
+    with params_on_meta():
+        ours = LatentDiffusion(preset(family))
+    theirs = diffusers_unet(ours.config.unet, ours.model.diffusion_model, meta=True)
+    table, shapes = lora.targets(ours), {n: tuple(p.shape) for n, p in ours.named_parameters()}
+    layers = [(n, m) for n, m in theirs.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert len(layers) > 250
+    for name, module in layers:
+        param, rows = table["lora_unet_" + name.replace(".", "_")]
+        assert rows is None and shapes[param] == tuple(module.weight.shape), name
+    assert len({table["lora_unet_" + n.replace(".", "_")][0] for n, _ in layers}) == len(layers)
