@@ -457,8 +457,13 @@ def prompt_tokens(tokenizer, prompt: str) -> tuple[int, int]:
     max_len - 2 tokens (an embedding counts as its name's tokens here)."""
     from engine.prompts import BREAK, PromptError, chunked, parse
 
+    from engine.prompts import steps
+
+    variants = {text for _, text in steps(prompt, 100)}
+    if len(variants) > 1:
+        return max((prompt_tokens(tokenizer, v) for v in variants), key=lambda c: c[0])
     try:
-        segments = parse(prompt).segments
+        segments = parse(variants.pop()).segments
     except PromptError:
         return 0, 1
     def groups():

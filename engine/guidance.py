@@ -190,6 +190,32 @@ class SeamlessDenoiser(DenoiserWrapper):
         return out[..., py:py + h, px:px + w]
 
 
+class PromptEditDenoiser(DenoiserWrapper):
+    """A1111's prompt editing ([from:to:when], [a|b]): the cond and uncond contexts switched by the step that the
+    sigma of each model call belongs to. cond / uncond: [(first step after the range, context), ...] or None."""
+
+    def __init__(self, inner, sigmas: Tensor, cond: list | None, uncond: list | None):
+        super().__init__(inner)
+        self.levels = [float(s) for s in sigmas]
+        self.cond, self.uncond = cond, uncond
+
+    def step(self, sigma: Tensor) -> int:
+        s = float(sigma.reshape(-1).max())
+        return min(range(len(self.levels)), key=lambda i: abs(self.levels[i] - s))
+
+    @staticmethod
+    def _pick(ranges: list, step: int) -> Tensor:
+        return next((ctx for end, ctx in ranges if step < end), ranges[-1][1])
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: dict | None = None, uncond: dict | None = None, **rest):
+        step = self.step(sigma)
+        if self.cond is not None and cond is not None:
+            cond = {**cond, "context": self._pick(self.cond, step)}
+        if self.uncond is not None and uncond is not None:
+            uncond = {**uncond, "context": self._pick(self.uncond, step)}
+        return self.inner(x, sigma, cond=cond, uncond=uncond, **rest)
+
+
 def _band_mask(h: int, w: int, ky: int, kx: int, device) -> Tensor:
     """rfft2 mask of the frequencies a (h/ky) x (w/kx) sub-latent holds: 1 below its Nyquist on both axes, else 0."""
     fy = torch.fft.fftfreq(h, device=device).abs() * 2 * ky

@@ -15,7 +15,7 @@ from engine.api import (HIRES_MODES, HIRES_TASKS, LARGE_CANVAS_TASKS, TASKS, Eng
                         SEAMLESS, Started, ASSET_EXTENSIONS)
 from engine.sampling import SAMPLERS, sample, schedule
 from engine.schedules import DiscreteDenoiser
-from engine.guidance import CFGDenoiser, DilatedDenoiser, SeamlessDenoiser, map_spatial
+from engine.guidance import CFGDenoiser, DilatedDenoiser, PromptEditDenoiser, SeamlessDenoiser, map_spatial
 from engine.prompts import plain
 from engine.large_canvas import first_pass_size, run_scaled_inpaint, run_two_pass
 
@@ -466,7 +466,13 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     for wrap in plan.wrap:
         den = wrap(den, noise)
     previewer = preview_fn(model, cache)
-    total = len(schedule(request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)) - 1
+    sigmas = schedule(request.sampler, den, request.steps, plan.strength if plan.init is not None else 1.0)
+    total = len(sigmas) - 1
+    from engine.tasks import prompt_edits
+
+    edits = prompt_edits(request, model, plan, total)
+    if edits is not None:
+        den = PromptEditDenoiser(den, sigmas, *edits)
 
     every = request.full_preview_every
 

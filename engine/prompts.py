@@ -1,7 +1,9 @@
-"""Prompt syntax users know from A1111 and ComfyUI: (emphasis:1.2), [less], BREAK and <lora:name:weight> tags.
+"""Prompt syntax users know from A1111 and ComfyUI: (emphasis:1.2), [less], BREAK, <lora:name:weight> tags, and
+prompt editing over the steps: [from:to:when], [to:when], [from::when] and [a|b] alternating every step.
 
-Pure text handling (no torch): `parse` splits a prompt into weighted segments and the LoRAs it names; the encoder
-side lives in engine.tasks (weighted, chunked text conditioning) and engine.lora (merging the named files).
+Pure text handling (no torch): `steps` turns an edited prompt into plain prompts over step ranges, and `parse`
+splits a prompt into weighted segments and the LoRAs it names; the encoder side lives in engine.tasks (weighted,
+chunked text conditioning, the prompt switched over the steps) and engine.lora (merging the named files).
 """
 from __future__ import annotations
 
@@ -33,6 +35,36 @@ class Parsed:
     @property
     def weighted(self) -> bool:
         return any(w != 1.0 for _, w in self.segments) or any(t is None for t, _ in self.segments)
+
+
+_EDIT = re.compile(r"\[([^\[\]:|]*):([^\[\]:|]*):\s*(\d*\.?\d+)\s*\]"  # [from:to:when], [from::when]
+                   r"|\[([^\[\]:|]*):\s*(\d*\.?\d+)\s*\]"  # [to:when]
+                   r"|\[([^\[\]:]*\|[^\[\]:]*)\]")  # [a|b|c]
+
+
+def _at(m: re.Match, step: int, total: int) -> str:
+    if m.group(6) is not None:
+        options = m.group(6).split("|")
+        return options[step % len(options)]
+    before, after, when = (m.group(1), m.group(2), m.group(3)) if m.group(3) is not None else ("", m.group(4),
+                                                                                                 m.group(5))
+    w = float(when)
+    return before if step < (int(w * total) if w < 1 else int(w)) else after
+
+
+def steps(prompt: str, total: int) -> list[tuple[int, str]]:
+    """A1111's prompt editing: [(first step after the range, the prompt over it), ...] covering steps 0..total-1;
+    when below 1 is a share of the steps, from 1 on a step number. One range for a prompt without edits."""
+    if "[" not in prompt or not _EDIT.search(prompt):
+        return [(total, prompt)]
+    out: list[tuple[int, str]] = []
+    for step in range(max(total, 1)):
+        text = _EDIT.sub(lambda m: _at(m, step, total), prompt)
+        if out and out[-1][1] == text:
+            out[-1] = (step + 1, text)
+        else:
+            out.append((step + 1, text))
+    return out
 
 
 def lora_tags(prompt: str) -> list[tuple[str, float]]:
@@ -122,4 +154,4 @@ def plain(prompt: str) -> str:
     """The prompt's words without markup, for readers of the words themselves (planner, judge, sketch)."""
     if not any(c in prompt for c in "()[]<\\") and "BREAK" not in prompt:
         return prompt
-    return parse(prompt).plain
+    return parse(steps(prompt, 1000)[-1][1]).plain

@@ -89,6 +89,22 @@ def prompt_context(model, prompt: str, names: dict | None = None, clip_skip: int
     return rearrange(z, "k n d -> 1 (k n) d")
 
 
+def prompt_edits(request: Request, model, plan, total: int) -> tuple[list | None, list | None] | None:
+    """The cond and uncond contexts over the steps for a prompt or negative prompt with A1111's prompt editing
+    ([from:to:when], [a|b]): [(first step after the range, context), ...] each, None for one without; None when
+    neither has edits or the model reads no text."""
+    from engine.prompts import steps
+
+    if "context" not in plan.cond or model.config.cond.kind not in TEXT_KINDS or is_layout_model(model):
+        return None
+    out = []
+    for prompt in (request.prompt, request.negative_prompt):
+        ranges = steps(prompt, total)
+        out.append(None if ranges == [(total, prompt)] else [
+            (end, text_cond(model, [text] * request.batch_size, request.clip_skip)) for end, text in ranges])
+    return None if out == [None, None] else (out[0], out[1])
+
+
 def layout_tokenizer(model):
     from engine.tokenizers import LayoutTokenizer
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,3 +209,57 @@ def test_clip_skip_reads_an_earlier_layer_and_is_reported(family, tmp_path):
             torch.testing.assert_close(two, m.ln_final(x))
         with pytest.raises(ValueError, match="clip skip must be between 1 and"):
             prompt_context(model, "a red circle", clip_skip=5)
+
+
+@pytest.mark.parametrize("prompt, total, want", [
+    ("a [cat:dog:0.5] on grass", 10, [(5, "a cat on grass"), (10, "a dog on grass")]),
+    ("a [dog:3] x", 6, [(3, "a  x"), (6, "a dog x")]),
+    ("a [cat::0.25] x", 8, [(2, "a cat x"), (8, "a  x")]),
+    ("[cat|dog] x", 3, [(1, "cat x"), (2, "dog x"), (3, "cat x")]),
+    ("a [red] (circle:1.2)", 4, [(4, "a [red] (circle:1.2)")]),
+])
+def test_prompt_editing_over_the_steps(prompt, total, want):
+    from engine.prompts import steps
+
+    assert steps(prompt, total) == want
+    assert plain("a [cat:dog:0.5] (fur:1.2)") == "a dog fur"
+
+
+def test_prompt_editing_switches_the_context_at_its_step():
+    """The wrapper hands the sampler's model call at step i the context of the range step i falls in."""
+    from engine.guidance import PromptEditDenoiser
+    from engine.sampling import sample_euler
+
+    used = []
+
+    def inner(x, sigma, cond=None, uncond=None):
+        used.append((round(float(cond["context"][0, 0, 0])), round(float(uncond["context"][0, 0, 0]))))
+        return x * 0
+
+    sigmas = torch.linspace(10, 0, 7, dtype=torch.float64)
+    ctx = lambda v: torch.full((1, 1, 1), float(v))  # noqa: E731
+    den = PromptEditDenoiser(inner, sigmas, [(2, ctx(1)), (6, ctx(2))], None)
+    sample_euler(den, torch.ones(1, 1), sigmas, extra_args={"cond": {"context": ctx(0)}, "uncond": {"context": ctx(9)}})
+    assert used == [(1, 9), (1, 9), (2, 9), (2, 9), (2, 9), (2, 9)]
+
+
+def test_an_edited_prompt_draws_what_each_part_asks_for_over_its_steps(tmp_path):
+    from conftest_models import write_tiny
+
+    from engine.api import Engine, Request, Result
+
+    path = write_tiny(tmp_path, "sd1")
+    engine = Engine()
+    try:
+        def image(prompt):
+            res = engine.wait(engine.submit(Request(model=str(path), prompt=prompt, width=32, height=32, steps=6,
+                                                    seed=4)), 120)
+            assert isinstance(res, Result), res
+            return res.images[0].astype(int)
+
+        cat, dog = image("a cat"), image("a dog")
+        assert np.array_equal(image("a [cat:dog:0]"), dog) and np.array_equal(image("a [cat:dog:6]"), cat)
+        halfway = image("a [cat:dog:0.5]")
+        assert not np.array_equal(halfway, cat) and not np.array_equal(halfway, dog)
+    finally:
+        engine.shutdown()
