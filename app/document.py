@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from app import raster
+from app.prompt_edit import with_style
 from app.records import Floating, HistoryEntry, LayoutBox, Params  # noqa: F401 (the document's records, re-exported)
 from app.undo import BoxesCommand, PatchCommand, RegionCommand, StateCommand, UndoStack
 from engine import api
@@ -464,6 +465,10 @@ class Document:
             best_of=int(p.best_of) if (task == "layout" and not boxes) or task == "txt2img" else 1,
             sketch_strength=float(p.sketch_strength), vae=str(p.vae), seamless=p.seamless)
         if settings is not None:
+            style = settings.style(p.style)
+            if style is not None:
+                req.prompt = with_style(style["prompt"], req.prompt)
+                req.negative_prompt = with_style(style["negative_prompt"], req.negative_prompt)
             req.device, req.dtype = settings.device, settings.precision
             req.tiles = api.TileSettings(mode=settings.tile_mode, tile=settings.tile_size, overlap=settings.tile_overlap)
             req.preview_interval_s = settings.preview_interval_s

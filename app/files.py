@@ -97,6 +97,21 @@ class FileActions:
         if self.persist_settings:
             save_settings(self.settings)
 
+    def save_style(self, name: str, prompt: str, negative: str) -> None:
+        """A style from the prompt boxes, kept in the settings (replacing one of that name) and offered to choose."""
+        self.settings.styles = [s for s in self.settings.styles if s["name"] != name] + [
+            dict(name=name, prompt=prompt, negative_prompt=negative)]
+        self.store_settings()
+        self.prompt_panel.set_styles([s["name"] for s in self.settings.styles])
+        self.statusBar().showMessage(f"Saved the style {name}", 5000)
+
+    def delete_style(self, name: str) -> None:
+        self.settings.styles = [s for s in self.settings.styles if s["name"] != name]
+        self.store_settings()
+        if self.doc.params.style == name:
+            self.doc.set_param("style", "")
+        self.prompt_panel.set_styles([s["name"] for s in self.settings.styles])
+
     @guarded
     def train_dialog(self, *_):
         """File > Train a model on a folder: one dialog per window, kept while it trains (closing it hides it)."""

@@ -1,4 +1,4 @@
-"""Prompt text edits as pure functions (no Qt): A1111's Ctrl+Up / Ctrl+Down emphasis nudge."""
+"""Prompt text edits as pure functions (no Qt): A1111's Ctrl+Up / Ctrl+Down emphasis nudge and its styles."""
 from __future__ import annotations
 
 import re
@@ -35,3 +35,12 @@ def nudge_weight(text: str, start: int, end: int, step: float) -> tuple[str, int
     new = text[: outer[0]] + piece + text[outer[1]:]
     first = outer[0] + (0 if piece == core else 1)
     return new, first, first + len(core)
+
+
+def with_style(style: str, prompt: str) -> str:
+    """A1111's styles: the style's text with {prompt} replaced by the prompt, or appended to it after a comma."""
+    if not style.strip():
+        return prompt
+    if "{prompt}" in style:
+        return style.replace("{prompt}", prompt)
+    return f"{prompt.rstrip().rstrip(',')}, {style}" if prompt.strip() else style

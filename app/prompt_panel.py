@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton, QSizePolicy,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMenu, QPlainTextEdit,
+                               QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
 from app.document import Document
 from app.panels import _set, install_model
@@ -22,6 +22,8 @@ class PromptPanel(QWidget):
 
     PLACEHOLDER = "Prompt: what to generate"
     tokenizerLoaded = Signal(object, object)  # (model info, its prompt tokenizer or None), from a loader thread
+    styleSaved = Signal(str, str, str)  # name, prompt, negative prompt: the window keeps it in the settings
+    styleDeleted = Signal(str)
     SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down (Ctrl+Up / Ctrl+Down on a word or selection); BREAK "
               "starts a new 75-token chunk; <lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read "
               "in whole.")
@@ -38,6 +40,11 @@ class PromptPanel(QWidget):
         self.count.setStyleSheet("color: gray")
         self._tokenizer = None
         self.tokenizerLoaded.connect(self._tokenizer_loaded)
+        self.style = QComboBox(toolTip="A saved style: its prompt and negative prompt wrap yours when generating "
+                                       "({prompt} in a style's text marks where yours goes; else it is appended)")
+        self.style.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.style.currentIndexChanged.connect(lambda: self.doc.set_param("style", self.style.currentData() or ""))
+        self.set_styles([])
         self.lora_button = QPushButton("Extras", toolTip="LoRA files and textual-inversion embeddings for the prompt")
         self.lora_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.lora_menu = QMenu(self.lora_button)
@@ -50,6 +57,7 @@ class PromptPanel(QWidget):
         lay.addWidget(self.prompt)
         row = QHBoxLayout()
         row.addWidget(self.hint, 1)
+        row.addWidget(self.style, 0, Qt.AlignmentFlag.AlignTop)
         row.addStretch()
         row.addWidget(self.count, 0, Qt.AlignmentFlag.AlignTop)
         row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
@@ -145,8 +153,30 @@ class PromptPanel(QWidget):
             for name in embeddings:
                 sub.addAction(name, lambda n=name, e=edit: self.append(e, f"embedding:{n}", ", "))
         menu.addSeparator()
+        menu.addAction("Save prompts as a style...", self.save_style_dialog)
+        delete = menu.addAction("Delete the style", lambda: self.styleDeleted.emit(self.style.currentData()))
+        delete.setEnabled(bool(self.style.currentData()))
+        menu.addSeparator()
         menu.addAction("Add LoRA file...", lambda: self.add_file_dialog("lora"))
         menu.addAction("Add embedding file...", lambda: self.add_file_dialog("embedding"))
+
+    def set_styles(self, names: list[str]) -> None:
+        """The saved styles' names, the document's one chosen (a name no longer saved shows as chosen, to be unset)."""
+        chosen = self.doc.params.style
+        self.style.blockSignals(True)
+        self.style.clear()
+        self.style.addItem("No style", "")
+        for name in names + ([chosen] if chosen and chosen not in names else []):
+            self.style.addItem(name, name)
+        self.style.setCurrentIndex(max(0, self.style.findData(chosen)))
+        self.style.blockSignals(False)
+
+    def save_style_dialog(self) -> str:
+        name, ok = QInputDialog.getText(self, "Save as style", "Name of the style (the prompts are saved in it):")
+        name = name.strip() if ok else ""
+        if name:
+            self.styleSaved.emit(name, self.prompt.toPlainText(), self.negative.toPlainText())
+        return name
 
     @staticmethod
     def append(edit: QPlainTextEdit, text: str, separator: str = " ") -> None:
@@ -193,6 +223,9 @@ class PromptPanel(QWidget):
 
     def sync(self, doc: Document) -> None:
         self.doc = doc
+        if self.style.findData(doc.params.style) < 0:
+            self.set_styles([self.style.itemData(i) for i in range(1, self.style.count())])
+        _set(self.style, doc.params.style)
         _set(self.prompt, doc.params.prompt)
         _set(self.negative, doc.params.negative_prompt)
         self._check_words()

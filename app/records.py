@@ -28,6 +28,7 @@ class Params:
 
     prompt: str = ""
     negative_prompt: str = ""
+    style: str = ""  # a saved style's name (AppSettings.styles): its prompts wrap these at generation
     model: str = "default"
     sampler: str = "ddim"
     steps: int = 30

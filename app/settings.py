@@ -30,6 +30,10 @@ class AppSettings:
     autosave_interval_s: int = 60
     max_image_side: int = 2048
     recent_files: list = field(default_factory=list)  # newest first, at most RECENT
+    styles: list = field(default_factory=list)  # [{"name", "prompt", "negative_prompt"}], A1111's prompt styles
+
+    def style(self, name: str) -> dict | None:
+        return next((s for s in self.styles if s["name"] == name), None) if name else None
 
     def outputs_path(self) -> Path:
         return Path(self.outputs_dir) if self.outputs_dir else data_dir() / "outputs"
@@ -69,6 +73,8 @@ def load_settings(path: str | os.PathLike | None = None) -> AppSettings:
     if s.tile_mode not in TILE_MODES:
         s.tile_mode = "auto"
     s.recent_files = [p for p in s.recent_files if isinstance(p, str)][:RECENT]
+    s.styles = [{k: str(st.get(k, "")) for k in ("name", "prompt", "negative_prompt")} for st in s.styles
+                if isinstance(st, dict) and isinstance(st.get("name"), str) and st["name"]]
     return s
 
 

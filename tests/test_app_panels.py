@@ -421,3 +421,42 @@ def test_vae_chooser_lists_the_models_vae_folder_and_round_trips(make_window, tm
     win.doc.set_param("vae", "from-a-png")
     win.model_panel.sync(win.doc)
     assert vae.currentText() == "from-a-png"
+
+
+def test_styles_wrap_the_prompts_when_generating_and_are_kept_in_the_settings(make_window, monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    from app.prompt_edit import with_style
+
+    assert with_style("oil painting, {prompt}, golden frame", "a cat") == "oil painting, a cat, golden frame"
+    assert with_style("oil painting", "a cat,") == "a cat, oil painting" and with_style("", "a cat") == "a cat"
+    win = make_window()
+    panel = win.prompt_panel
+    panel.prompt.setPlainText("{prompt}, watercolour")
+    panel.negative.setPlainText("blurry")
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("Watercolour", True))
+    assert panel.save_style_dialog() == "Watercolour"
+    assert win.settings.styles == [{"name": "Watercolour", "prompt": "{prompt}, watercolour",
+                                    "negative_prompt": "blurry"}]
+    assert [panel.style.itemText(i) for i in range(panel.style.count())] == ["No style", "Watercolour"]
+    panel.prompt.setPlainText("a red circle")
+    panel.negative.setPlainText("")
+    panel.style.setCurrentIndex(1)
+    req = win.doc.to_request(win.settings)
+    assert (req.prompt, req.negative_prompt) == ("a red circle, watercolour", "blurry")
+    assert "a red circle, watercolour" in format_parameters(req)
+    win.delete_style("Watercolour")
+    assert win.settings.styles == [] and win.doc.params.style == "" and panel.style.count() == 1
+    assert win.doc.to_request(win.settings).prompt == "a red circle"
+
+
+def test_styles_survive_the_settings_file_and_bad_entries_are_dropped(tmp_path):
+    import json
+
+    from app.settings import AppSettings, save_settings
+
+    path = tmp_path / "s.json"
+    save_settings(AppSettings(styles=[{"name": "Ink", "prompt": "ink", "negative_prompt": ""}]), path)
+    assert load_settings(path).style("Ink")["prompt"] == "ink"
+    path.write_text(json.dumps({"styles": [{"name": "Ok", "prompt": 3}, {"prompt": "no name"}, "junk", {"name": ""}]}))
+    assert load_settings(path).styles == [{"name": "Ok", "prompt": "3", "negative_prompt": ""}]
