@@ -25,8 +25,8 @@ class PromptPanel(QWidget):
     styleSaved = Signal(str, str, str)  # name, prompt, negative prompt: the window keeps it in the settings
     styleDeleted = Signal(str)
     SYNTAX = ("(word:1.3) or (word) weighs words up, [word] down (Ctrl+Up / Ctrl+Down on a word or selection); BREAK "
-              "starts a new 75-token chunk; <lora:name:0.8> applies a LoRA. Prompts longer than 75 tokens are read "
-              "in whole.")
+              "starts a new 75-token chunk; [cat:dog:0.5] switches words halfway, [cat|dog] alternates them; "
+              "<lora:name:0.8> applies a LoRA, embedding:name an embedding. Long prompts are read in whole.")
 
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
@@ -45,11 +45,11 @@ class PromptPanel(QWidget):
         self.style.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.style.currentIndexChanged.connect(lambda: self.doc.set_param("style", self.style.currentData() or ""))
         self.set_styles([])
-        self.lora_button = QPushButton("Extras", toolTip="LoRA files and textual-inversion embeddings for the prompt")
-        self.lora_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
-        self.lora_menu = QMenu(self.lora_button)
-        self.lora_button.setMenu(self.lora_menu)
-        self.lora_menu.aboutToShow.connect(self.fill_lora_menu)
+        self.extras_button = QPushButton("Extras", toolTip="LoRA files, textual-inversion embeddings and styles")
+        self.extras_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        self.extras_menu = QMenu(self.extras_button)
+        self.extras_button.setMenu(self.extras_menu)
+        self.extras_menu.aboutToShow.connect(self.fill_extras_menu)
         self.prompt.setMaximumHeight(90)
         self.negative.setMaximumHeight(60)
         lay = QVBoxLayout(self)
@@ -60,7 +60,7 @@ class PromptPanel(QWidget):
         row.addWidget(self.style, 0, Qt.AlignmentFlag.AlignTop)
         row.addStretch()
         row.addWidget(self.count, 0, Qt.AlignmentFlag.AlignTop)
-        row.addWidget(self.lora_button, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.extras_button, 0, Qt.AlignmentFlag.AlignTop)
         lay.addLayout(row)
         lay.addWidget(self.negative)
         self.prompt.installEventFilter(self)
@@ -136,9 +136,9 @@ class PromptPanel(QWidget):
         bundled models folders), so the menu offers what it will find."""
         return (str(Path(self.model.path).parent),) if self.model is not None and self.model.path else ()
 
-    def fill_lora_menu(self) -> None:
+    def fill_extras_menu(self) -> None:
         """The LoRA files and embeddings found beside the models (engine.api.asset_folders), then ways to add one."""
-        menu = self.lora_menu
+        menu = self.extras_menu
         menu.clear()
         names = api.list_loras(self.lora_dirs())
         menu.addSection("LoRA")

@@ -375,8 +375,8 @@ def test_extras_menu_adds_loras_and_embeddings_and_installs_a_lora_given_as_a_mo
     win = make_window()
     panel = win.prompt_panel
     panel.prompt.setPlainText("a cat")
-    panel.fill_lora_menu()
-    ink = [a for a in panel.lora_menu.actions() if a.text() == "ink"]
+    panel.fill_extras_menu()
+    ink = [a for a in panel.extras_menu.actions() if a.text() == "ink"]
     assert len(ink) == 1
     ink[0].trigger()
     assert win.doc.params.prompt == "a cat <lora:ink:1>"
@@ -391,15 +391,15 @@ def test_extras_menu_adds_loras_and_embeddings_and_installs_a_lora_given_as_a_mo
     win.model_panel.add_button.click()
     assert (user / "loras" / "oil.safetensors").exists() and not (user / "oil.safetensors").exists()
     assert win.doc.params.prompt == "a cat <lora:oil:1>"
-    panel.fill_lora_menu()
-    assert {"ink", "oil"} <= {a.text() for a in panel.lora_menu.actions()}
-    negative = next(a.menu() for a in panel.lora_menu.actions() if a.text() == "Embedding in the negative prompt")
+    panel.fill_extras_menu()
+    assert {"ink", "oil"} <= {a.text() for a in panel.extras_menu.actions()}
+    negative = next(a.menu() for a in panel.extras_menu.actions() if a.text() == "Embedding in the negative prompt")
     assert not negative.isEnabled()
     (user / "embeddings").mkdir()
     save_file({"emb_params": np.zeros((2, 8), np.float32)}, str(user / "embeddings" / "EasyNegative.safetensors"))
     panel.negative.setPlainText("blurry")
-    panel.fill_lora_menu()
-    negative = next(a.menu() for a in panel.lora_menu.actions() if a.text() == "Embedding in the negative prompt")
+    panel.fill_extras_menu()
+    negative = next(a.menu() for a in panel.extras_menu.actions() if a.text() == "Embedding in the negative prompt")
     [easy] = negative.actions()
     easy.trigger()
     assert win.doc.params.negative_prompt == "blurry, embedding:EasyNegative"
