@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QWidget
 from app import raster
 from app.document import Document
 
-TOOLS = ("move", "mask", "eraser", "box", "semantic", "fill", "region")
+TOOLS = ("move", "mask", "eraser", "box", "semantic", "fill", "region", "paint")
 CORNERS = ("tl", "tr", "bl", "br")
 HANDLE_PX = 7.0
 
@@ -56,6 +56,7 @@ class Canvas(QWidget):
     toolChanged = Signal(str)
     brushChanged = Signal(float, float)
     selectionChanged = Signal(object)
+    paintColourChanged = Signal(tuple)
 
     def __init__(self, doc: Document, parent: QWidget | None = None):
         super().__init__(parent)
@@ -67,6 +68,7 @@ class Canvas(QWidget):
         self.tool = "mask"
         self.brush_radius, self.brush_hardness = 16.0, 0.8
         self.current_label = 0
+        self.paint_colour: tuple[int, int, int] = (40, 40, 40)
         self.colors = raster.palette(182)
         self.mask_opacity, self.label_opacity = 0.45, 0.55
         self.show_labels = self.show_mask = self.show_boxes = self.show_preview = True
@@ -107,6 +109,10 @@ class Canvas(QWidget):
         if what == "size":
             self.fit()
         self.update()
+
+    def set_paint_colour(self, rgb: tuple[int, int, int]) -> None:
+        self.paint_colour = tuple(int(v) for v in rgb)
+        self.paintColourChanged.emit(self.paint_colour)
 
     def set_tool(self, tool: str) -> None:
         if tool not in TOOLS:
@@ -228,7 +234,7 @@ class Canvas(QWidget):
         p.drawRect(r.adjusted(-2, -2, 2, 2))
         if self.region_text:
             p.drawText(QPointF(r.left(), r.top() - 6), self.region_text)
-        if self.tool in ("mask", "eraser", "semantic") and self.rect().contains(self._mouse.toPoint()):
+        if self.tool in ("mask", "eraser", "semantic", "paint") and self.rect().contains(self._mouse.toPoint()):
             p.setPen(QPen(QColor(255, 255, 255, 200), 1))
             p.drawEllipse(self._mouse, self.brush_radius * self.scale, self.brush_radius * self.scale)
         p.end()
@@ -374,7 +380,15 @@ class Canvas(QWidget):
             f = self.doc.floating
             self._drag = dict(kind=hit, start=ip, orig=(f.x, f.y, *f.size))
             return
-        if self.tool in ("mask", "eraser", "semantic"):
+        if self.tool == "paint" and e.modifiers() & Qt.KeyboardModifier.AltModifier:
+            x, y = int(ip.x()), int(ip.y())
+            if 0 <= x < self.doc.width and 0 <= y < self.doc.height:
+                self.set_paint_colour(tuple(int(v) for v in self.doc.image[y, x]))
+        elif self.tool == "paint":
+            self.doc.begin_stroke("image", self.paint_colour, self.brush_radius, self.brush_hardness)
+            self.doc.stroke_to(ip.x(), ip.y())
+            self._drag = dict(kind="stroke")
+        elif self.tool in ("mask", "eraser", "semantic"):
             layer = "labels" if self.tool == "semantic" else "mask"
             value = self.current_label if self.tool == "semantic" else (0 if self.tool == "eraser" else 255)
             if self.tool == "semantic" and e.modifiers() & Qt.KeyboardModifier.AltModifier:

@@ -128,6 +128,7 @@ class ExtendDialog(QDialog):
 
 CANVAS_KEYS = (("Brush size", "[  ]"), ("Brush hardness", "Shift+[  Shift+]"), ("Pan", "Space+drag, middle drag"),
                ("Zoom", "Wheel"), ("Erase labels (semantic brush)", "Alt+drag"),
+               ("Pick the colour under the pointer (colour brush)", "Alt+click"),
                ("Delete the selected box", "Delete"), ("Lay a floating paste", "Enter"),
                ("Weigh the prompt's word or selection up / down", "Ctrl+Up  Ctrl+Down"))
 

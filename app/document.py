@@ -27,6 +27,7 @@ class Document:
         self.boxes: list[LayoutBox] = []
         self.region: tuple[int, int, int, int] | None = None
         self.has_image = False
+        self.sketched = False  # painted on with the colour brush since its image was last set: img2img
         self.params = Params()
         self.task_override: str | None = None
         self.history: list[HistoryEntry] = []
@@ -89,15 +90,16 @@ class Document:
 
     # --- brush strokes ---------------------------------------------------------------------------------------
     def _layer(self, layer: str) -> np.ndarray:
-        if layer not in ("mask", "labels"):
+        if layer not in ("mask", "labels", "image"):
             raise ValueError(f"cannot paint on layer {layer!r}")
         return getattr(self, layer)
 
-    def begin_stroke(self, layer: str, value: int, radius: float, hardness: float = 1.0) -> None:
-        """Start a live stroke: dabs are applied as points arrive; end_stroke() makes it one undo step."""
+    def begin_stroke(self, layer: str, value, radius: float, hardness: float = 1.0) -> None:
+        """Start a live stroke: dabs are applied as points arrive; end_stroke() makes it one undo step. On the image
+        layer value is an RGB colour: a sketch, which makes the canvas an img2img source."""
         arr = self._layer(layer)
         self._stroke = dict(layer=layer, value=value, radius=float(radius), hardness=float(hardness),
-                            original=arr.copy(), coverage=np.zeros(arr.shape, np.float32), touched=None, last=None)
+                            original=arr.copy(), coverage=np.zeros(arr.shape[:2], np.float32), touched=None, last=None)
 
     def stroke_to(self, x: float, y: float) -> None:
         s = self._stroke
@@ -123,10 +125,12 @@ class Document:
         before, after = s["original"][y0:y1, x0:x1].copy(), arr[y0:y1, x0:x1].copy()
         if np.array_equal(before, after):
             return False
+        if s["layer"] == "image":
+            self.sketched = True
         self._push(PatchCommand(text or f"paint {s['layer']}", s["layer"], y0, x0, before, after), apply=False)
         return True
 
-    def stroke(self, layer: str, points, radius: float, hardness: float = 1.0, value: int = 255) -> bool:
+    def stroke(self, layer: str, points, radius: float, hardness: float = 1.0, value=255) -> bool:
         """Rasterize a poly-line of dabs onto a layer as one undoable command."""
         self.begin_stroke(layer, value, radius, hardness)
         for x, y in points:
@@ -198,20 +202,22 @@ class Document:
     # --- whole-state edits -----------------------------------------------------------------------------------
     def _state(self, layers=LAYERS) -> dict:
         """The named layers (copies), the boxes and the small fields: what a whole-state undo step keeps."""
-        return dict({k: getattr(self, k).copy() for k in layers},
-                    boxes=copy.deepcopy(self.boxes), has_image=self.has_image, region=self.region)
+        return dict({k: getattr(self, k).copy() for k in layers}, boxes=copy.deepcopy(self.boxes),
+                    has_image=self.has_image, region=self.region, sketched=self.sketched)
 
     def _restore_state(self, st: dict) -> None:
         for k in LAYERS:
             if k in st:
                 setattr(self, k, st[k].copy())
         self.boxes, self.has_image, self.region = copy.deepcopy(st["boxes"]), st["has_image"], st.get("region")
+        self.sketched = st.get("sketched", False)
         self.height, self.width = self.image.shape[:2]
 
     def _replace(self, text: str, **new) -> None:
         before = self._state([k for k in LAYERS if k in new])
         after = {**before, **new}
         if "image" in new:
+            after["sketched"] = new.get("sketched", False)
             h, w = after["image"].shape[:2]
             same = (h, w) == before["image"].shape[:2]
             after["region"] = raster.fit_region(after["region"], w, h) if same or "region" in new else None
@@ -412,7 +418,8 @@ class Document:
         self.notify("params")
 
     def inferred_task(self) -> str:
-        """What was drawn decides: mask -> inpaint, boxes -> layout, labels -> semantic, image + x4 -> upscale."""
+        """What was drawn decides: mask -> inpaint, boxes -> layout, labels -> semantic, image + x4 -> upscale, a
+        colour sketch -> img2img."""
         if self.mask.any():
             return "inpaint"
         if self.boxes:
@@ -421,7 +428,7 @@ class Document:
             return "semantic"
         if self.has_image and self.params.upscale:
             return "upscale"
-        return "txt2img"
+        return "img2img" if self.sketched else "txt2img"
 
     def task(self) -> str:
         return self.task_override or self.inferred_task()

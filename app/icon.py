@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QIcon, QImage, QPainter
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 
 APP_ID = "io.github.latent_canvas.LatentCanvas"
 
@@ -45,6 +45,16 @@ def app_icon() -> QIcon:
     if png.exists():
         icon.addFile(str(png))
     return icon
+
+
+def swatch(rgb: tuple[int, int, int], size: int = 24) -> QIcon:
+    """A square of one colour with a grey border (the colour brush's colour on the toolbar)."""
+    img = QImage(size, size, QImage.Format.Format_RGB32)
+    img.fill(QColor(128, 128, 128))
+    p = QPainter(img)
+    p.fillRect(2, 2, size - 4, size - 4, QColor(*rgb))
+    p.end()
+    return QIcon(QPixmap.fromImage(img))
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import (QDialog, QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea, QToolBar,
-                               QVBoxLayout, QWidget)
+from PySide6.QtGui import QAction, QActionGroup, QColor, QKeySequence
+from PySide6.QtWidgets import (QColorDialog, QDialog, QDockWidget, QLabel, QMainWindow, QMessageBox, QScrollArea,
+                               QToolBar, QVBoxLayout, QWidget)
 
 from app import project
 from app.bridge import EngineBridge
@@ -18,7 +18,7 @@ from app.dialogs import BoxLabelDialog, ExtendDialog, SettingsDialog, ShortcutsD
 from app.document import Document, Params
 from app.files import FileActions
 from app.history_actions import HistoryActions
-from app.icon import app_icon
+from app.icon import app_icon, swatch
 from app.live import LiveMode
 from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, ParamsPanel
 from app.prompt_panel import PromptPanel
@@ -27,7 +27,8 @@ from app.settings import AppSettings, load_settings
 from app.task_panels import RegionPromptsPanel, TaskOptionsPanel
 from engine import api
 
-TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G", "region": "C"}
+TOOL_KEYS = {"move": "V", "mask": "B", "eraser": "E", "box": "R", "semantic": "S", "fill": "G", "region": "C",
+             "paint": "P"}
 
 
 class MainWindow(FileActions, HistoryActions, QMainWindow):
@@ -211,13 +212,18 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         group = QActionGroup(self)
         self.tool_actions = {}
         labels = {"move": "Select/move", "mask": "Mask brush", "eraser": "Mask eraser", "box": "Layout box",
-                  "semantic": "Semantic brush", "fill": "Semantic fill", "region": "Generation region"}
+                  "semantic": "Semantic brush", "fill": "Semantic fill", "region": "Generation region",
+                  "paint": "Colour brush"}
         for tool, text in labels.items():
             act = self._action(t, text, lambda _=False, tool=tool: self.canvas.set_tool(tool), TOOL_KEYS[tool], True)
             act.setActionGroup(group)
             bar.addAction(act)
             self.tool_actions[tool] = act
         self.tool_actions[self.canvas.tool].setChecked(True)
+        self.colour_action = self._action(t, "Brush &colour...", self.choose_colour)
+        bar.addAction(self.colour_action)
+        self.canvas.paintColourChanged.connect(lambda rgb: self.colour_action.setIcon(swatch(rgb)))
+        self.canvas.set_paint_colour(self.canvas.paint_colour)
         g = mb.addMenu("&Generate")
         self.generate_action = self._action(g, "&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"])
         self.cancel_action = self._action(g, "&Cancel", self.cancel, "Esc")
@@ -386,6 +392,13 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         self.canvas.current_label = index
         if self.canvas.tool not in ("semantic", "fill"):
             self.tool_actions["semantic"].trigger()
+
+    def choose_colour(self, *_) -> None:
+        """The colour brush's colour (Alt+click on the canvas with the colour brush picks one from the image)."""
+        colour = QColorDialog.getColor(QColor(*self.canvas.paint_colour), self, "Brush colour")
+        if colour.isValid():
+            self.canvas.set_paint_colour((colour.red(), colour.green(), colour.blue()))
+            self.tool_actions["paint"].trigger()
 
     def _brush_changed(self, radius: float, hardness: float) -> None:
         self.brush_label.setText(f"brush {radius:.0f} px · hardness {hardness:.1f}")

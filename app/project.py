@@ -68,6 +68,7 @@ def _read_png(z: zipfile.ZipFile, name: str) -> np.ndarray:
 def manifest(doc: Document) -> dict:
     return dict(
         format=FORMAT, version=VERSION, width=doc.width, height=doc.height, has_image=doc.has_image,
+        sketched=doc.sketched,
         region=list(doc.region) if doc.region else None, boxes=[asdict(b) for b in doc.boxes],
         params=asdict(doc.params), task_override=doc.task_override,
         history=[dict(parameters=h.parameters, seeds=list(h.seeds), params=h.params, task=h.task, created=h.created,
@@ -110,7 +111,7 @@ def load(path: str | os.PathLike) -> Document:
             doc.image = _read_png(z, "image.png")[..., :3].astype(np.uint8)
             doc.mask = _read_png(z, "mask.png").astype(np.uint8)
             doc.labels = (_read_png(z, "labels.png").astype(np.int32) - 1).astype(np.int16)
-            doc.has_image = bool(m.get("has_image"))
+            doc.has_image, doc.sketched = bool(m.get("has_image")), bool(m.get("sketched"))
             doc.boxes = [LayoutBox(b["label"], tuple(b["rect"]), b.get("prompt")) for b in m.get("boxes", [])]
             doc.params = Params.from_dict(m.get("params", {}))
             doc.task_override = m.get("task_override")

@@ -57,10 +57,13 @@ def stroke_coverage(shape: tuple[int, int], points, radius: float, hardness: flo
     return coverage, touched
 
 
-def blend(original: np.ndarray, coverage: np.ndarray, value: int) -> np.ndarray:
-    """Paint value over original: linear mix for uint8 layers, coverage >= 0.5 for label (int16) layers."""
+def blend(original: np.ndarray, coverage: np.ndarray, value) -> np.ndarray:
+    """Paint value over original: linear mix for uint8 layers (an RGB value on an RGB layer), coverage >= 0.5 for
+    label (int16) layers."""
     if original.dtype == np.uint8:
-        out = original.astype(np.float32) + (float(value) - original.astype(np.float32)) * coverage
+        value = np.asarray(value, np.float32)
+        cover = coverage[..., None] if original.ndim == 3 else coverage
+        out = original.astype(np.float32) + (value - original.astype(np.float32)) * cover
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return np.where(coverage >= 0.5, np.asarray(value, original.dtype), original)
 

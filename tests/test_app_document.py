@@ -437,3 +437,21 @@ def test_inpainting_has_its_own_strength_that_round_trips_through_the_infotext()
     assert "Denoising strength: 0.55" in text
     parsed = parse_parameters(text)
     assert parsed["inpaint_strength"] == 0.55 and "strength" not in parsed
+
+
+def test_a_colour_sketch_paints_the_image_in_one_undo_step_and_asks_for_img2img(tmp_path):
+    doc = Document(64, 48)
+    assert doc.task() == "txt2img"
+    assert doc.stroke("image", [(10, 10), (40, 10)], radius=4, value=(200, 30, 30))
+    assert tuple(doc.image[10, 25]) == (200, 30, 30) and tuple(doc.image[40, 25]) != (200, 30, 30)
+    assert doc.task() == "img2img" and doc.to_request(seed=1).image[10, 25].tolist() == [200, 30, 30]
+    path = str(tmp_path / "sketch.lcproj")
+    project.save(doc, path)
+    assert project.load(path).task() == "img2img"
+    doc.undo()
+    assert tuple(doc.image[10, 25]) != (200, 30, 30)
+    doc.redo()
+    doc.apply_result(np.full((48, 64, 3), 90, np.uint8))
+    assert doc.task() == "txt2img", "a new image is not a sketch"
+    doc.undo()
+    assert doc.task() == "img2img" and tuple(doc.image[10, 25]) == (200, 30, 30)

@@ -9,7 +9,7 @@ from PIL import Image
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
-from test_app_widgets import at, make_window  # noqa: E402,F401
+from test_app_widgets import at, drag, make_window  # noqa: E402,F401
 
 from app import project  # noqa: E402
 from app.demo import fake_runner  # noqa: E402
@@ -176,3 +176,20 @@ def test_variations_of_a_result_queue_four_jobs_at_its_seed_with_other_variation
     assert win.params_panel.variation.value() == 0.25 and win.doc.params.seed_mode == "fixed"
     win.params_panel.variation.setValue(0.0)
     assert win.doc.to_request().variation_strength == 0.0 and not win.params_panel.variation_seed.isEnabled()
+
+
+def test_the_colour_brush_sketches_in_its_colour_and_alt_click_picks_one(make_window, monkeypatch):
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QColorDialog
+
+    win = make_window()
+    monkeypatch.setattr(QColorDialog, "getColor", lambda *a, **k: QColor(20, 160, 60))
+    win.colour_action.trigger()
+    assert win.canvas.tool == "paint" and win.canvas.paint_colour == (20, 160, 60)
+    win.canvas.set_brush(radius=4, hardness=1.0)
+    drag(win.canvas, [(20, 20), (60, 20)])
+    assert tuple(win.doc.image[20, 40]) == (20, 160, 60) and len(win.doc.undo_stack.done) == 1
+    assert "img2img" in win.params_panel.task.itemText(0)
+    QTest.mouseClick(win.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.AltModifier, at(win.canvas, 100, 80))
+    assert win.canvas.paint_colour == tuple(int(v) for v in win.doc.image[80, 100])
+    assert len(win.doc.undo_stack.done) == 1, "picking a colour paints nothing"
