@@ -121,6 +121,8 @@ def validate(request: Request, model) -> None:
         raise EngineError(f"inpainting strength must be in (0, 1], got {request.inpaint_strength}")
     if not 0.0 <= request.variation_strength <= 1.0:
         raise EngineError(f"variation strength must be in [0, 1], got {request.variation_strength}")
+    if request.seamless not in SEAMLESS:
+        raise EngineError(f"unknown seamless mode {request.seamless!r}; valid: {', '.join(SEAMLESS)}")
     if not 1 <= request.clip_skip <= 12:
         raise EngineError(f"clip skip must be between 1 and 12, got {request.clip_skip}")
     if request.steps < 1 or request.steps > 1000:
@@ -440,8 +442,6 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     variations = [int(request.variation_seed) + i for i in range(len(seeds))]
     noise = initial_noise(seeds, (c, lh, lw), variations, request.variation_strength).to(model.device)
     den = base_denoiser(model)
-    if request.seamless not in SEAMLESS:
-        raise EngineError(f"unknown seamless mode {request.seamless!r}; valid: {', '.join(SEAMLESS)}")
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         den = DilatedDenoiser(den, model.config.image_size // model.config.factor)
     if plan.uncond is not None and request.cfg_scale != 1.0:

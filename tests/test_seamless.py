@@ -70,3 +70,10 @@ def test_a_bundled_scene_made_seamless_meets_itself_at_its_edges(engine):
     before, after = edge_ratio(plain.images[0], 0), edge_ratio(tiled.images[0], 0)
     assert before > 4 and after < before / 2, (before, after)
     assert edge_ratio(tiled.images[0], 1) < 2.5
+
+
+def test_an_unknown_seamless_mode_is_refused_with_the_valid_ones(engine):
+    from engine.api import Failed, Request
+
+    res = engine.wait(engine.submit(Request(prompt="a red circle", width=64, height=64, steps=2, seamless="z")), 120)
+    assert isinstance(res, Failed) and "unknown seamless mode 'z'; valid: off, xy, x, y" in res.message
