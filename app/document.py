@@ -461,7 +461,8 @@ class Document:
             label_prompts={int(k): v.strip() for k, v in p.label_prompts.items() if v and v.strip()},
             class_id=p.class_id, sampler=p.sampler, steps=int(p.steps), cfg_scale=float(p.cfg_scale),
             clip_skip=int(p.clip_skip),
-            seed=int(self.resolve_seed() if seed is None else seed), width=w, height=h,
+            seed=int(self.resolve_seed() if seed is None else seed),
+            width=None if task == "upscale" else w, height=None if task == "upscale" else h,  # upscale: x4 the input
             variation_seed=int(p.variation_seed), variation_strength=float(p.variation_strength),
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop),

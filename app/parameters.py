@@ -44,13 +44,21 @@ def _unquote(value: str) -> str:
     return value
 
 
+def size_text(request) -> str:
+    """WxH of the request's output: an upscale's is x4 its input's."""
+    if request.width is None and request.image is not None and request.task == "upscale":
+        h, w = request.image.shape[:2]
+        return f"{4 * w}x{4 * h}"
+    return f"{request.width}x{request.height}"
+
+
 def format_parameters(request, seed: int | None = None) -> str:
     """Prompt line, 'Negative prompt:' line, then 'Key: value' pairs."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     pairs = [("Steps", request.steps), ("Sampler", request.sampler), ("CFG scale", request.cfg_scale),
-             ("Seed", request.seed if seed is None else seed), ("Size", f"{request.width}x{request.height}"),
+             ("Seed", request.seed if seed is None else seed), ("Size", size_text(request)),
              ("Model", Path(str(request.model)).stem), ("Task", request.task)]
     if request.clip_skip != 1:
         pairs.append(("Clip skip", request.clip_skip))

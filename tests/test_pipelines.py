@@ -508,3 +508,16 @@ def test_layout_tiles_guide_with_the_empty_layout_of_their_own_crop(tiny_models)
         full = model.get_learned_conditioning(tok.encode([])[None])
     assert torch.equal(right["uncond"]["context"], expect) and not torch.equal(expect, full)
     assert not torch.equal(right["cond"]["context"], expect)
+
+
+def test_the_apps_upscale_request_enlarges_x4_with_the_real_engine(tiny_models, engine):
+    """The app sends no size for an upscale: the engine makes it x4 the canvas (a size would shrink the input)."""
+    from app.document import Document
+
+    doc = Document(32, 24)
+    doc.set_image(IMG[:24])
+    doc.set_param("upscale", True)
+    req = doc.to_request(seed=1)
+    req.model, req.steps = str(tiny_models("ldm-bsr-sr")), 2
+    res, _ = run(engine, **{k: getattr(req, k) for k in ("model", "task", "image", "steps", "seed", "width", "height")})
+    assert isinstance(res, Result) and res.images[0].shape == (96, 128, 3)
