@@ -54,6 +54,20 @@ def resize_nearest(a: np.ndarray, width: int, height: int) -> np.ndarray:
     return a[ys][:, xs]
 
 
+def fill_unpainted(labels: np.ndarray) -> np.ndarray:
+    """A label map's unpainted pixels (< 0, the app's empty label layer) take the class of the nearest painted pixel
+    (Euclidean distance transform), so a few painted blobs make a whole map; all unpainted stays as it is."""
+    labels = np.asarray(labels)
+    unpainted = labels < 0
+    if not unpainted.any() or unpainted.all():
+        return labels
+    import cv2
+
+    _, nearest = cv2.distanceTransformWithLabels(unpainted.astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    return labels[~unpainted][nearest - 1].astype(labels.dtype)  # painted pixels are numbered in raster order
+
+
 def resize_rgb(a: np.ndarray, width: int, height: int) -> np.ndarray:
     from PIL import Image
 

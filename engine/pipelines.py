@@ -376,6 +376,10 @@ def make_plan(request: Request, model, h: int, w: int) -> Plan:
 def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
     """Run one job on the worker: load (cached), validate, plan the task, sample with previews, decode, paste back."""
     t0 = time.perf_counter()
+    if request.labels is not None and (np.asarray(request.labels) < 0).any():
+        from engine.images import fill_unpainted
+
+        request = replace(request, labels=fill_unpainted(request.labels))
     if request.task == "layout" and not request.boxes and request.prompt.strip():
         return run_planned(request, ctx, cache, t0)
     if request.task == "upscale" and request.refine_strength > 0:

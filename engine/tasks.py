@@ -148,8 +148,11 @@ def base_conditioning(request: Request, model, h: int, w: int) -> tuple[dict, di
     if kind == "spatial":
         labels = resize_nearest(np.asarray(request.labels), w, h).astype(np.int64)
         n = cfg.cond.in_channels
-        if labels.min() < 0 or labels.max() >= n:
-            raise EngineError(f"label map has class id {int(labels.max())} outside the model's {n} classes")
+        if (labels < 0).all():
+            raise EngineError("the label map is empty: paint at least one class")
+        bad = labels[(labels < 0) | (labels >= n)]
+        if bad.size:
+            raise EngineError(f"label map has class id {int(bad[0])} outside the model's {n} classes (0..{n - 1})")
         t = torch.from_numpy(labels)[None].expand(b, -1, -1).to(model.device)
         return {"concat": model.get_learned_conditioning(t)}, None
     return {}, None
