@@ -68,3 +68,35 @@ def test_an_empty_label_map_is_refused_with_a_clear_message(engine):
 
     res = engine.wait(engine.submit(Request(task="semantic", labels=np.full((64, 64), -1), steps=2)), 300)
     assert isinstance(res, Failed) and "the label map is empty" in res.message
+
+
+@pytest.mark.parametrize("flow", ["planned layout", "large canvas", "region", "outpaint", "refined upscale"])
+def test_the_apps_other_flows_run_on_the_bundled_models(flow, engine):
+    """Layout from the prompt alone, a canvas four times the models' size (two passes through the x4 upscaler), a
+    generation region, an extended canvas filled by inpainting, and an upscale refined by img2img."""
+    doc = canvas("txt2img")
+    if flow == "planned layout":
+        doc.set_task_override("layout")
+    elif flow == "large canvas":
+        doc.resize(256, 256)
+    elif flow == "region":
+        doc.set_image(np.full((96, 128, 3), 120, np.uint8))
+        doc.set_region((32, 16, 64, 64))
+    elif flow == "outpaint":
+        doc.set_image(np.full((64, 64, 3), 120, np.uint8))
+        doc.extend(right=32)
+    elif flow == "refined upscale":
+        doc = canvas("upscale")
+        doc.set_param("refine_strength", 0.3)
+    req = doc.to_request(seed=5)
+    res = engine.wait(engine.submit(req), 600)
+    assert isinstance(res, Result), getattr(res, "message", res)
+    want = {"large canvas": (256, 256), "region": (64, 64), "outpaint": (64, 96), "refined upscale": (256, 256)}
+    assert res.images[0].shape[:2] == want.get(flow, (64, 64))
+    if flow == "planned layout":
+        assert res.boxes, "the planner's boxes come back for the canvas"
+    if flow == "outpaint":
+        assert np.array_equal(res.images[0][:, :64], req.image[:, :64]), "the old pixels stay exactly"
+    before = (doc.width, doc.height)
+    doc.apply_result(res.images[0], region=doc.region)
+    assert (doc.width, doc.height) == (before if flow != "refined upscale" else (256, 256))
