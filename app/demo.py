@@ -24,8 +24,8 @@ def fake_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 def fake_runner(request: api.Request, ctx: api.JobContext, cache: dict, step_s: float = 0.05) -> api.Result:
     """Emits Started, Progress every step and a noisy Preview, then the image (x4 for upscale)."""
     ctx.emit(api.Started(ctx.job_id, device="cpu (demo)", dtype="float32", family="demo"))
-    if request.task == "upscale":  # x4 the input, as the engine does when no size is given
-        h, w = (4 * n for n in request.image.shape[:2])
+    if request.task == "upscale":  # the input times upscale_by, as the engine makes it
+        h, w = (request.upscale_by * n for n in request.image.shape[:2])
     else:
         w, h = request.width or 512, request.height or 512
     total = max(int(request.steps), 1)

@@ -467,6 +467,7 @@ class Document:
             strength=float(p.strength), batch_size=int(p.batch_size), mask_grow=int(p.mask_grow),
             mask_feather=int(p.mask_feather), inpaint_crop=bool(p.inpaint_crop),
             inpaint_strength=float(p.inpaint_strength), upscaler=p.upscaler, noise_level=int(p.noise_level),
+            upscale_by=int(p.upscale_by),
             colour_fix=bool(p.colour_fix), hires=p.hires, hires_strength=float(p.hires_strength),
             hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,

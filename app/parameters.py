@@ -25,7 +25,8 @@ KEYS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg
         "Inpaint crop": ("inpaint_crop", lambda v: v == "True"), "Colour fix": ("colour_fix", lambda v: v == "True"),
         "Hires": ("hires", str), "Hires strength": ("hires_strength", float), "Hires upscaler": ("hires_upscaler", str),
         "Sketch strength": ("sketch_strength", float), "Best of": ("best_of", int), "Clip skip": ("clip_skip", int),
-        "VAE": ("vae", str), "Seamless": ("seamless", str), "Variation seed": ("variation_seed", int),
+        "VAE": ("vae", str), "Seamless": ("seamless", str), "Upscale by": ("upscale_by", int),
+        "Variation seed": ("variation_seed", int),
         "Variation seed strength": ("variation_strength", float),
         "Tiling": ("seamless", lambda v: "xy" if v == "True" else "off")}  # A1111's
 
@@ -45,10 +46,10 @@ def _unquote(value: str) -> str:
 
 
 def size_text(request) -> str:
-    """WxH of the request's output: an upscale's is x4 its input's."""
+    """WxH of the request's output: an upscale's is its input's times upscale_by."""
     if request.width is None and request.image is not None and request.task == "upscale":
         h, w = request.image.shape[:2]
-        return f"{4 * w}x{4 * h}"
+        return f"{request.upscale_by * w}x{request.upscale_by * h}"
     return f"{request.width}x{request.height}"
 
 
@@ -79,6 +80,8 @@ def format_parameters(request, seed: int | None = None) -> str:
                   ("Hires upscaler", request.hires_upscaler)]
     if request.task == "upscale":
         pairs += [("Upscaler", request.upscaler), ("Noise level", request.noise_level)]
+        if request.upscale_by != 4:
+            pairs.append(("Upscale by", request.upscale_by))
         if request.upscaler != "esrgan":
             pairs.append(("Colour fix", request.colour_fix))
         if request.refine_strength > 0:

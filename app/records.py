@@ -49,6 +49,7 @@ class Params:
     inpaint_strength: float = 1.0
     noise_level: int = 20
     upscaler: str = "model"
+    upscale_by: int = 4
     colour_fix: bool = True
     hires: str = "auto"
     hires_strength: float = 0.5

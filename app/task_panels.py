@@ -59,6 +59,10 @@ class TaskOptionsPanel(QWidget):
         self.upscaler = QComboBox()
         for text, value in UPSCALERS:
             self.upscaler.addItem(text, value)
+        self.upscale_by = QComboBox(toolTip="How much larger: x4 as the upscaler makes it, or x2 / x3 resized down "
+                                            "from that (A1111's Resize)")
+        for f in (4, 3, 2):
+            self.upscale_by.addItem(f"x{f}", f)
         self.noise_level = QSpinBox(minimum=0, maximum=350, singleStep=5)
         self.noise_level.setToolTip("Noise added to the low-resolution input (SD x4 upscaler); 0 keeps it exact")
         self.colour_fix = QCheckBox("Colour fix")
@@ -114,6 +118,7 @@ class TaskOptionsPanel(QWidget):
         form.addRow("Second pass strength", self.hires_strength)
         form.addRow("Seamless", self.seamless)
         form.addRow("Upscaler", self.upscaler)
+        form.addRow("Scale", self.upscale_by)
         form.addRow("Noise level", self.noise_level)
         form.addRow("", self.colour_fix)
         form.addRow("Refine strength", self.refine_strength)
@@ -126,6 +131,8 @@ class TaskOptionsPanel(QWidget):
         self.set_models(())
         self.upscaler.currentIndexChanged.connect(lambda: self.doc.set_param("upscaler", self.upscaler.currentData()))
         self.noise_level.valueChanged.connect(lambda v: self.doc.set_param("noise_level", v))
+        self.upscale_by.currentIndexChanged.connect(
+            lambda: self.doc.set_param("upscale_by", self.upscale_by.currentData()))
         self.colour_fix.toggled.connect(lambda v: self.doc.set_param("colour_fix", v))
         self.hires.currentIndexChanged.connect(lambda: self.doc.set_param("hires", self.hires.currentData()))
         self.hires_strength.valueChanged.connect(lambda v: self.doc.set_param("hires_strength", v))
@@ -156,7 +163,8 @@ class TaskOptionsPanel(QWidget):
         self.doc, p = doc, doc.params
         if self.refine_model.findData(p.refine_model) < 0 and p.refine_model != "default":
             self.refine_model.addItem(p.refine_model, p.refine_model)
-        for w, v in ((self.upscaler, p.upscaler), (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
+        for w, v in ((self.upscaler, p.upscaler), (self.upscale_by, int(p.upscale_by)),
+                     (self.noise_level, int(p.noise_level)), (self.colour_fix, p.colour_fix),
                      (self.hires, p.hires), (self.hires_strength, float(p.hires_strength)),
                      (self.hires_upscaler, p.hires_upscaler), (self.seamless, p.seamless),
                      (self.refine_strength, float(p.refine_strength)), (self.refine_model, p.refine_model),
@@ -165,7 +173,7 @@ class TaskOptionsPanel(QWidget):
                      (self.sketch_strength, float(p.sketch_strength))):
             _set(w, v)
         task = doc.task()
-        for w in (self.upscaler, self.noise_level, self.refine_strength):
+        for w in (self.upscaler, self.upscale_by, self.noise_level, self.refine_strength):
             w.setEnabled(task == "upscale")
         self.colour_fix.setEnabled(task == "upscale" and p.upscaler != "esrgan")
         self.hires.setEnabled(task in LARGE_CANVAS_TASKS)

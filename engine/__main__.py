@@ -46,6 +46,7 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--clip-skip", type=int, default=None, help="read the n-th last CLIP layer (A1111's Clip skip)")
     p.add_argument("--vae", default=None, help="another autoencoder: a file, or its name in a vae folder")
+    p.add_argument("--upscale-by", type=int, default=None, choices=(2, 3, 4), help="upscale: the factor (default 4)")
     p.add_argument("--seamless", default=None, choices=SEAMLESS, help="a tileable image: edges meet along x, y or both")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--variation-seed", type=int, default=None, help="A1111's variation seed: another seed's noise ...")
@@ -81,7 +82,8 @@ FIELDS = {  # CLI flag -> Request field
     "mask_feather": "mask_feather", "device": "device", "dtype": "dtype", "colour_fix": "colour_fix",
     "hires": "hires", "hires_strength": "hires_strength", "hires_upscaler": "hires_upscaler", "planner": "planner",
     "best_of": "best_of", "sketch_strength": "sketch_strength", "inpaint_strength": "inpaint_strength",
-    "clip_skip": "clip_skip", "vae": "vae", "seamless": "seamless", "variation_seed": "variation_seed",
+    "clip_skip": "clip_skip", "vae": "vae", "seamless": "seamless", "upscale_by": "upscale_by",
+    "variation_seed": "variation_seed",
     "variation_strength": "variation_strength",
 }
 INPUTS = ("image", "mask", "boxes", "labels")

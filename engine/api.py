@@ -80,6 +80,7 @@ class Request:
     # inpaint: 1 fills the mask from noise; below 1 repaints what is there (A1111's denoising strength, 'original')
     inpaint_strength: float = 1.0
     upscaler: str = "model"
+    upscale_by: int = 4  # upscale: 2 or 3 enlarge x4, then resize down to this factor (A1111's "Resize")
     noise_level: int = 20
     colour_fix: bool = True
     # two passes (hires fix); auto: canvas over 2.25x the training area; dilated: one pass, guidance.DilatedDenoiser

@@ -382,10 +382,11 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
         request = replace(request, labels=fill_unpainted(request.labels))
     if request.task == "layout" and not request.boxes and request.prompt.strip():
         return run_planned(request, ctx, cache, t0)
-    if request.task == "upscale" and request.refine_strength > 0:
-        return upscale_and_refine(request, ctx, cache, t0)
-    if request.task == "upscale" and request.upscaler == "esrgan":
-        return run_esrgan(request, ctx, cache, t0)
+    if request.task == "upscale" and (request.upscale_by != 4 or request.refine_strength > 0
+                                      or request.upscaler == "esrgan"):
+        from engine import upscaling
+
+        return upscaling.run(request, ctx, cache, t0)
     device, dtype = pick_device(request)
     model = get_model(request, cache, device, dtype)
     validate(request, model)
@@ -408,35 +409,6 @@ def run_request(request: Request, ctx: JobContext, cache: dict) -> Result:
             raise EngineError(str(e)) from None
     seeds = seeds_for(request)
     return Result(ctx.job_id, tuple(images), parameters_text(request, model, h, w), tuple(seeds), time.perf_counter() - t0)
-
-
-def upscale_and_refine(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
-    """Enlarge x4 (LDM/SD upscaler or Real-ESRGAN), then refine tile by tile with img2img at low strength."""
-    from dataclasses import replace
-
-    big = run_request(replace(request, refine_strength=0.0), ctx, cache)
-    tiles = request.tiles if request.tiles.mode != "off" else replace(request.tiles, mode="auto")
-    refined = []
-    for img, seed in zip(big.images, big.seeds):
-        sub = replace(request, task="img2img", model=request.refine_model, image=img, strength=request.refine_strength,
-                      width=None, height=None, batch_size=1, seed=seed, refine_strength=0.0, tiles=tiles, hires="off")
-        refined.append(run_request(sub, ctx, cache).images[0])
-    text = big.parameters + f", Refine strength: {request.refine_strength}, Refine model: {request.refine_model}"
-    return Result(ctx.job_id, tuple(refined), text, big.seeds, time.perf_counter() - t0)
-
-
-def run_esrgan(request: Request, ctx: JobContext, cache: dict, t0: float) -> Result:
-    from engine import esrgan
-
-    if request.image is None:
-        raise EngineError("upscale needs an input image")
-    ctx.emit(Started(ctx.job_id, device="vulkan", dtype="float16", family="real-esrgan-x4plus"))
-    ctx.progress(0, 1)
-    image = esrgan.upscale(request.image, cache)
-    ctx.progress(1, 1)
-    h, w = image.shape[:2]
-    text = f"{request.prompt}\nSteps: 1, Size: {w}x{h}, Model: realesrgan-x4plus, Task: upscale"
-    return Result(ctx.job_id, (image,), text, (int(request.seed),), time.perf_counter() - t0)
 
 
 def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dict) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from app.document import Document, LayoutBox
+from app.parameters import format_parameters
 from engine.api import Engine, Result
 
 
@@ -70,7 +71,8 @@ def test_an_empty_label_map_is_refused_with_a_clear_message(engine):
     assert isinstance(res, Failed) and "the label map is empty" in res.message
 
 
-@pytest.mark.parametrize("flow", ["planned layout", "large canvas", "region", "outpaint", "refined upscale"])
+@pytest.mark.parametrize("flow", ["planned layout", "large canvas", "region", "outpaint", "refined upscale",
+                                  "x2 upscale"])
 def test_the_apps_other_flows_run_on_the_bundled_models(flow, engine):
     """Layout from the prompt alone, a canvas four times the models' size (two passes through the x4 upscaler), a
     generation region, an extended canvas filled by inpainting, and an upscale refined by img2img."""
@@ -88,10 +90,14 @@ def test_the_apps_other_flows_run_on_the_bundled_models(flow, engine):
     elif flow == "refined upscale":
         doc = canvas("upscale")
         doc.set_param("refine_strength", 0.3)
+    elif flow == "x2 upscale":
+        doc = canvas("upscale")
+        doc.set_param("upscale_by", 2)
     req = doc.to_request(seed=5)
     res = engine.wait(engine.submit(req), 600)
     assert isinstance(res, Result), getattr(res, "message", res)
-    want = {"large canvas": (256, 256), "region": (64, 64), "outpaint": (64, 96), "refined upscale": (256, 256)}
+    want = {"large canvas": (256, 256), "region": (64, 64), "outpaint": (64, 96), "refined upscale": (256, 256),
+            "x2 upscale": (128, 128)}
     assert res.images[0].shape[:2] == want.get(flow, (64, 64))
     if flow == "planned layout":
         assert res.boxes, "the planner's boxes come back for the canvas"
@@ -99,4 +105,6 @@ def test_the_apps_other_flows_run_on_the_bundled_models(flow, engine):
         assert np.array_equal(res.images[0][:, :64], req.image[:, :64]), "the old pixels stay exactly"
     before = (doc.width, doc.height)
     doc.apply_result(res.images[0], region=doc.region)
-    assert (doc.width, doc.height) == (before if flow != "refined upscale" else (256, 256))
+    assert (doc.width, doc.height) == {"refined upscale": (256, 256), "x2 upscale": (128, 128)}.get(flow, before)
+    if flow == "x2 upscale":
+        assert "Upscale by: 2" in res.parameters and "Size: 128x128" in format_parameters(req)

@@ -521,3 +521,15 @@ def test_the_apps_upscale_request_enlarges_x4_with_the_real_engine(tiny_models, 
     req.model, req.steps = str(tiny_models("ldm-bsr-sr")), 2
     res, _ = run(engine, **{k: getattr(req, k) for k in ("model", "task", "image", "steps", "seed", "width", "height")})
     assert isinstance(res, Result) and res.images[0].shape == (96, 128, 3)
+
+
+def test_upscale_by_two_or_three_resizes_the_x4_result(tiny_models, engine):
+    base = request_for(tiny_models("ldm-bsr-sr"), "upscale", steps=2)
+    x4, _ = run(engine, **base)
+    x2, _ = run(engine, **dict(base, upscale_by=2))
+    x3, _ = run(engine, **dict(base, upscale_by=3, refine_strength=0.2, refine_model=str(tiny_models("sd1")),
+                                 prompt="a photo", image=IMG[:16, :16]))
+    assert x4.images[0].shape == (32, 64, 3) and x2.images[0].shape == (16, 32, 3) and x3.images[0].shape == (48, 48, 3)
+    assert "Upscale by: 3" in x3.parameters and "Refine strength: 0.2" in x3.parameters
+    bad, _ = run(engine, **dict(base, upscale_by=5))
+    assert isinstance(bad, Failed) and "upscale by must be 2, 3 or 4" in bad.message
