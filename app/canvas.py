@@ -383,14 +383,10 @@ class Canvas(QWidget):
         if self.tool == "paint" and e.modifiers() & Qt.KeyboardModifier.AltModifier:
             x, y = int(ip.x()), int(ip.y())
             if 0 <= x < self.doc.width and 0 <= y < self.doc.height:
-                self.set_paint_colour(tuple(int(v) for v in self.doc.image[y, x]))
-        elif self.tool == "paint":
-            self.doc.begin_stroke("image", self.paint_colour, self.brush_radius, self.brush_hardness)
-            self.doc.stroke_to(ip.x(), ip.y())
-            self._drag = dict(kind="stroke")
-        elif self.tool in ("mask", "eraser", "semantic"):
-            layer = "labels" if self.tool == "semantic" else "mask"
-            value = self.current_label if self.tool == "semantic" else (0 if self.tool == "eraser" else 255)
+                self.set_paint_colour(self.doc.image[y, x])
+        elif self.tool in ("mask", "eraser", "semantic", "paint"):
+            layer = {"semantic": "labels", "paint": "image"}.get(self.tool, "mask")
+            value = {"semantic": self.current_label, "paint": self.paint_colour, "eraser": 0}.get(self.tool, 255)
             if self.tool == "semantic" and e.modifiers() & Qt.KeyboardModifier.AltModifier:
                 value = -1
             self.doc.begin_stroke(layer, value, self.brush_radius, self.brush_hardness)

@@ -102,7 +102,7 @@ class FileActions:
         self.settings.styles = [s for s in self.settings.styles if s["name"] != name] + [
             dict(name=name, prompt=prompt, negative_prompt=negative)]
         self.store_settings()
-        self.prompt_panel.set_styles([s["name"] for s in self.settings.styles])
+        self.prompt_panel.set_styles(self.settings.style_names())
         self.statusBar().showMessage(f"Saved the style {name}", 5000)
 
     def delete_style(self, name: str) -> None:
@@ -110,7 +110,7 @@ class FileActions:
         self.store_settings()
         if self.doc.params.style == name:
             self.doc.set_param("style", "")
-        self.prompt_panel.set_styles([s["name"] for s in self.settings.styles])
+        self.prompt_panel.set_styles(self.settings.style_names())
 
     @guarded
     def train_dialog(self, *_):

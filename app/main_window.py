@@ -92,7 +92,7 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         self.model_panel.loraAdded.connect(self.prompt_panel.install_lora)
         self.prompt_panel.styleSaved.connect(self.save_style)
         self.prompt_panel.styleDeleted.connect(self.delete_style)
-        self.prompt_panel.set_styles([s["name"] for s in self.settings.styles])
+        self.prompt_panel.set_styles(self.settings.style_names())
         self.task_options.drop_target.imageDropped.connect(self.upscale_path)
         self.palette.labelChosen.connect(self._label_chosen)
         self.history_strip.applyRequested.connect(self.apply_history)

@@ -20,6 +20,18 @@ from app.document import SEED_MODES, Document
 from engine import api
 
 
+def fill_names(combo: QComboBox, none_text: str, names: list[str], chosen: str) -> None:
+    """A combo of "none" ("" as its data) and names, with `chosen` shown as chosen (added when it is not listed),
+    filled without emitting its change signals."""
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItem(none_text, "")
+    for name in names + ([chosen] if chosen and chosen not in names else []):
+        combo.addItem(name, name)
+    combo.setCurrentIndex(max(0, combo.findData(chosen)))
+    combo.blockSignals(False)
+
+
 def _set(widget, value) -> None:
     widget.blockSignals(True)
     try:
@@ -142,15 +154,8 @@ class ModelPanel(QWidget):
     def _fill_vae(self, m: api.ModelInfo | None) -> None:
         """The model's own autoencoder, then the VAE files the engine finds for it (and the one the document names)."""
         names = list(api.list_assets("vae", (str(Path(m.path).parent),) if m is not None and m.path else ()))
-        chosen = self.doc.params.vae
-        self.vae.blockSignals(True)
-        self.vae.clear()
-        self.vae.addItem("The model's own", "")
-        for name in names + ([chosen] if chosen and chosen not in names else []):
-            self.vae.addItem(name, name)
-        self.vae.setCurrentIndex(max(0, self.vae.findData(chosen)))
+        fill_names(self.vae, "The model's own", names, self.doc.params.vae)
         self.vae.setEnabled(self.vae.count() > 1)
-        self.vae.blockSignals(False)
 
     def sync(self, doc: Document) -> None:
         self.doc = doc

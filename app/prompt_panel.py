@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog
                                QPushButton, QSizePolicy, QVBoxLayout, QWidget)
 
 from app.document import Document
-from app.panels import _set, install_model
+from app.panels import _set, fill_names, install_model
 from app.prompt_edit import nudge_weight
 from engine import api
 
@@ -162,14 +162,7 @@ class PromptPanel(QWidget):
 
     def set_styles(self, names: list[str]) -> None:
         """The saved styles' names, the document's one chosen (a name no longer saved shows as chosen, to be unset)."""
-        chosen = self.doc.params.style
-        self.style.blockSignals(True)
-        self.style.clear()
-        self.style.addItem("No style", "")
-        for name in names + ([chosen] if chosen and chosen not in names else []):
-            self.style.addItem(name, name)
-        self.style.setCurrentIndex(max(0, self.style.findData(chosen)))
-        self.style.blockSignals(False)
+        fill_names(self.style, "No style", names, self.doc.params.style)
 
     def save_style_dialog(self) -> str:
         name, ok = QInputDialog.getText(self, "Save as style", "Name of the style (the prompts are saved in it):")

@@ -32,6 +32,9 @@ class AppSettings:
     recent_files: list = field(default_factory=list)  # newest first, at most RECENT
     styles: list = field(default_factory=list)  # [{"name", "prompt", "negative_prompt"}], A1111's prompt styles
 
+    def style_names(self) -> list[str]:
+        return [s["name"] for s in self.styles]
+
     def style(self, name: str) -> dict | None:
         return next((s for s in self.styles if s["name"] == name), None) if name else None
 

@@ -456,9 +456,7 @@ def prompt_tokenizer(info: ModelInfo):
 def prompt_tokens(tokenizer, prompt: str) -> tuple[int, int]:
     """(tokens, chunks) of a prompt as the engine reads it: markup left out, a new chunk at BREAK and after every
     max_len - 2 tokens (an embedding counts as its name's tokens here)."""
-    from engine.prompts import BREAK, PromptError, chunked, parse
-
-    from engine.prompts import steps
+    from engine.prompts import BREAK, PromptError, chunked, parse, steps
 
     variants = {text for _, text in steps(prompt, 100)}
     if len(variants) > 1:
@@ -467,6 +465,7 @@ def prompt_tokens(tokenizer, prompt: str) -> tuple[int, int]:
         segments = parse(variants.pop()).segments
     except PromptError:
         return 0, 1
+
     def groups():
         for text, _ in segments:
             if text is BREAK:

@@ -7,6 +7,7 @@ Noise comes from the given CPU torch.Generator and is moved to x's device, so a 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -149,16 +150,8 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, generator=
     return x
 
 
-@torch.no_grad()
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, generator=None):
-    """Euler on the probability-flow ODE dx/dsigma = (x - D) / sigma (Karras et al. 2022, Algorithm 1, no churn)."""
-    extra_args = extra_args or {}
-    s = _floats(sigmas)
-    for i in range(len(s) - 1):
-        denoised = model(x, _sigma_batch(x, s[i]), **extra_args)
-        x = x + (x - denoised) / s[i] * (s[i + 1] - s[i])
-        _report(callback, i, len(s) - 1, x, s[i], denoised)
-    return x
+# Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1, no churn): Euler ancestral without its noise.
+sample_euler = functools.partial(sample_euler_a, eta=0.0)
 
 
 @torch.no_grad()
