@@ -109,8 +109,9 @@ class ResBlock(TimestepBlock):
         return residual(conv(silu(h)), self.skip_connection(x))
 
 
-class UNetModel(nn.Module):
-    """openaimodel.UNetModel with identical parameter paths: LDM, SD 1.x/2.x, inpainting and the x4 upscaler."""
+class UNetEncoder(nn.Module):
+    """The encoder half of openaimodel.UNetModel (time and class embeddings, input blocks, middle block), shared by
+    the UNet and the ControlNet, which copies it (Zhang et al. 2023), so both keep the original parameter paths."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -134,41 +135,28 @@ class UNetModel(nn.Module):
         elif cfg.num_classes is not None:
             self.label_emb = nn.Embedding(cfg.num_classes, emb_dim)
 
-        def res(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
-            return ResBlock(ch_in, emb_dim, ch_out, use_scale_shift_norm=cfg.use_scale_shift_norm, **kw)
-
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
         chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * mc)]
+                layers: list[nn.Module] = [self._res(ch, mult * mc)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
                     layers.append(self._attention(ch, dsa[level], upsample=False))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                down = res(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, cfg.conv_resample, ch)
+                down = self._res(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, cfg.conv_resample, ch)
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 chans.append(ch)
                 ds *= 2
-
+        self.skip_channels = tuple(chans)
         self.middle_block = TimestepEmbedSequential(
-            res(ch), self._attention(ch, cfg.disable_middle_self_attn, upsample=False), res(ch))
+            self._res(ch), self._attention(ch, cfg.disable_middle_self_attn, upsample=False), self._res(ch))
 
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + chans.pop(), mc * mult)]
-                ch = mc * mult
-                if ds in cfg.attention_resolutions:
-                    layers.append(self._attention(ch, dsa[level], upsample=True))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample, ch))
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+    def _res(self, ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
+        emb = self.model_channels * 4
+        return ResBlock(ch_in, emb, ch_out, use_scale_shift_norm=self.cfg.use_scale_shift_norm, **kw)
 
     def _heads(self, ch: int) -> tuple[int, int]:
         """(heads, head width) exactly as openaimodel derives them, including the legacy rule."""
@@ -191,8 +179,8 @@ class UNetModel(nn.Module):
             heads = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
         return AttentionBlock(ch, num_heads=heads, num_head_channels=dim_head)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The timestep embedding plus the class (or ADM vector) embedding, in the weights' dtype."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("y must be given if and only if the model is class-conditional")
         dtype = self.time_embed[0].weight.dtype
@@ -201,14 +189,51 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
         if y is not None:
             emb = emb + self.label_emb(y.to(dtype) if y.is_floating_point() else y)
+        return emb
+
+
+class UNetModel(UNetEncoder):
+    """openaimodel.UNetModel with identical parameter paths: LDM, SD 1.x/2.x, inpainting and the x4 upscaler."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__(cfg)
+        mc, ch, ds = cfg.model_channels, cfg.model_channels * cfg.channel_mult[-1], 2 ** (len(cfg.channel_mult) - 1)
+        dsa = cfg.disable_self_attentions or (False,) * len(cfg.channel_mult)
+        chans = list(self.skip_channels)
+        res = self._res
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + chans.pop(), mc * mult)]
+                ch = mc * mult
+                if ds in cfg.attention_resolutions:
+                    layers.append(self._attention(ch, dsa[level], upsample=True))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample, ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
+                y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """control: ControlNet residuals, one per input block then the middle block's, added to the skip
+        connections and the middle block's output (ControlledUnetModel)."""
+        emb = self.embed(x, timesteps, y)
         if context is not None:
-            context = context.to(dtype)
+            context = context.to(emb.dtype)
         hs = []
-        h = like_weights(x.to(dtype), self.input_blocks[0][0])
+        h = like_weights(x.to(emb.dtype), self.input_blocks[0][0])
         for block in self.input_blocks:
             h = block(h, emb, context)
             hs.append(h)
         h = self.middle_block(h, emb, context)
+        control = list(control) if control else []
+        if control:
+            h = h + control.pop()
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+            skip = hs.pop()
+            if control:
+                skip = skip + control.pop()
+            h = block(torch.cat([h, skip], dim=1), emb, context)
         return self.out(h).contiguous()

@@ -25,18 +25,30 @@ class DiffusionWrapper(nn.Module):
         self.diffusion_model = unet
         self.pooled = pooled
 
-    def forward(self, x, t, context=None, concat=None, y=None):
+    def forward(self, x, t, context=None, concat=None, y=None, control=None):
         if self.pooled and y is None and context is not None:
             y = context.mean(dim=1)
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)
-        return self.diffusion_model(x, t, context=context, y=y)
+        return self.diffusion_model(x, t, context=context, y=y, control=control)
+
+
+WIDE_CONV = 256
+
+
+def wide_cpu_layout_(part: nn.Module, device, pack: bool = True, wide: int = WIDE_CONV) -> None:
+    """On CPU, the convs of a wide network (>= `wide` channels) channels_last, their weights packed once into
+    oneDNN's blocked layout for inference (the same output to float rounding)."""
+    if torch.device(device).type == "cpu":
+        widest = max((m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)), default=0)
+        if widest >= wide:
+            cpu_inference_layout_(part, pack=pack)
 
 
 class LatentDiffusion(nn.Module):
     """One checkpoint family; state_dict() keys are the original checkpoint's keys."""
 
-    WIDE_CONV = 256
+    WIDE_CONV = WIDE_CONV
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -75,11 +87,8 @@ class LatentDiffusion(nn.Module):
             for m in self.modules():
                 if isinstance(m, CrossAttention):
                     m.share_qkv_()
-        if torch.device(device).type == "cpu":
-            for part in (self.model, self.first_stage_model):
-                widest = max((m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)), default=0)
-                if widest >= self.WIDE_CONV:
-                    cpu_inference_layout_(part, pack=not self.training)
+        for part in (self.model, self.first_stage_model):
+            wide_cpu_layout_(part, device, pack=not self.training, wide=self.WIDE_CONV)
         return self
 
     @contextmanager
