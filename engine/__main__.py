@@ -20,7 +20,7 @@ def cmd_inspect(args) -> int:
 
 
 def add_generate(sub) -> None:
-    from engine.api import HIRES_MODES, HIRES_UPSCALERS, SEAMLESS
+    from engine.api import CONTROL_PREPROCESSORS, HIRES_MODES, HIRES_UPSCALERS, SEAMLESS
 
     p = sub.add_parser("generate", help="generate an image (text, img2img, inpaint, layout, semantic, upscale)")
     p.add_argument("--model", default=None, help="checkpoint file (default: the bundled model for the task)")
@@ -46,6 +46,13 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--clip-skip", type=int, default=None, help="read the n-th last CLIP layer (A1111's Clip skip)")
     p.add_argument("--vae", default=None, help="another autoencoder: a file, or its name in a vae folder")
+    p.add_argument("--control", default=None, help="a ControlNet: a file, or its name in a controlnet folder")
+    p.add_argument("--control-image", default=None, help="the ControlNet's guide image")
+    p.add_argument("--control-type", default=None, choices=CONTROL_PREPROCESSORS,
+                   help="how the guide is read: canny (edges of a picture, the default), scribble, invert, none")
+    p.add_argument("--control-strength", type=float, default=None)
+    p.add_argument("--control-start", type=float, default=None, help="acts from this share of the denoising ...")
+    p.add_argument("--control-end", type=float, default=None, help="... to this one")
     p.add_argument("--upscale-by", type=int, default=None, choices=(2, 3, 4), help="upscale: the factor (default 4)")
     p.add_argument("--seamless", default=None, choices=SEAMLESS, help="a tileable image: edges meet along x, y or both")
     p.add_argument("--seed", type=int, default=None)
@@ -86,12 +93,14 @@ FIELDS = {  # CLI flag -> Request field
     "variation_seed": "variation_seed",
     "variation_strength": "variation_strength",
 }
-INPUTS = ("image", "mask", "boxes", "labels")
+INPUTS = ("image", "mask", "boxes", "labels", "control_image")
+CONTROL_FLAGS = {"control_type": "preprocessor", "control_strength": "strength", "control_start": "start",
+                 "control_end": "end"}
 
 
 def build_request(args):
     """Request from flags, on top of the request recorded in a --from PNG (flags win)."""
-    from engine.api import Box, Request, TileSettings, suggested_cfg
+    from engine.api import Box, Control, Request, TileSettings, suggested_cfg
     from engine.images import REQUEST_CHUNK, read_image, read_labels, read_mask, read_png_text
 
     base: dict = {}
@@ -102,7 +111,7 @@ def build_request(args):
             raise ValueError(f"{args.from_png} carries no Latent Canvas request (no '{REQUEST_CHUNK}' text chunk)")
         rec = json.loads(text[REQUEST_CHUNK])
         inputs = rec.pop("inputs", {})
-        base = {k: v for k, v in rec.items() if k in FIELDS.values() or k in ("tiles", "boxes")}
+        base = {k: v for k, v in rec.items() if k in FIELDS.values() or k in ("tiles", "boxes", "control")}
     for flag, name in FIELDS.items():
         v = getattr(args, flag)
         if v is not None:
@@ -119,7 +128,15 @@ def build_request(args):
         if not isinstance(raw, list) or not all(isinstance(b, dict) and "label" in b and "box" in b for b in raw):
             raise ValueError('--boxes must be a JSON list of {"label": ..., "box": [x0, y0, x1, y1]}')
         boxes = [Box(b["label"], tuple(float(c) for c in b["box"]), b.get("prompt")) for b in raw]
-    req = Request(**base, boxes=boxes, tiles=tiles)
+    units = [dict(u) for u in base.pop("control", [])]
+    if args.control:
+        units = [{"model": args.control, "preprocessor": "canny"}]
+    for flag, name in CONTROL_FLAGS.items():
+        if getattr(args, flag) is not None:
+            for u in units:
+                u[name] = getattr(args, flag)
+    guide = read_image(inputs["control_image"]) if "control_image" in inputs and units else None
+    req = Request(**base, boxes=boxes, tiles=tiles, control=tuple(Control(**u, image=guide) for u in units))
     req.image = read_image(inputs["image"]) if "image" in inputs else None
     req.mask = read_mask(inputs["mask"]) if "mask" in inputs else None
     req.labels = read_labels(inputs["labels"]) if "labels" in inputs else None

@@ -38,6 +38,22 @@ class Box:
     prompt: str | None = None
 
 
+CONTROL_PREPROCESSORS = ("none", "canny", "scribble", "invert")  # Control.preprocessor
+
+
+@dataclass
+class Control:
+    """One ControlNet unit (A1111's ControlNet unit, Krita AI's control layer): a guide image and the ControlNet
+    that reads it, acting with `strength` from `start` to `end` (fractions of the way from noise to image)."""
+
+    model: str  # a ControlNet file, or its name in a controlnet folder
+    image: np.ndarray | None = None  # RGB uint8, any size: resized to the output
+    preprocessor: str = "none"  # canny: edges of a picture; scribble: dark strokes on light paper; invert: lineart
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
 @dataclass
 class TileSettings:
     """Tiled sampling and tiled autoencoder passes; 'auto' tiles only when the request would not fit."""
@@ -93,6 +109,7 @@ class Request:
     best_of: int = 4  # layout with no boxes, batch size 1: draw this many (own plan and seed), keep the judge's pick
     judge: str = "default"  # best_of: the text model that reads each try's shapes against the prompt (engine.judge)
     seamless: Literal["off", "xy", "x", "y"] = "off"  # a tileable image: edges that meet along x, y or both
+    control: tuple[Control, ...] = ()  # ControlNets (Stable Diffusion families), their effects summed
     vae: str = ""  # another autoencoder (A1111's SD VAE): a file, or its name in a vae folder; "": the model's own
     sketch_strength: float = 0.6  # layout, no image, shapes-world model: start from a sketch of the prompt's ground/sky
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -353,15 +370,17 @@ def user_models_dir() -> str:
 
 
 LORA_NOTE = "a LoRA, not a model"  # in the error of a LoRA file opened as a model
-ASSET_FOLDERS = {"lora": ("loras", "Lora", "lora"), "embedding": ("embeddings",), "vae": ("vae", "VAE")}
-ASSET_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
+CONTROLNET_NOTE = "a ControlNet, not a model"  # in the error of a ControlNet file opened as a model
+ASSET_FOLDERS = {"lora": ("loras", "Lora", "lora"), "embedding": ("embeddings",), "vae": ("vae", "VAE"),
+                 "controlnet": ("controlnet", "ControlNet")}
+ASSET_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
 
 
 def asset_folders(kind: str, model_dirs: tuple[str, ...] = ()) -> list:
-    """Where LoRA, textual-inversion embedding or VAE files are looked for: a loras / embeddings / vae folder in each
-    models folder (the given ones, the user's, the bundled one) and beside the given ones (A1111's models/Lora and
-    models/VAE beside models/Stable-diffusion, and webui/embeddings; ComfyUI's models/loras, models/embeddings and
-    models/vae). They need not exist."""
+    """Where LoRA, textual-inversion embedding, VAE or ControlNet files are looked for: a loras / embeddings / vae /
+    controlnet folder in each models folder (the given ones, the user's, the bundled one) and beside the given ones
+    (A1111's models/Lora, models/VAE and models/ControlNet beside models/Stable-diffusion, and webui/embeddings;
+    ComfyUI's models/loras, models/embeddings, models/vae and models/controlnet). They need not exist."""
     from pathlib import Path
 
     names = ASSET_FOLDERS[kind]
@@ -374,7 +393,8 @@ def asset_folders(kind: str, model_dirs: tuple[str, ...] = ()) -> list:
 
 
 def list_assets(kind: str, model_dirs: tuple[str, ...] = ()) -> dict:
-    """name -> file for every LoRA, embedding or VAE in asset_folders(); a name is the file's stem and subfolder."""
+    """name -> file for every LoRA, embedding, VAE or ControlNet in asset_folders(); a name is the file's stem and
+    subfolder."""
     files = {}
     for folder in asset_folders(kind, model_dirs):
         if folder.is_dir():

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from engine.api import LORA_NOTE
+from engine.api import CONTROLNET_NOTE, LORA_NOTE
 from engine.config import ModelConfig, config_from_dict, config_to_dict
 from engine.families import PRESETS, tasks_for
 
@@ -25,7 +25,7 @@ SCHEDULE_KEYS = {
     "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "lvlb_weights", "logvar",
     "scale_factor",
 }
-IGNORED_PREFIXES = ("model_ema.", "low_scale_model.", "first_stage_model.loss.")
+IGNORED_PREFIXES = ("model_ema.", "low_scale_model.", "first_stage_model.loss.", "control_model.")
 IGNORED_SUFFIXES = ("text_model.embeddings.position_ids", "model.attn_mask")
 
 
@@ -153,6 +153,10 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict | None = None, nam
     if key_in not in shapes and any("lora" in k and k.startswith(LORA_PREFIXES) for k in shapes):
         raise CheckpointError(f"{name}: {LORA_NOTE}: put it in the models folder's loras folder and add it to the "
                               f"prompt as <lora:{Path(name).stem}:1>")
+    control = ("control_model.input_hint_block.", "input_hint_block.")
+    if key_in not in shapes and any(k.startswith(control) for k in shapes):
+        raise CheckpointError(f"{name}: {CONTROLNET_NOTE}: put it in the models folder's controlnet folder and choose "
+                              f"it under Control")
     if key_in not in shapes:
         hint = ""
         if any(k.startswith(("encoder.", "decoder.")) for k in shapes):

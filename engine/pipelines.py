@@ -34,6 +34,7 @@ class Plan:
     finish: object = None
     crop_extra: object = None
     latent_mask: torch.Tensor | None = None
+    controls: object = None  # engine.control.Units reading cond['control']
 
 
 def pick_device(request: Request) -> tuple[torch.device, torch.dtype]:
@@ -84,9 +85,10 @@ def get_model(request: Request, cache: dict, device, dtype):
         except CheckpointError as e:
             raise EngineError(str(e)) from None
         cache["key"] = key
-    from engine import lora, vae
+    from engine import control, lora, vae
 
     lora.for_request(request, cache["model"], path)
+    control.for_request(request, cache["model"], path)
     if vae.for_request(request, cache["model"], path):
         cache.pop("previewer", None)
     return cache["model"]
@@ -202,13 +204,16 @@ class PadToMultiple:
         return self.inner(pad(x), sigma, **map_spatial(kw, pad, h, w))[..., :h, :w]
 
 
-def base_denoiser(model):
-    """The UNet as a VE denoiser; the sampler state stays float32 whatever the model's dtype."""
+def base_denoiser(model, controls=None):
+    """The UNet as a VE denoiser; the sampler state stays float32 whatever the model's dtype. controls: ControlNet
+    units (engine.control.Units) that read the guide images passed as `control`."""
     unet, dtype = model.model, model.dtype
 
-    def unet_fn(x, t, context=None, concat=None, y=None):
+    def unet_fn(x, t, context=None, concat=None, y=None, control=None):
         cast = lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
-        return unet(cast(x), t.to(x.device), context=cast(context), concat=cast(concat), y=y).float()
+        x, t, context = cast(x), t.to(x.device), cast(context)
+        residuals = controls(x, t, cast(control), context, y) if controls is not None and control is not None else None
+        return unet(x, t, context=context, concat=cast(concat), y=y, control=residuals).float()
 
     den = DiscreteDenoiser(unet_fn, model.alphas_cumprod, model.config.parameterization)
     return PadToMultiple(den, 2 ** (len(model.config.unet.channel_mult) - 1))
@@ -417,7 +422,7 @@ def sample_plan(request: Request, model, plan: Plan, ctx: JobContext, cache: dic
     lh, lw = plan.height // f, plan.width // f
     variations = [int(request.variation_seed) + i for i in range(len(seeds))]
     noise = initial_noise(seeds, (c, lh, lw), variations, request.variation_strength).to(model.device)
-    den = base_denoiser(model)
+    den = base_denoiser(model, plan.controls)
     if request.hires == "dilated" and request.task in LARGE_CANVAS_TASKS:
         den = DilatedDenoiser(den, model.config.image_size // model.config.factor)
     if plan.uncond is not None and request.cfg_scale != 1.0:
@@ -522,6 +527,7 @@ def preview_fn(model, cache: dict):
 def request_record(request: Request) -> dict:
     """The request as JSON-ready data (arrays left out), embedded in output PNGs."""
     d = {k: v for k, v in asdict(request).items() if not isinstance(v, np.ndarray) and v is not None}
+    d["control"] = [{k: v for k, v in unit.items() if k != "image"} for unit in d.get("control", ())]
     return json.loads(json.dumps(d, default=str))
 
 
@@ -557,5 +563,9 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Variation seed strength"] = request.variation_strength
     if request.vae and request.task != "upscale":
         pairs["VAE"] = Path(request.vae).stem if Path(request.vae).suffix in ASSET_EXTENSIONS else request.vae
+    for i, c in enumerate(request.control if request.task != "upscale" else ()):
+        name = Path(c.model).stem if Path(c.model).suffix in ASSET_EXTENSIONS else c.model
+        pairs[f"ControlNet {i}"] = json.dumps(f"Model: {name}, Module: {c.preprocessor}, Weight: {c.strength}, "
+                                              f"Guidance Start: {c.start}, Guidance End: {c.end}")
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)

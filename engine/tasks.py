@@ -243,6 +243,16 @@ def sketch_for(request: Request, model, h: int, w: int) -> np.ndarray | None:
 
 
 def plan(request: Request, model, h: int, w: int) -> Plan:
+    from engine import control
+
+    p = plan_task(request, model, h, w)
+    if request.control and p.controls is None and request.task != "upscale":
+        packed, p.controls = control.conditioning(request, model, p.height, p.width)
+        p.cond = {**p.cond, "control": packed}
+    return p
+
+
+def plan_task(request: Request, model, h: int, w: int) -> Plan:
     cfg = model.config
     if request.task == "upscale":
         return plan_upscale(request, model, h, w)
@@ -320,8 +330,10 @@ def plan_cropped_inpaint(request: Request, model) -> Plan:
     if box is None:
         raise EngineError("the mask is empty: paint the area to repaint")
     x0, y0, x1, y1 = box
+    from engine.control import cropped
+
     sub = replace(request, image=request.image[y0:y1, x0:x1], mask=request.mask[y0:y1, x0:x1], inpaint_crop=False,
-                  width=x1 - x0, height=y1 - y0)
+                  width=x1 - x0, height=y1 - y0, control=cropped(request.control, request.image.shape[:2], box))
     p = plan(sub, model, y1 - y0, x1 - x0)
     inner, full = p.finish, request.image
 
