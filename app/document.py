@@ -28,6 +28,7 @@ class Document:
         self.region: tuple[int, int, int, int] | None = None
         self.has_image = False
         self.sketched = False  # painted on with the colour brush since its image was last set: img2img
+        self.control_image: np.ndarray | None = None  # the ControlNet's guide, stretched over the canvas
         self.params = Params()
         self.task_override: str | None = None
         self.history: list[HistoryEntry] = []
@@ -203,7 +204,7 @@ class Document:
     def _state(self, layers=LAYERS) -> dict:
         """The named layers (copies), the boxes and the small fields: what a whole-state undo step keeps."""
         return dict({k: getattr(self, k).copy() for k in layers}, boxes=copy.deepcopy(self.boxes),
-                    has_image=self.has_image, region=self.region, sketched=self.sketched)
+                    has_image=self.has_image, region=self.region, sketched=self.sketched, control=self.control_image)
 
     def _restore_state(self, st: dict) -> None:
         for k in LAYERS:
@@ -211,6 +212,7 @@ class Document:
                 setattr(self, k, st[k].copy())
         self.boxes, self.has_image, self.region = copy.deepcopy(st["boxes"]), st["has_image"], st.get("region")
         self.sketched = st.get("sketched", False)
+        self.control_image = st.get("control")
         self.height, self.width = self.image.shape[:2]
 
     def _replace(self, text: str, **new) -> None:
@@ -229,6 +231,27 @@ class Document:
         h, w = rgb.shape[:2]
         self._replace(text, image=rgb, mask=raster.resize_nearest(self.mask, w, h),
                       labels=raster.resize_nearest(self.labels, w, h), has_image=True)
+
+    def set_control_image(self, rgb: np.ndarray | None, text: str = "set control image") -> None:
+        """The ControlNet's guide image (None: none) in one undo step; the canvas itself is left as it is."""
+        before = self._state(())
+        self._push(StateCommand(text, before, {**before, "control": None if rgb is None else _rgb(rgb)},
+                                changes=("control",)))
+
+    def control_request(self, rect) -> tuple[api.Control, ...]:
+        """The ControlNet unit for a generation over rect (x, y, w, h): the guide stretched over the canvas and cut to
+        it; none unless a ControlNet is chosen."""
+        p = self.params
+        if not p.control_model:
+            return ()
+        image = self.control_image
+        if image is not None:
+            x, y, w, h = rect
+            if image.shape[:2] != (self.height, self.width):
+                image = raster.resize_smooth(image, self.width, self.height)
+            image = image[y:y + h, x:x + w].copy()
+        return (api.Control(p.control_model, image, p.control_preprocessor, float(p.control_strength),
+                            float(p.control_start), float(p.control_end)),)
 
     def _laid(self, rgb: np.ndarray, x: int, y: int) -> np.ndarray | None:
         """A copy of the image layer with a picture's top-left at (x, y), clipped; None when nothing overlaps."""
@@ -472,7 +495,8 @@ class Document:
             hires_upscaler=p.hires_upscaler,
             refine_strength=float(p.refine_strength) if task == "upscale" else 0.0, refine_model=p.refine_model,
             best_of=int(p.best_of) if (task == "layout" and not boxes) or task == "txt2img" else 1,
-            sketch_strength=float(p.sketch_strength), vae=str(p.vae), seamless=p.seamless)
+            sketch_strength=float(p.sketch_strength), vae=str(p.vae), seamless=p.seamless,
+            control=self.control_request((x, y, w, h)) if task != "upscale" else ())
         if settings is not None:
             style = settings.style(p.style)
             if style is not None:

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QSp
 from app.canvas import to_qimage
 from engine import api
 
-EDITS = ("params", "size", "image", "mask", "labels", "boxes", "region", "all")
+EDITS = ("params", "size", "image", "mask", "labels", "boxes", "region", "control", "all")
 
 
 class LivePanel(QWidget):

@@ -24,6 +24,7 @@ from app.panels import GenerateBar, HistoryStrip, ModelPanel, PalettePanel, Para
 from app.prompt_panel import PromptPanel
 from app.parameters import format_parameters, merge_parameters, write_png
 from app.settings import AppSettings, load_settings
+from app.control_panel import ControlPanel
 from app.task_panels import RegionPromptsPanel, TaskOptionsPanel
 from engine import api
 
@@ -66,6 +67,7 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         self.model_panel = ModelPanel(self.doc, self.settings.extra_model_dirs())
         self.params_panel = ParamsPanel(self.doc)
         self.task_options = TaskOptionsPanel(self.doc)
+        self.control_panel = ControlPanel(self.doc, self.settings.extra_model_dirs())
         self.region_prompts = RegionPromptsPanel(self.doc)
         self.generate_bar = GenerateBar()
         self.palette = PalettePanel()
@@ -124,7 +126,8 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
         side = QWidget()
         lay = QVBoxLayout(side)
         for title, w in (("Prompt", self.prompt_panel), ("Model", self.model_panel), ("Sampling", self.params_panel),
-                         ("Task options", self.task_options), ("Region prompts", self.region_prompts)):
+                         ("Task options", self.task_options), ("Control", self.control_panel),
+                         ("Region prompts", self.region_prompts)):
             lay.addWidget(QLabel(f"<b>{title}</b>"))
             lay.addWidget(w)
         lay.addStretch(1)
@@ -265,7 +268,7 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
 
     def _sync_all(self) -> None:
         for panel in (self.prompt_panel, self.params_panel, self.model_panel, self.history_strip, self.task_options,
-                      self.region_prompts):
+                      self.region_prompts, self.control_panel):
             panel.sync(self.doc)
         self._update_title()
 
@@ -282,6 +285,8 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
             self.canvas.region_text = f"{self.doc.width}×{self.doc.height}{where} · {task}"
         if what in ("params", "all", "boxes", "undo"):
             self.region_prompts.sync(self.doc)
+        if what in ("params", "all", "control"):
+            self.control_panel.sync(self.doc)
         if what in ("history", "all"):
             self.history_strip.sync(self.doc)
         if what in ("params", "all") and self.prompt_panel.prompt.toPlainText() != self.doc.params.prompt:
@@ -370,6 +375,7 @@ class MainWindow(FileActions, HistoryActions, QMainWindow):
 
     def _model_changed(self, info) -> None:
         self.prompt_panel.set_model(self._prompt_reader(info))
+        self.control_panel.list_controlnets(info.path if info is not None else "")
         if self.doc.params.model == "default":
             info = api.default_model_for("semantic") or info
         ok = info is not None and not info.error

@@ -84,6 +84,8 @@ def write_project(doc: Document, f) -> None:
         z.writestr("image.png", _png(doc.image))
         z.writestr("mask.png", _png(doc.mask))
         z.writestr("labels.png", _png((doc.labels.astype(np.int32) + 1).astype(np.uint16)))
+        if doc.control_image is not None:
+            z.writestr("control.png", _png(doc.control_image))
         for h, meta in zip(doc.history, m["history"]):
             if len(h.png) != len(h.images):
                 h.png = [_png(img) for img in h.images]
@@ -112,6 +114,8 @@ def load(path: str | os.PathLike) -> Document:
             doc.mask = _read_png(z, "mask.png").astype(np.uint8)
             doc.labels = (_read_png(z, "labels.png").astype(np.int32) - 1).astype(np.int16)
             doc.has_image, doc.sketched = bool(m.get("has_image")), bool(m.get("sketched"))
+            if "control.png" in z.namelist():
+                doc.control_image = _read_png(z, "control.png")[..., :3].astype(np.uint8)
             doc.boxes = [LayoutBox(b["label"], tuple(b["rect"]), b.get("prompt")) for b in m.get("boxes", [])]
             doc.params = Params.from_dict(m.get("params", {}))
             doc.task_override = m.get("task_override")

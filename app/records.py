@@ -60,6 +60,11 @@ class Params:
     sketch_strength: float = 0.6
     vae: str = ""
     seamless: str = "off"
+    control_model: str = ""  # a ControlNet's name in a controlnet folder, or a file; "": none
+    control_preprocessor: str = "canny"
+    control_strength: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
     label_prompts: dict = field(default_factory=dict)
 
     @classmethod
