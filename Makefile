@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-all bench models package venv clean sysdeps
+.PHONY: run test test-all bench models control-model package venv clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 models: $(STAMP)
 	$(BIN)/python -m engine train-defaults --out resources/models --jobs 2
+
+control-model: $(STAMP)
+	$(BIN)/python -m engine train-control --base resources/models/world-txt2img.safetensors
 
 package: $(STAMP)
 	$(BIN)/pip install -q pyinstaller

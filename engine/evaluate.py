@@ -11,10 +11,10 @@ import numpy as np
 from engine.world import EVAL_SEEDS, render, render_from_layout  # noqa: F401  (render_from_layout: public twin)
 from engine.world import metrics
 
-TASKS = ("txt2img", "planned", "layout", "semantic", "inpaint", "upscale")
+TASKS = ("txt2img", "planned", "layout", "semantic", "inpaint", "upscale", "control")
 ALIASES = {"sr": "upscale", "sr4": "upscale", "text": "txt2img"}
 HEADLINE = {"txt2img": "caption_match", "planned": "caption_match", "layout": "box_recall",
-            "semantic": "pixel_accuracy", "inpaint": "removal_ok", "upscale": "psnr_gain_db"}
+            "semantic": "pixel_accuracy", "inpaint": "removal_ok", "upscale": "psnr_gain_db", "control": "box_recall"}
 
 
 @dataclass
@@ -95,16 +95,22 @@ def score_rows(task: str, case: Case, image: np.ndarray) -> list[dict]:
 
 
 def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float, sampler: str = "ddim",
-                colour_fix: bool = True, hires: str = "auto", **hires_kw):
-    from engine.api import Box, Request
+                colour_fix: bool = True, hires: str = "auto", control: str = "", **hires_kw):
+    """control: the ControlNet file of the control task (the caption and the scene's canny edges); "" draws the
+    caption alone, one try, as the control task's baseline."""
+    from engine.api import Box, Control, Request
 
     s = case.scene
-    r = Request(model=model, task="layout" if task == "planned" else task, steps=steps, cfg_scale=cfg_scale,
+    own = {"planned": "layout", "control": "txt2img"}
+    r = Request(model=model, task=own.get(task, task), steps=steps, cfg_scale=cfg_scale,
                 sampler=sampler, seed=case.seed, colour_fix=colour_fix, hires=hires, **hires_kw)
-    if task in ("txt2img", "planned", "layout"):
+    if task in ("txt2img", "planned", "layout", "control"):
         r.width = r.height = s.image.shape[0]
-    if task in ("txt2img", "planned"):
+    if task in ("txt2img", "planned", "control"):
         r.prompt = s.caption
+    if task == "control":
+        r.best_of = 1
+        r.control = (Control(control, s.image, "canny"),) if control else ()
     elif task == "layout":
         r.boxes = [Box(label, tuple(box)) for label, box in s.boxes]
     elif task == "semantic":
@@ -170,9 +176,10 @@ def score(task: str, case: Case, image: np.ndarray) -> dict:
         return {"caption_match": float(metrics.caption_match(image, s.caption)),
                 "caption_match_strict": float(metrics.caption_match(image, s.caption, strict=True)),
                 "objects": len(s.objects), **_partial(image, s, at_box=False)}
-    if task == "layout":
+    if task in ("layout", "control"):
         hits = metrics.layout_score(image, s.boxes)
-        return {"box_recall": float(np.mean(hits)), "boxes": len(hits), **_partial(image, s)}
+        extra = {"caption_match": float(metrics.caption_match(image, s.caption))} if task == "control" else {}
+        return {"box_recall": float(np.mean(hits)), "boxes": len(hits), **extra, **_partial(image, s)}
     if task == "semantic":
         return {"pixel_accuracy": metrics.pixel_accuracy(image, s.labels)}
     if task == "inpaint":
@@ -284,31 +291,36 @@ def grid(rows: list[list[np.ndarray]], path: Path, labels: list[str]) -> None:
 
 def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, steps: int = 20, cfg_scale: float = 3.0,
              sampler: str = "ddim", offset: int = 0, chance: bool = True, ceiling: bool = True, size: int = 64,
-             colour_fix: bool = True, hires: str = "auto", wide: bool = False, **hires_kw) -> dict:
+             colour_fix: bool = True, hires: str = "auto", wide: bool = False, control: str = "", **hires_kw) -> dict:
     """Scores a model on n held-out scenes through Engine; returns (and writes to out/) JSON with model/ceiling/chance.
     size: the scene size in pixels (larger than the training size: the paper's convolutional sampling, sec. 4.3.2);
     colour_fix: the upscale task's Request.colour_fix; hires: Request.hires ('auto' makes 4x the training size two
     passes, 'off' samples it in one); wide (layout, semantic): the same n scenes tiled over size px canvases at the
     training size (wide_cases) instead of each enlarged to size; hires_kw: other Request fields of the two passes
-    (hires_strength, hires_upscaler)."""
+    (hires_strength, hires_upscaler); control: the control task's ControlNet file, whose chance level is the same
+    text model without it."""
     from engine.api import Engine
     from engine.pipelines import resolve_model
 
     task = ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    path = str(resolve_model(model, "layout" if task == "planned" else task))
+    path = str(resolve_model(model, {"planned": "layout", "control": "txt2img"}.get(task, task)))
+    if task == "control" and not control:
+        raise ValueError("the control task needs a ControlNet file (--control)")
     if wide and task not in ("layout", "semantic"):
         raise ValueError("wide canvases are for the layout and semantic tasks")
     cases = wide_cases(task, n, offset, size) if wide else make_cases(task, n, offset, size)
     engine = Engine()
     try:
-        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires, **hires_kw)
-                                for c in cases])
+        made = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler, colour_fix, hires, control,
+                                             **hires_kw) for c in cases])
         result = {"model": path, "task": task, "n": n, "size": size, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
                   "seeds": [cases[0].seed, cases[-1].seed], "headline": HEADLINE[task]}
         if task == "upscale":
             result["colour_fix"] = colour_fix
+        if task == "control":
+            result["control"] = control
         if size != 64:
             result["hires"], result["wide"] = hires, wide
             result.update(hires_kw)
@@ -317,7 +329,11 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
         if ceiling:
             images["ceiling"] = ceiling_images(task, cases, path)
             rows["ceiling"] = [r for c, im in zip(cases, images["ceiling"]) for r in score_rows(task, c, im)]
-        if chance:
+        if chance and task == "control":
+            images["chance"] = generate(engine, [request_for(task, c, path, steps, cfg_scale, sampler)
+                                                 for c in cases])
+            rows["chance"] = [score(task, c, im) for c, im in zip(cases, images["chance"])]
+        elif chance:
             with tempfile.TemporaryDirectory() as tmp:
                 rnd = str(random_copy(path, Path(tmp) / "random.safetensors"))
                 images["chance"] = generate(engine, [request_for(task, c, rnd, steps, cfg_scale, sampler, colour_fix,
@@ -349,7 +365,7 @@ def cmd_eval(args) -> int:
     res = evaluate(args.model, args.task, args.n, args.out, args.steps, args.cfg, args.sampler, args.offset,
                    chance=not args.no_chance, size=args.size, colour_fix=not args.no_colour_fix,
                    hires=args.hires, wide=args.wide, hires_strength=args.hires_strength,
-                   hires_upscaler=args.hires_upscaler, planner=args.planner,
+                   hires_upscaler=args.hires_upscaler, planner=args.planner, control=args.control,
                    **({} if args.best_of is None else {"best_of": args.best_of}),
                    **({} if args.sketch_strength is None else {"sketch_strength": args.sketch_strength}))
     print(json.dumps({"model": res["model"], "task": res["task"], "n": res["n"], "scores": res["scores"]}, indent=2))
@@ -382,6 +398,7 @@ def add_command(sub) -> None:
                    help="two passes: enlarge with Lanczos or the default x4 upscaler model")
     p.add_argument("--no-colour-fix", action="store_true", help="upscale: the model's own colours (Request.colour_fix)")
     p.add_argument("--planner", default="default", help="planned: the text-to-layout planner file")
+    p.add_argument("--control", default="", help="control: the ControlNet file (chance: the model without it)")
     p.add_argument("--best-of", type=int, default=None,
                    help="planned: draw this many per scene and keep the text model's pick (default: Request.best_of)")
     p.add_argument("--sketch-strength", type=float, default=None,

@@ -543,6 +543,9 @@ def add_commands(sub) -> None:
     from engine.planner import add_command as add_train_planner
 
     add_train_planner(sub)
+    from engine.train_control import add_command as add_train_control
+
+    add_train_control(sub)
     try:
         from engine.evaluate import add_command
     except ImportError:
