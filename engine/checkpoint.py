@@ -131,6 +131,28 @@ def read_state_dict(path) -> tuple[dict, dict[str, str]]:
     return _torch_load(path), {}
 
 
+def part_state_dict(path, prefix: str) -> dict:
+    """A component file's tensors under the component's own key names: the `prefix` part of a whole checkpoint, or
+    the file as it is when it holds the component alone (a VAE, a ControlNet)."""
+    sd, _ = read_state_dict(path)
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def misfit(sd: dict, expected: dict[str, tuple[int, ...]]) -> tuple[str, str] | None:
+    """Why tensors do not load strictly where `expected` (key -> shape) says: ("keys", ...) or ("shape", ...) and a
+    phrase for the user; None when every key is there with its shape and nothing else is."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        return "keys", f"{len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[0]}"
+    bad = [k for k, shape in expected.items() if tuple(sd[k].shape) != tuple(shape)]
+    if bad:
+        return "shape", f"{bad[0]} is {tuple(sd[bad[0]].shape)}, the model's {tuple(expected[bad[0]])}"
+    return None
+
+
 def _looks_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)

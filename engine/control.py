@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine.api import CONTROL_PREPROCESSORS, Control, EngineError, Request, asset_folders
-from engine.checkpoint import CheckpointError, params_on_meta, read_state_dict
+from engine.checkpoint import CheckpointError, misfit, params_on_meta, part_state_dict
 from engine.models.attention import CrossAttention
 from engine.models.control_model import HINT_FACTOR, ControlNet, pack_hint, unpack_hint
 from engine.models.latent_diffusion import wide_cpu_layout_
@@ -27,11 +27,9 @@ def read(path: Path, model) -> ControlNet:
     """The ControlNet in `path` (cldm's `control_model.` keys, or the same keys bare), built on the model's own UNet
     config and loaded strictly: a ControlNet made for another model is refused with the first mismatch."""
     try:
-        sd, _ = read_state_dict(path)
+        sd = part_state_dict(path, PREFIX)
     except CheckpointError as e:
         raise ControlError(str(e)) from None
-    if any(k.startswith(PREFIX) for k in sd):
-        sd = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
     if any(k.startswith(DIFFUSERS_KEYS) for k in sd):
         raise ControlError(f"{path.name} is a diffusers-format ControlNet; use the original-format file (.pth / "
                            f".safetensors with input_hint_block.* keys)")
@@ -40,17 +38,10 @@ def read(path: Path, model) -> ControlNet:
     cfg = replace(model.config.unet, in_channels=sd["input_blocks.0.0.weight"].shape[1])
     with params_on_meta():
         net = ControlNet(cfg, hint_channels=sd["input_hint_block.0.weight"].shape[1])
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise ControlError(f"{path.name} does not fit {model.config.family} ({len(missing)} missing, "
-                           f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[0]}): it was made for "
-                           f"another model")
-    bad = [k for k, v in expected.items() if sd[k].shape != v.shape]
-    if bad:
-        raise ControlError(f"{path.name} does not fit {model.config.family}: {bad[0]} is {tuple(sd[bad[0]].shape)}, "
-                           f"the model's {tuple(expected[bad[0]].shape)}; it was made for another model")
+    wrong = misfit(sd, {k: v.shape for k, v in net.state_dict().items()})
+    if wrong:
+        raise ControlError(f"{path.name} does not fit {model.config.family} ({wrong[1]}): it was made for another "
+                           f"model")
     net.load_state_dict(sd, strict=True, assign=True)
     net = net.to(model.device, model.dtype).eval().requires_grad_(False)
     for m in net.modules():
@@ -162,11 +153,9 @@ def for_request(request: Request, model, path: Path) -> None:
     state.current = [state.nets[k] for k in keys]
 
 
-def conditioning(request: Request, model, h: int, w: int) -> tuple[torch.Tensor, Units] | None:
+def conditioning(request: Request, model, h: int, w: int) -> tuple[torch.Tensor, Units]:
     """The guide images packed at the latent's size, for cond['control'], and the units that read them. A ControlNet
     reads its image at 8x the latent (the output's size for Stable Diffusion, twice it for a 4x autoencoder)."""
-    if not request.control or request.task == "upscale":
-        return None
     nets = loaded(model).current
     if len(nets) != len(request.control):
         raise EngineError("internal error: the request's ControlNets were not loaded")

@@ -531,6 +531,11 @@ def request_record(request: Request) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+def asset_name(name: str) -> str:
+    """A VAE or ControlNet as the parameters text names it: a file by its stem, a name as it is."""
+    return Path(name).stem if Path(name).suffix in ASSET_EXTENSIONS else name
+
+
 def parameters_text(request: Request, model, h: int, w: int) -> str:
     """The 'parameters' text users know from other tools: prompt, negative prompt, then 'Key: value' pairs."""
     lines = [request.prompt]
@@ -562,10 +567,9 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Variation seed"] = request.variation_seed
         pairs["Variation seed strength"] = request.variation_strength
     if request.vae and request.task != "upscale":
-        pairs["VAE"] = Path(request.vae).stem if Path(request.vae).suffix in ASSET_EXTENSIONS else request.vae
+        pairs["VAE"] = asset_name(request.vae)
     for i, c in enumerate(request.control if request.task != "upscale" else ()):
-        name = Path(c.model).stem if Path(c.model).suffix in ASSET_EXTENSIONS else c.model
-        pairs[f"ControlNet {i}"] = json.dumps(f"Model: {name}, Module: {c.preprocessor}, Weight: {c.strength}, "
-                                              f"Guidance Start: {c.start}, Guidance End: {c.end}")
+        pairs[f"ControlNet {i}"] = json.dumps(f"Model: {asset_name(c.model)}, Module: {c.preprocessor}, "
+                                              f"Weight: {c.strength}, Guidance Start: {c.start}, Guidance End: {c.end}")
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError, Request, asset_folders
-from engine.checkpoint import FIRST, CheckpointError, read_state_dict
+from engine.checkpoint import FIRST, CheckpointError, misfit, part_state_dict
 
 
 class VaeError(ValueError):
@@ -18,24 +18,19 @@ def read(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Te
     """The file's first-stage weights under our key names (a 'first_stage_model.' prefix, training-only 'loss.' and
     'model_ema.' entries and a whole checkpoint's other parts dropped), checked strictly against `expected`."""
     try:
-        sd, _ = read_state_dict(path)
+        sd = part_state_dict(path, FIRST)
     except CheckpointError as e:
         raise VaeError(str(e)) from None
-    if any(k.startswith(FIRST) for k in sd):
-        sd = {k[len(FIRST):]: v for k, v in sd.items() if k.startswith(FIRST)}
     sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "model_ema."))}
     if any(".down_blocks." in k or ".mid_block." in k for k in sd):
         raise VaeError(f"{path.name} is a diffusers-format VAE; use the original-format file (.safetensors / .ckpt "
                        f"with encoder.down.* keys)")
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise VaeError(f"{path.name} does not fit this model's autoencoder ({len(missing)} missing, {len(unexpected)} "
-                       f"unexpected keys, e.g. {(missing or unexpected)[0]}); it is not a VAE for this model")
-    bad = [k for k, shape in expected.items() if tuple(sd[k].shape) != shape]
-    if bad:
-        raise VaeError(f"{path.name} does not fit this model's autoencoder: {bad[0]} is {tuple(sd[bad[0]].shape)}, "
-                       f"the model's {expected[bad[0]]}; it was made for another model")
+    wrong = misfit(sd, expected)
+    if wrong and wrong[0] == "keys":
+        raise VaeError(f"{path.name} does not fit this model's autoencoder ({wrong[1]}); it is not a VAE for this "
+                       f"model")
+    if wrong:
+        raise VaeError(f"{path.name} does not fit this model's autoencoder: {wrong[1]}; it was made for another model")
     return sd
 
 
