@@ -59,7 +59,7 @@ def test_control_panel_lists_chooses_and_sets_the_guide(make_window, qtbot, tmp_
     seen = []
     win = make_window(runner=lambda r, ctx, cache: seen.append(r) or fake_runner(r, ctx, cache, step_s=0.002))
     panel = win.control_panel
-    assert [panel.model.itemText(i) for i in range(panel.model.count())] == ["Off", "scribble"]
+    assert [panel.model.itemText(i) for i in range(panel.model.count())] == ["Off", "scribble", "world-canny"]
     assert not panel.strength.isEnabled() and not panel.clear_button.isEnabled()
     panel.model.setCurrentIndex(1)
     panel.reading.setCurrentIndex(panel.reading.findData("scribble"))

@@ -274,3 +274,21 @@ def test_the_cli_takes_a_controlnet_and_a_png_made_with_one_reproduces_it(sd1, t
                  str(tmp_path / "c.png")]) == 0
     a, b, c = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_the_bundled_controlnet_is_what_its_recipe_trains():
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from engine.api import default_models_dir
+    from engine.train_control import RECIPE
+
+    path = Path(default_models_dir()) / "controlnet" / "world-canny.safetensors"
+    with safe_open(str(path), "pt") as f:
+        info = json.loads(f.metadata()["latent_canvas.training"])
+    assert info["base"] == "world-txt2img.safetensors" and info["preprocessor"] == "canny"
+    assert [info[k] for k in ("batch", "lr", "optimizer", "seed")] == [RECIPE[k] for k in ("batch", "lr", "optimizer",
+                                                                                          "seed")]
+    assert abs(info["minutes"] - RECIPE["minutes"]) < 0.5
