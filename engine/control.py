@@ -106,6 +106,11 @@ class Units:
         return total
 
 
+def active(request: Request) -> tuple[Control, ...]:
+    """The request's ControlNet units; upscaling (whose request may be a result's, units and all) takes none."""
+    return () if request.task == "upscale" else tuple(request.control)
+
+
 class Loaded:
     """The ControlNets kept on a model, by file and time stamp, and those the current request uses, in its order."""
 
@@ -135,7 +140,7 @@ def for_request(request: Request, model, path: Path) -> None:
 
     state = loaded(model)
     state.current = []
-    if request.task == "upscale" or not request.control:
+    if not active(request):
         state.nets.clear()
         return
     try:

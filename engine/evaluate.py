@@ -13,6 +13,7 @@ from engine.world import metrics
 
 TASKS = ("txt2img", "planned", "layout", "semantic", "inpaint", "upscale", "control")
 ALIASES = {"sr": "upscale", "sr4": "upscale", "text": "txt2img"}
+ENGINE_TASK = {"planned": "layout", "control": "txt2img"}  # the Request.task an evaluation task sends
 HEADLINE = {"txt2img": "caption_match", "planned": "caption_match", "layout": "box_recall",
             "semantic": "pixel_accuracy", "inpaint": "removal_ok", "upscale": "psnr_gain_db", "control": "box_recall"}
 
@@ -101,8 +102,7 @@ def request_for(task: str, case: Case, model: str, steps: int, cfg_scale: float,
     from engine.api import Box, Control, Request
 
     s = case.scene
-    own = {"planned": "layout", "control": "txt2img"}
-    r = Request(model=model, task=own.get(task, task), steps=steps, cfg_scale=cfg_scale,
+    r = Request(model=model, task=ENGINE_TASK.get(task, task), steps=steps, cfg_scale=cfg_scale,
                 sampler=sampler, seed=case.seed, colour_fix=colour_fix, hires=hires, **hires_kw)
     if task in ("txt2img", "planned", "layout", "control"):
         r.width = r.height = s.image.shape[0]
@@ -305,7 +305,7 @@ def evaluate(model: str, task: str, n: int = 32, out: str | Path | None = None, 
     task = ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    path = str(resolve_model(model, {"planned": "layout", "control": "txt2img"}.get(task, task)))
+    path = str(resolve_model(model, ENGINE_TASK.get(task, task)))
     if task == "control" and not control:
         raise ValueError("the control task needs a ControlNet file (--control)")
     if wide and task not in ("layout", "semantic"):

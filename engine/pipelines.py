@@ -568,7 +568,9 @@ def parameters_text(request: Request, model, h: int, w: int) -> str:
         pairs["Variation seed strength"] = request.variation_strength
     if request.vae and request.task != "upscale":
         pairs["VAE"] = asset_name(request.vae)
-    for i, c in enumerate(request.control if request.task != "upscale" else ()):
+    from engine.control import active
+
+    for i, c in enumerate(active(request)):
         pairs[f"ControlNet {i}"] = json.dumps(f"Model: {asset_name(c.model)}, Module: {c.preprocessor}, "
                                               f"Weight: {c.strength}, Guidance Start: {c.start}, Guidance End: {c.end}")
     lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))

@@ -246,7 +246,7 @@ def plan(request: Request, model, h: int, w: int) -> Plan:
     from engine import control
 
     p = plan_task(request, model, h, w)
-    if request.control and p.controls is None and request.task != "upscale":
+    if control.active(request) and p.controls is None:
         packed, p.controls = control.conditioning(request, model, p.height, p.width)
         p.cond = {**p.cond, "control": packed}
     return p
